@@ -1,0 +1,87 @@
+"""The ``scanqueue`` command.
+
+Each subcommand is a ``_cmd_*`` function taking the parsed arguments and
+returning the exit code. Exit codes: 0 success, 1 unexpected failure,
+2 bad input (usage, unreadable file, invalid reference), 3 refused by the
+other side (e.g. no credential accepted). Errors print one line to stderr,
+never a credential value. Heavy modules are imported inside the command so
+that ``scanqueue --help`` stays fast and the emulator stays out of production
+import paths.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Callable, Sequence
+
+import scanqueue
+from scanqueue import config, errors
+
+Command = Callable[[argparse.Namespace], int]
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command line; return the exit code (the console script exits with it)."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    command: Command | None = getattr(args, "command", None)
+    if command is None:
+        parser.print_help()
+        return 2
+    try:
+        return command(args)
+    except errors.ConfigError as e:
+        print(f"scanqueue: configuration error: {e}", file=sys.stderr)
+        return 2
+    except errors.PermanentError as e:
+        print(f"scanqueue: {e}", file=sys.stderr)
+        return 2
+    except errors.TemporaryError as e:
+        print(f"scanqueue: {e} (temporary; try again)", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="scanqueue",
+        description=(
+            "Scan the container images running in Kubernetes clusters with Trivy, "
+            "one temporary single-registry credential Secret per scan, "
+            "and keep the results in Postgres."
+        ),
+        epilog=(
+            "Settings come from SCANQUEUE_CONFIG (default ./scanqueue.toml) and "
+            "SCANQUEUE_<SECTION>_<KEY> environment variables; see docs/configuration.md."
+        ),
+    )
+    parser.add_argument("--version", action="version", version=f"scanqueue {scanqueue.__version__}")
+    sub = parser.add_subparsers(title="commands", metavar="COMMAND")
+
+    p = sub.add_parser("migrate", help="apply database migrations (safe to run again)")
+    p.add_argument("--database-url", help="libpq URL; default: database.url from the settings")
+    p.set_defaults(command=_cmd_migrate)
+
+    return parser
+
+
+def _cmd_migrate(args: argparse.Namespace) -> int:
+    from scanqueue import store
+
+    url = args.database_url or config.load().database.url
+    with store.connect(url) as conn:
+        applied = store.migrate(conn)
+        versions = store.applied_versions(conn)
+    if applied:
+        for migration in applied:
+            print(f"applied {migration.version:04d}_{migration.name}")
+    else:
+        print("database is up to date")
+    print(f"schema version {versions[-1] if versions else 0}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,281 @@
+"""Settings: grouped frozen dataclasses, built once from a TOML file and the environment.
+
+Sources, later wins: the defaults below, the TOML file (``SCANQUEUE_CONFIG``,
+default ``./scanqueue.toml``; a missing default file is fine, a missing named
+file is an error), then ``SCANQUEUE_<SECTION>_<KEY>`` environment variables
+(``SCANQUEUE_DATABASE_URL``, ``SCANQUEUE_SCAN_RESCAN_INTERVAL_SECONDS``...).
+
+Parsing is strict: an unknown key or a value of the wrong type is a
+``ConfigError`` naming the key and the file (or variable). Nothing here
+connects anywhere; settings are passed down explicitly.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import re
+import tomllib
+import types
+import typing
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Literal
+
+from scanqueue import errors
+
+ScanMode = Literal["auto", "registry", "node"]
+_NAME = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
+
+
+@dataclasses.dataclass(frozen=True)
+class DatabaseSettings:
+    url: str = "postgresql://postgres@127.0.0.1:5432/scanqueue"  # libpq URL
+    pool_min_size: int = 1  # connections kept open per process
+    pool_max_size: int = 4  # connections at most per process
+    retention_scans_per_digest: int = 5  # scans kept per image digest; older ones pruned
+
+
+@dataclasses.dataclass(frozen=True)
+class BrokerSettings:
+    url: str = "redis://127.0.0.1:6379/0"  # Celery broker and dedupe store (Redis)
+    result_backend: str = ""  # Celery result backend; empty = same Redis as the broker
+    visibility_timeout_seconds: int = 3600  # redelivery after a worker dies; > hard limit
+
+
+@dataclasses.dataclass(frozen=True)
+class ScanSettings:
+    rescan_interval_seconds: int = 86400  # a digest scanned this recently is fresh
+    job_deadline_seconds: int = 600  # activeDeadlineSeconds of a scan Job
+    job_ttl_seconds: int = 3600  # ttlSecondsAfterFinished: the cluster's own safety net
+    collect_interval_seconds: float = 5.0  # how often finished Jobs are collected
+    sweep_interval_seconds: float = 60.0  # how often leftovers are swept
+    sweep_margin_seconds: int = 120  # a Job older than deadline + margin is left behind
+    inflight_ttl_seconds: int = 1800  # the in-flight dedupe key expires after this
+    soft_time_limit_seconds: int = 120  # Celery soft limit of the submit/collect tasks
+    hard_time_limit_seconds: int = 180  # Celery hard limit; must exceed the soft limit
+    verify_with_registry: bool = True  # check candidates against the registry before a Job
+    allow_anonymous: bool = True  # try an anonymous pull after the candidates
+    registry_timeout_seconds: float = 10.0  # connect+read timeout towards registries
+    registry_ca_bundle: str = ""  # CA bundle for registry TLS; empty = system default
+    insecure_registries: tuple[str, ...] = ()  # HOST[:PORT] reached over plain http
+
+
+@dataclasses.dataclass(frozen=True)
+class ClusterSettings:
+    name: str  # short DNS label; names the Celery queue scan.<name>
+    kubeconfig: str = ""  # path to a kubeconfig; empty with in_cluster = true
+    in_cluster: bool = False  # use the pod's service account instead of a kubeconfig
+    context: str = ""  # kubeconfig context; empty = current-context
+    namespaces: tuple[str, ...] = ()  # namespaces to watch; empty = all
+    exclude_namespaces: tuple[str, ...] = ()  # namespaces never watched
+    scan_namespace: str = "scanqueue-scans"  # where scan Jobs and Secrets live
+    scan_mode: ScanMode = "auto"  # auto | registry | node
+    trivy_image: str = "aquasec/trivy:0.57.1"  # image of the scan container
+    trivy_server: str = ""  # Trivy server URL (client/server mode); empty = local DB
+    max_inflight: int = 10  # scan Jobs in flight in this cluster at most
+
+
+@dataclasses.dataclass(frozen=True)
+class Settings:
+    database: DatabaseSettings = DatabaseSettings()
+    broker: BrokerSettings = BrokerSettings()
+    scan: ScanSettings = ScanSettings()
+    clusters: tuple[ClusterSettings, ...] = ()
+    source: str = "defaults"  # where the settings came from, for messages
+
+    def cluster(self, name: str) -> ClusterSettings:
+        """Return the cluster called ``name``; raise ``ConfigError`` naming the known ones."""
+        for cluster in self.clusters:
+            if cluster.name == name:
+                return cluster
+        known = ", ".join(c.name for c in self.clusters) or "none"
+        raise errors.ConfigError(f"no cluster named {name!r} in {self.source}; known: {known}")
+
+
+_SECTIONS: dict[str, type[Any]] = {
+    "database": DatabaseSettings,
+    "broker": BrokerSettings,
+    "scan": ScanSettings,
+}
+
+
+def load(
+    path: str | os.PathLike[str] | None = None,
+    *,
+    environ: Mapping[str, str] | None = None,
+) -> Settings:
+    """Build the settings from ``path`` (or ``SCANQUEUE_CONFIG``) and the environment.
+
+    Raises ``ConfigError`` for an unreadable file, an unknown key or a bad value.
+    """
+    env = os.environ if environ is None else environ
+    explicit = path is not None or "SCANQUEUE_CONFIG" in env
+    file = Path(path if path is not None else env.get("SCANQUEUE_CONFIG", "scanqueue.toml"))
+    data: dict[str, Any] = {}
+    source = "defaults"
+    if file.exists():
+        try:
+            data = tomllib.loads(file.read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as e:
+            raise errors.ConfigError(f"{file}: cannot read settings: {e}") from e
+        source = str(file)
+    elif explicit:
+        raise errors.ConfigError(f"{file}: settings file not found (named by SCANQUEUE_CONFIG)")
+    return from_mapping(data, environ=env, source=source)
+
+
+def from_mapping(
+    data: Mapping[str, Any],
+    *,
+    environ: Mapping[str, str] | None = None,
+    source: str = "<mapping>",
+) -> Settings:
+    """Build settings from an already parsed TOML document plus ``SCANQUEUE_*`` variables."""
+    unknown = sorted(set(data) - set(_SECTIONS) - {"clusters"})
+    if unknown:
+        raise errors.ConfigError(
+            f"{source}: unknown section or key {unknown[0]!r}; "
+            f"expected one of {sorted([*_SECTIONS, 'clusters'])}"
+        )
+    sections: dict[str, Any] = {}
+    for name, cls in _SECTIONS.items():
+        raw = data.get(name, {})
+        if not isinstance(raw, Mapping):
+            raise errors.ConfigError(f"{source}: [{name}] must be a table")
+        values = {k: _convert(cls, k, v, f"{source}: {name}.{k}") for k, v in raw.items()}
+        sections[name] = values
+    for var, text in (environ or {}).items():
+        if not var.startswith("SCANQUEUE_") or var in _ENV_IGNORED:
+            continue
+        section, _, key = var[len("SCANQUEUE_") :].lower().partition("_")
+        if section not in _SECTIONS or not key:
+            raise errors.ConfigError(f"unknown environment variable {var}; {_ENV_HELP}")
+        sections[section][key] = _convert(_SECTIONS[section], key, text, var, from_env=True)
+    raw_clusters = data.get("clusters", [])
+    if not isinstance(raw_clusters, list):
+        raise errors.ConfigError(f"{source}: clusters must be an array of tables ([[clusters]])")
+    clusters = tuple(_cluster(c, i, source) for i, c in enumerate(raw_clusters))
+    names = [c.name for c in clusters]
+    duplicates = sorted({n for n in names if names.count(n) > 1})
+    if duplicates:
+        raise errors.ConfigError(f"{source}: cluster name {duplicates[0]!r} is used twice")
+    settings = Settings(
+        database=DatabaseSettings(**sections["database"]),
+        broker=BrokerSettings(**sections["broker"]),
+        scan=ScanSettings(**sections["scan"]),
+        clusters=clusters,
+        source=source,
+    )
+    _check(settings)
+    return settings
+
+
+_ENV_IGNORED = frozenset({"SCANQUEUE_CONFIG"})
+_ENV_HELP = "expected SCANQUEUE_<SECTION>_<KEY> with section database, broker or scan"
+
+
+def _cluster(raw: Any, index: int, source: str) -> ClusterSettings:
+    where = f"{source}: clusters[{index}]"
+    if not isinstance(raw, Mapping):
+        raise errors.ConfigError(f"{where} must be a table")
+    if "name" not in raw:
+        raise errors.ConfigError(f"{where} has no name")
+    values = {
+        k: _convert(ClusterSettings, k, v, f"{where}.{k}", allow_required=True)
+        for k, v in raw.items()
+    }
+    cluster = ClusterSettings(**values)
+    if not _NAME.match(cluster.name):
+        raise errors.ConfigError(
+            f"{where}.name {cluster.name!r} must be a lowercase DNS label (a-z, 0-9, '-')"
+        )
+    if not cluster.in_cluster and not cluster.kubeconfig:
+        raise errors.ConfigError(f"{where}: set kubeconfig = PATH or in_cluster = true")
+    if cluster.in_cluster and cluster.kubeconfig:
+        raise errors.ConfigError(f"{where}: kubeconfig and in_cluster exclude each other")
+    if cluster.max_inflight < 1:
+        raise errors.ConfigError(f"{where}.max_inflight must be at least 1")
+    return cluster
+
+
+def _check(settings: Settings) -> None:
+    scan = settings.scan
+    where = settings.source
+    for name in ("rescan_interval_seconds", "job_deadline_seconds", "inflight_ttl_seconds"):
+        if getattr(scan, name) <= 0:
+            raise errors.ConfigError(f"{where}: scan.{name} must be positive")
+    if not scan.soft_time_limit_seconds < scan.hard_time_limit_seconds:
+        raise errors.ConfigError(
+            f"{where}: scan.soft_time_limit_seconds must be below scan.hard_time_limit_seconds"
+        )
+    if not scan.hard_time_limit_seconds < settings.broker.visibility_timeout_seconds:
+        raise errors.ConfigError(
+            f"{where}: broker.visibility_timeout_seconds must exceed "
+            "scan.hard_time_limit_seconds, or Redis redelivers running tasks"
+        )
+    if settings.database.pool_min_size > settings.database.pool_max_size:
+        raise errors.ConfigError(f"{where}: database.pool_min_size exceeds pool_max_size")
+
+
+def _convert(
+    cls: type[Any],
+    key: str,
+    value: Any,
+    where: str,
+    *,
+    from_env: bool = False,
+    allow_required: bool = False,
+) -> Any:
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    if key not in fields:
+        raise errors.ConfigError(f"{where}: unknown key; expected one of {sorted(fields)}")
+    hint = typing.get_type_hints(cls)[key]
+    try:
+        return _coerce(hint, value, from_env=from_env)
+    except (TypeError, ValueError) as e:
+        raise errors.ConfigError(f"{where}: {e}") from None
+
+
+def _coerce(hint: Any, value: Any, *, from_env: bool) -> Any:
+    origin = typing.get_origin(hint)
+    if origin is Literal:
+        allowed = typing.get_args(hint)
+        if value not in allowed:
+            raise ValueError(f"{value!r} is not one of {', '.join(map(str, allowed))}")
+        return value
+    if origin is tuple:
+        if from_env and isinstance(value, str):
+            value = [v.strip() for v in value.split(",") if v.strip()]
+        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+            raise TypeError(f"expected a list of strings, got {value!r}")
+        return tuple(value)
+    if origin in (types.UnionType, typing.Union):
+        raise TypeError("unsupported setting type")
+    if hint is bool:
+        if from_env and isinstance(value, str):
+            lowered = value.strip().lower()
+            if lowered in ("1", "true", "yes", "on"):
+                return True
+            if lowered in ("0", "false", "no", "off"):
+                return False
+        if not isinstance(value, bool):
+            raise TypeError(f"expected true or false, got {value!r}")
+        return value
+    if hint is int:
+        if from_env and isinstance(value, str):
+            return int(value.strip())
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise TypeError(f"expected an integer, got {value!r}")
+        return value
+    if hint is float:
+        if from_env and isinstance(value, str):
+            return float(value.strip())
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise TypeError(f"expected a number, got {value!r}")
+        return float(value)
+    if hint is str:
+        if not isinstance(value, str):
+            raise TypeError(f"expected a string, got {value!r}")
+        return value
+    raise TypeError(f"unsupported setting type {hint!r}")

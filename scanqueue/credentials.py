@@ -1,0 +1,1 @@
+"""(Being written; see DESIGN.md for what this module holds.)"""
