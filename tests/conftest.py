@@ -15,6 +15,9 @@ import pytest
 
 from tests.support import services
 
+# Each area adds its fixtures module here (one line each), not to this file.
+pytest_plugins: list[str] = []
+
 REGISTRY_USER = "alice"
 REGISTRY_PASSWORD = "alice-registry-pw-1"
 
