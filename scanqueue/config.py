@@ -52,8 +52,10 @@ class ScanSettings:
     sweep_interval_seconds: float = 60.0  # how often leftovers are swept
     sweep_margin_seconds: int = 120  # a Job older than deadline + margin is left behind
     inflight_ttl_seconds: int = 1800  # the in-flight dedupe key expires after this
-    soft_time_limit_seconds: int = 120  # Celery soft limit of the submit/collect tasks
-    hard_time_limit_seconds: int = 180  # Celery hard limit; must exceed the soft limit
+    # Celery limits of the submit/collect tasks. Ordered job deadline < soft < hard <
+    # broker visibility timeout, so that no limit fires while a longer one still waits.
+    soft_time_limit_seconds: int = 900  # SoftTimeLimitExceeded raised in the task
+    hard_time_limit_seconds: int = 1200  # the pool process is killed; must exceed soft
     verify_with_registry: bool = True  # check candidates against the registry before a Job
     allow_anonymous: bool = True  # try an anonymous pull after the candidates
     registry_timeout_seconds: float = 10.0  # connect+read timeout towards registries
@@ -205,6 +207,10 @@ def _check(settings: Settings) -> None:
     for name in ("rescan_interval_seconds", "job_deadline_seconds", "inflight_ttl_seconds"):
         if getattr(scan, name) <= 0:
             raise errors.ConfigError(f"{where}: scan.{name} must be positive")
+    if not scan.job_deadline_seconds < scan.soft_time_limit_seconds:
+        raise errors.ConfigError(
+            f"{where}: scan.job_deadline_seconds must be below scan.soft_time_limit_seconds"
+        )
     if not scan.soft_time_limit_seconds < scan.hard_time_limit_seconds:
         raise errors.ConfigError(
             f"{where}: scan.soft_time_limit_seconds must be below scan.hard_time_limit_seconds"

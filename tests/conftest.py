@@ -16,7 +16,9 @@ import pytest
 from tests.support import services
 
 # Each area adds its fixtures module here (one line each), not to this file.
-pytest_plugins: list[str] = []
+pytest_plugins: list[str] = [
+    "tests.support.worker_fixtures",
+]
 
 REGISTRY_USER = "alice"
 REGISTRY_PASSWORD = "alice-registry-pw-1"

@@ -1,0 +1,51 @@
+"""A real worker process against the real Redis broker: the app's settings hold."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+from scanqueue import config
+from tests.support.worker_fixtures import WorkerProcess
+from workers import app as worker_app
+
+
+def _settings_file(tmp_path: Path, redis_url: str) -> Path:
+    path = tmp_path / "scanqueue.toml"
+    path.write_text(
+        f'[broker]\nurl = "{redis_url}"\nresult_backend = "{redis_url}"\n'
+        "visibility_timeout_seconds = 30\n"
+        "[scan]\njob_deadline_seconds = 5\nsoft_time_limit_seconds = 10\n"
+        "hard_time_limit_seconds = 20\n"
+        '[[clusters]]\nname = "alpha"\nkubeconfig = "/nonexistent"\n'
+    )
+    return path
+
+
+def test_worker_process_answers_on_the_control_queue(
+    tmp_path: Path, redis_url: str, worker_factory: Callable[..., WorkerProcess]
+) -> None:
+    path = _settings_file(tmp_path, redis_url)
+    worker_factory(path, queues=[worker_app.CONTROL_QUEUE, "scan.alpha"])
+    client = worker_app.make_app(config.load(path, environ={}))
+    result = client.send_task("scanqueue.ping", queue=worker_app.CONTROL_QUEUE)
+    assert result.get(timeout=30) == "pong"
+
+
+def test_app_settings_order_time_limits_and_declare_every_cluster_queue(tmp_path: Path) -> None:
+    path = tmp_path / "s.toml"
+    path.write_text(
+        '[[clusters]]\nname = "a"\nin_cluster = true\n[[clusters]]\nname = "b"\nin_cluster = true\n'
+    )
+    settings = config.load(path, environ={})
+    conf = worker_app.make_app(settings).conf
+    assert {q.name for q in conf.task_queues} == {"scan.a", "scan.b", worker_app.CONTROL_QUEUE}
+    assert conf.task_acks_late and conf.task_reject_on_worker_lost
+    assert conf.worker_prefetch_multiplier == 1
+    assert conf.worker_cancel_long_running_tasks_on_connection_loss is True
+    assert (
+        settings.scan.job_deadline_seconds
+        < conf.task_soft_time_limit
+        < conf.task_time_limit
+        < conf.broker_transport_options["visibility_timeout"]
+    )
