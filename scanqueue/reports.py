@@ -1,1 +1,360 @@
-"""(Being written; see DESIGN.md for what this module holds.)"""
+"""Trivy JSON reports (schema version 2) to frozen domain objects.
+
+A scan pod's log, or a file from a CI pipeline, is untrusted text: this module
+turns it into a ``Report`` or refuses it with an ``InvalidReport`` whose
+one-line message says what is wrong and shows at most the first bytes of the
+input, never the whole log. Pure: no I/O beyond ``parse_file`` reading the file
+it is given; it never imports the store, a client or the network.
+
+A *finding* is one entry of a ``Vulnerabilities`` list; the same advisory in
+two packages is two findings of one ``Vulnerability``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import re
+from collections.abc import Mapping
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import marshmallow
+from marshmallow import fields
+
+from scanqueue import errors
+
+SEVERITIES = ("CRITICAL", "HIGH", "MEDIUM", "LOW", "UNKNOWN")  # most severe first
+_RANK = {name: len(SEVERITIES) - 1 - i for i, name in enumerate(SEVERITIES)}  # UNKNOWN = 0
+_PREVIEW = 60  # characters of the input shown in a refusal
+
+
+class InvalidReport(errors.PermanentError):
+    """The text is not a Trivy schema-2 JSON report; the message says why and how it starts."""
+
+
+def severity_rank(severity: str) -> int:
+    """0 for UNKNOWN up to 4 for CRITICAL; raise ``ValueError`` naming the allowed values."""
+    try:
+        return _RANK[severity.upper()]
+    except KeyError:
+        raise ValueError(
+            f"unknown severity {severity!r}; expected one of {', '.join(SEVERITIES)}"
+        ) from None
+
+
+@dataclasses.dataclass(frozen=True)
+class Vulnerability:
+    """One advisory as the report describes it (stored once per ID, updated by newer reports)."""
+
+    id: str  # "CVE-2023-42363", "GHSA-...", "DLA-..."
+    severity: str  # one of SEVERITIES
+    title: str = ""
+    url: str = ""  # PrimaryURL
+    cvss_score: float | None = None  # NVD V3 score if present, else the highest V3 (then V2)
+    cvss: Mapping[str, Any] = dataclasses.field(default_factory=dict, compare=False)
+    published_at: datetime | None = None
+    modified_at: datetime | None = None
+
+
+@dataclasses.dataclass(frozen=True)
+class Finding:
+    """One entry of a ``Vulnerabilities`` list: an advisory in one installed package."""
+
+    vulnerability: Vulnerability
+    package: str  # PkgName
+    installed_version: str
+    fixed_version: str  # "" when no fix is known
+    status: str | None  # "fixed", "affected", "will_not_fix"...; absent in older reports
+    target: str  # the Result's Target, e.g. "app:1 (debian 12.15)" or "Python"
+    result_class: str | None  # "os-pkgs", "lang-pkgs"...; absent in older reports
+    result_type: str | None  # "debian", "python-pkg"...
+    package_path: str = ""  # PkgPath, for language packages
+
+    @property
+    def severity(self) -> str:
+        return self.vulnerability.severity
+
+    @property
+    def fixable(self) -> bool:
+        return bool(self.fixed_version)
+
+
+@dataclasses.dataclass(frozen=True)
+class Result:
+    target: str
+    result_class: str | None
+    result_type: str | None
+    findings: tuple[Finding, ...]
+
+
+@dataclasses.dataclass(frozen=True)
+class Report:
+    """A parsed Trivy report: what was scanned, by which Trivy, and its findings."""
+
+    artifact: str  # ArtifactName
+    artifact_type: str  # "container_image", "filesystem"...
+    created_at: datetime | None
+    scanner_version: str | None  # Trivy.Version (absent before Trivy 0.50)
+    os_family: str | None  # Metadata.OS.Family: "alpine", "debian"...
+    os_name: str | None  # Metadata.OS.Name: "3.19.4"
+    image_id: str | None  # Metadata.ImageID: the config digest "sha256:..."
+    repo_digests: tuple[str, ...]  # Metadata.RepoDigests: "repo@sha256:..."
+    results: tuple[Result, ...]
+
+    @property
+    def findings(self) -> tuple[Finding, ...]:
+        return tuple(f for r in self.results for f in r.findings)
+
+    @property
+    def vulnerabilities(self) -> tuple[Vulnerability, ...]:
+        """One per ID, first occurrence wins, in report order."""
+        seen: dict[str, Vulnerability] = {}
+        for finding in self.findings:
+            seen.setdefault(finding.vulnerability.id, finding.vulnerability)
+        return tuple(seen.values())
+
+    def by_severity(self) -> dict[str, int]:
+        """Findings per severity, most severe first; severities with no finding are left out."""
+        counts = {s: 0 for s in SEVERITIES}
+        for finding in self.findings:
+            counts[finding.severity] += 1
+        return {s: n for s, n in counts.items() if n}
+
+    def summary(self) -> dict[str, Any]:
+        """``{"artifact": ..., "findings": N, "by_severity": {...}}`` for ``reports parse``."""
+        return {
+            "artifact": self.artifact,
+            "findings": len(self.findings),
+            "by_severity": self.by_severity(),
+        }
+
+
+# ------------------------------------------------------------------ wire schemas
+
+
+def _check_severity(value: str) -> None:
+    if value.upper() not in _RANK:
+        raise marshmallow.ValidationError(f"{value!r} must be one of {', '.join(SEVERITIES)}")
+
+
+class _Schema(marshmallow.Schema):
+    class Meta:
+        unknown = marshmallow.EXCLUDE  # Trivy adds fields in every release
+
+
+class _OSSchema(_Schema):
+    Family = fields.String(load_default=None, allow_none=True)
+    Name = fields.String(load_default=None, allow_none=True)
+
+
+class _MetadataSchema(_Schema):
+    OS = fields.Nested(_OSSchema, load_default=None, allow_none=True)
+    ImageID = fields.String(load_default=None, allow_none=True)
+    RepoDigests = fields.List(fields.String(), load_default=list, allow_none=True)
+
+
+class _TrivySchema(_Schema):
+    Version = fields.String(load_default=None, allow_none=True)
+
+
+class _VulnerabilitySchema(_Schema):
+    VulnerabilityID = fields.String(required=True)
+    PkgName = fields.String(required=True)
+    PkgPath = fields.String(load_default="", allow_none=True)
+    InstalledVersion = fields.String(load_default="", allow_none=True)
+    FixedVersion = fields.String(load_default="", allow_none=True)
+    Status = fields.String(load_default=None, allow_none=True)
+    Severity = fields.String(required=True, validate=_check_severity)
+    Title = fields.String(load_default="", allow_none=True)
+    PrimaryURL = fields.String(load_default="", allow_none=True)
+    CVSS = fields.Dict(keys=fields.String(), load_default=dict, allow_none=True)
+    PublishedDate = fields.String(load_default=None, allow_none=True)
+    LastModifiedDate = fields.String(load_default=None, allow_none=True)
+
+
+class _ResultSchema(_Schema):
+    Target = fields.String(required=True)
+    Class = fields.String(load_default=None, allow_none=True)
+    Type = fields.String(load_default=None, allow_none=True)
+    Vulnerabilities = fields.List(
+        fields.Nested(_VulnerabilitySchema), load_default=list, allow_none=True
+    )
+
+
+class _ReportSchema(_Schema):
+    SchemaVersion = fields.Integer(required=True, strict=True)
+    ArtifactName = fields.String(load_default="", allow_none=True)
+    ArtifactType = fields.String(load_default="", allow_none=True)
+    CreatedAt = fields.String(load_default=None, allow_none=True)
+    Trivy = fields.Nested(_TrivySchema, load_default=None, allow_none=True)
+    Metadata = fields.Nested(_MetadataSchema, load_default=None, allow_none=True)
+    Results = fields.List(fields.Nested(_ResultSchema), load_default=list, allow_none=True)
+
+
+_REPORT_SCHEMA = _ReportSchema()
+
+
+# ----------------------------------------------------------------------- parsing
+
+
+def parse(data: str | bytes, *, source: str = "report") -> Report:
+    """Parse Trivy ``--format json`` output (schema version 2) into a ``Report``.
+
+    Tolerates a UTF-8 byte-order mark, CRLF line endings, unknown fields and a
+    missing ``Vulnerabilities`` list. Raises ``InvalidReport`` (a one-line
+    message naming ``source``) for the legacy top-level-list format, another
+    schema version, truncated or non-JSON text, and missing required fields.
+    """
+    text = _decode(data, source)
+    stripped = text.strip()
+    if not stripped:
+        raise InvalidReport(f"{source}: empty output, expected Trivy JSON")
+    try:
+        document = json.loads(stripped)
+    except json.JSONDecodeError as e:
+        truncated = e.pos >= len(stripped) - 1 or "Unterminated" in e.msg
+        what = "truncated JSON" if truncated and stripped[0] in "{[" else "not JSON"
+        raise InvalidReport(
+            f"{source}: {what} ({e.msg} at character {e.pos} of {len(stripped)}); "
+            f"output starts with {_preview(stripped)}"
+        ) from None
+    if isinstance(document, list):
+        raise InvalidReport(
+            f"{source}: legacy Trivy JSON (a top-level list of results, written by Trivy "
+            "before 0.20) is not supported; rescan with a current Trivy, which writes "
+            "SchemaVersion 2"
+        )
+    if not isinstance(document, dict):
+        raise InvalidReport(
+            f"{source}: expected a JSON object with SchemaVersion 2; "
+            f"output starts with {_preview(stripped)}"
+        )
+    version = document.get("SchemaVersion")
+    if version != 2:
+        raise InvalidReport(
+            f"{source}: SchemaVersion {version!r} is not supported; expected 2 "
+            "(trivy --format json from Trivy 0.20 or later)"
+        )
+    try:
+        loaded: dict[str, Any] = _REPORT_SCHEMA.load(document)
+    except marshmallow.ValidationError as e:
+        raise InvalidReport(f"{source}: not a valid Trivy report: {_first_error(e)}") from None
+    return _build(loaded, source)
+
+
+def parse_file(path: str | Path) -> Report:
+    """Read and parse the report at ``path``; ``InvalidReport`` also for an unreadable file."""
+    try:
+        data = Path(path).read_bytes()
+    except OSError as e:
+        raise InvalidReport(f"{path}: cannot read report: {e.strerror or e}") from None
+    return parse(data, source=str(path))
+
+
+def _decode(data: str | bytes, source: str) -> str:
+    if isinstance(data, str):
+        return data.removeprefix("\ufeff")
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        raise InvalidReport(
+            f"{source}: not UTF-8 text (byte {e.start}); output starts with "
+            f"{_preview(data[:_PREVIEW].decode('utf-8', 'replace'))}"
+        ) from None
+
+
+def _preview(text: str) -> str:
+    head = text[:_PREVIEW]
+    return repr(head) + ("..." if len(text) > _PREVIEW else "")
+
+
+def _first_error(error: marshmallow.ValidationError) -> str:
+    def walk(node: Any, path: list[str]) -> tuple[list[str], str]:
+        if isinstance(node, dict):
+            key = sorted(node, key=str)[0]
+            return walk(node[key], [*path, str(key)])
+        if isinstance(node, list):
+            return path, str(node[0])
+        return path, str(node)
+
+    path, message = walk(error.messages, [])
+    return f"{'.'.join(path) or 'document'}: {message}"
+
+
+def _build(doc: Mapping[str, Any], source: str) -> Report:
+    metadata = doc.get("Metadata") or {}
+    os_info = metadata.get("OS") or {}
+    trivy = doc.get("Trivy") or {}
+    results = []
+    for raw in doc.get("Results") or []:
+        findings = tuple(
+            _finding(v, raw, source)
+            for v in raw.get("Vulnerabilities") or []  # absent, null or empty: none
+        )
+        results.append(Result(raw["Target"], raw.get("Class"), raw.get("Type"), findings))
+    return Report(
+        artifact=doc.get("ArtifactName") or "",
+        artifact_type=doc.get("ArtifactType") or "",
+        created_at=_time(doc.get("CreatedAt"), "CreatedAt", source),
+        scanner_version=trivy.get("Version"),
+        os_family=os_info.get("Family"),
+        os_name=os_info.get("Name"),
+        image_id=metadata.get("ImageID"),
+        repo_digests=tuple(metadata.get("RepoDigests") or ()),
+        results=tuple(results),
+    )
+
+
+def _finding(raw: Mapping[str, Any], result: Mapping[str, Any], source: str) -> Finding:
+    cvss = raw.get("CVSS") or {}
+    vulnerability = Vulnerability(
+        id=raw["VulnerabilityID"],
+        severity=raw["Severity"].upper(),
+        title=raw.get("Title") or "",
+        url=raw.get("PrimaryURL") or "",
+        cvss_score=_cvss_score(cvss),
+        cvss=cvss,
+        published_at=_time(raw.get("PublishedDate"), "PublishedDate", source),
+        modified_at=_time(raw.get("LastModifiedDate"), "LastModifiedDate", source),
+    )
+    return Finding(
+        vulnerability=vulnerability,
+        package=raw["PkgName"],
+        installed_version=raw.get("InstalledVersion") or "",
+        fixed_version=raw.get("FixedVersion") or "",
+        status=raw.get("Status"),
+        target=result["Target"],
+        result_class=result.get("Class"),
+        result_type=result.get("Type"),
+        package_path=raw.get("PkgPath") or "",
+    )
+
+
+def _cvss_score(cvss: Mapping[str, Any]) -> float | None:
+    def score(entry: Any, key: str) -> float | None:
+        value = entry.get(key) if isinstance(entry, Mapping) else None
+        return float(value) if isinstance(value, int | float) else None
+
+    nvd = score(cvss.get("nvd"), "V3Score")
+    if nvd is not None:
+        return nvd
+    for key in ("V3Score", "V2Score"):
+        found = [s for s in (score(e, key) for e in cvss.values()) if s is not None]
+        if found:
+            return max(found)
+    return None
+
+
+_FRACTION = re.compile(r"(\.\d{6})\d+")
+
+
+def _time(text: str | None, name: str, source: str) -> datetime | None:
+    """Trivy writes RFC 3339 with up to nanoseconds; Python keeps microseconds."""
+    if not text:
+        return None
+    try:
+        return datetime.fromisoformat(_FRACTION.sub(r"\1", text.replace("Z", "+00:00")))
+    except ValueError:
+        raise InvalidReport(f"{source}: {name} {text[:40]!r} is not an RFC 3339 time") from None
