@@ -1,0 +1,249 @@
+"""Farm-wide deduplication of scans, in Redis: one scan per image digest, whichever cluster.
+
+A scan's result depends only on the image's content, so a digest is scanned
+once, in whichever cluster first runs it, and that result serves every
+cluster. Three kinds of keys, all with an expiry:
+
+``scanqueue:fresh:<digest>``
+    set by a worker when a scan succeeded, for the rescan interval;
+``scanqueue:inflight:<digest>`` = ``<cluster>/<scan id>``
+    set with ``SET NX`` by the watcher that publishes the scan task, expiring
+    after ``scan.inflight_ttl_seconds`` so a lost scan is retried; released or
+    refreshed by the worker;
+``scanqueue:failed:<digest>:<cluster>``
+    set by a worker when the scan could not be done *from this cluster* (no
+    working credential there): this cluster does not try again until it
+    expires, and another cluster running the digest gets its turn.
+
+``claim`` checks and takes these atomically (one Lua script per batch), so two
+watchers never both publish a digest. The scripts use key names they build
+themselves, so they need a single Redis, not Redis Cluster.
+
+Only digests, cluster names and scan ids are stored here: never a credential.
+Nothing connects at import time; callers pass a ``redis.Redis`` client.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import uuid
+from collections.abc import Callable, Iterable, Sequence
+from typing import Literal, TypeVar, cast
+
+import redis
+
+from scanqueue import errors
+
+PREFIX = "scanqueue:"
+_BATCH = 500  # digests per script call: bounded work per Redis round trip
+
+_T = TypeVar("_T")
+Status = Literal["claimed", "fresh", "inflight", "failed-here"]
+
+_CLAIM = """
+local cluster, ttl = ARGV[1], ARGV[2]
+local out = {}
+for i = 3, #ARGV, 2 do
+  local digest = ARGV[i]
+  if redis.call('EXISTS', 'scanqueue:fresh:' .. digest) == 1 then
+    out[#out + 1] = 'fresh'
+  elseif redis.call('EXISTS', 'scanqueue:failed:' .. digest .. ':' .. cluster) == 1 then
+    out[#out + 1] = 'failed-here'
+  elseif redis.call('SET', 'scanqueue:inflight:' .. digest, cluster .. '/' .. ARGV[i + 1],
+                    'NX', 'EX', ttl) then
+    out[#out + 1] = 'claimed'
+  else
+    out[#out + 1] = 'inflight'
+  end
+end
+return out
+"""
+
+# Delete or re-expire the in-flight key only while it still holds our value.
+_RELEASE_IF = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+return 0
+"""
+_REFRESH_IF = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('EXPIRE', KEYS[1], ARGV[2]) end
+return 0
+"""
+
+
+@dataclasses.dataclass(frozen=True)
+class Decision:
+    """What ``claim`` decided for one digest; ``scan_id`` is set when it was claimed."""
+
+    digest: str
+    status: Status
+    scan_id: str = ""
+
+
+@dataclasses.dataclass(frozen=True)
+class InFlight:
+    """Who holds a digest's in-flight key, and for how much longer."""
+
+    cluster: str
+    scan_id: str
+    ttl_seconds: int
+
+
+def inflight_key(digest: str) -> str:
+    return f"{PREFIX}inflight:{digest}"
+
+
+def fresh_key(digest: str) -> str:
+    return f"{PREFIX}fresh:{digest}"
+
+
+def failed_key(digest: str, cluster: str) -> str:
+    return f"{PREFIX}failed:{digest}:{cluster}"
+
+
+def client(url: str) -> redis.Redis:
+    """A Redis client for ``url`` (strings decoded). Connects lazily, on the first command."""
+    return redis.Redis.from_url(url, decode_responses=True, health_check_interval=30)
+
+
+def new_scan_id() -> str:
+    """A fresh scan id: 32 lowercase hex characters."""
+    return uuid.uuid4().hex
+
+
+def claim(
+    conn: redis.Redis,
+    *,
+    cluster: str,
+    digests: Iterable[str],
+    ttl_seconds: int,
+) -> list[Decision]:
+    """Try to take every digest for ``cluster``; return one ``Decision`` per digest, in order.
+
+    A digest is claimed (in-flight key set to ``<cluster>/<new scan id>`` with
+    ``ttl_seconds`` expiry) only when it is not fresh, has not failed in this
+    cluster, and no scan of it is in flight anywhere. Raises ``TemporaryError``
+    when Redis cannot be reached.
+    """
+    wanted = list(dict.fromkeys(digests))
+    decisions: list[Decision] = []
+    for start in range(0, len(wanted), _BATCH):
+        batch = wanted[start : start + _BATCH]
+        ids = [new_scan_id() for _ in batch]
+        argv: list[str | int] = [cluster, int(ttl_seconds)]
+        for digest, scan_id in zip(batch, ids, strict=True):
+            argv += [digest, scan_id]
+        result = _call(functools.partial(conn.eval, _CLAIM, 0, *argv), "claim digests")
+        statuses = cast(Sequence[str], result)
+        for digest, scan_id, status in zip(batch, ids, statuses, strict=True):
+            decisions.append(
+                Decision(digest, cast(Status, status), scan_id if status == "claimed" else "")
+            )
+    return decisions
+
+
+def unsettled(conn: redis.Redis, *, cluster: str, digests: Sequence[str]) -> list[str]:
+    """The digests Redis knows nothing about: not fresh, not in flight, not failed here.
+
+    These are the ones worth checking against Postgres (``store.fresh_digests``)
+    after Redis lost its keys, before ``claim``. One pipelined round trip.
+    """
+    if not digests:
+        return []
+    pipe = conn.pipeline(transaction=False)
+    for digest in digests:
+        pipe.exists(fresh_key(digest), inflight_key(digest), failed_key(digest, cluster))
+    counts = _call(pipe.execute, "check digests")
+    return [d for d, n in zip(digests, counts, strict=True) if not n]
+
+
+def release(conn: redis.Redis, digest: str, *, scan_id: str | None = None) -> bool:
+    """Drop the in-flight key of ``digest`` (only if it is ``scan_id``'s, when given).
+
+    Call it when a scan ended without a result worth keeping, so the next
+    watcher pass publishes the digest again. Returns True if a key was removed.
+    """
+    key = inflight_key(digest)
+    if scan_id is None:
+        return bool(_call(lambda: conn.delete(key), f"release {digest}"))
+    value = _holder(conn, key)
+    if value is None or value.rpartition("/")[2] != scan_id:
+        return False
+    return bool(_call(lambda: conn.eval(_RELEASE_IF, 1, key, value), f"release {digest}"))
+
+
+def refresh(conn: redis.Redis, digest: str, *, scan_id: str, ttl_seconds: int) -> bool:
+    """Extend the in-flight key of ``digest`` while ``scan_id`` holds it; False if it does not."""
+    key = inflight_key(digest)
+    value = _holder(conn, key)
+    if value is None or value.rpartition("/")[2] != scan_id:
+        return False
+    return bool(_call(lambda: conn.eval(_REFRESH_IF, 1, key, value, int(ttl_seconds)), "refresh"))
+
+
+def mark_fresh(conn: redis.Redis, digest: str, *, ttl_seconds: int) -> None:
+    """Record a successful scan of ``digest`` for ``ttl_seconds`` and drop its in-flight key."""
+    pipe = conn.pipeline(transaction=True)
+    pipe.set(fresh_key(digest), "1", ex=int(ttl_seconds))
+    pipe.delete(inflight_key(digest))
+    _call(pipe.execute, f"mark {digest} fresh")
+
+
+def mark_many_fresh(conn: redis.Redis, digests: Iterable[str], *, ttl_seconds: int) -> None:
+    """``mark_fresh`` without touching in-flight keys, for digests Postgres says are fresh."""
+    pipe = conn.pipeline(transaction=False)
+    for digest in digests:
+        pipe.set(fresh_key(digest), "1", ex=int(ttl_seconds))
+    _call(pipe.execute, "mark digests fresh")
+
+
+def mark_failed_here(conn: redis.Redis, digest: str, *, cluster: str, ttl_seconds: int) -> None:
+    """``cluster`` could not scan ``digest``: don't retry there for ``ttl_seconds``.
+
+    Also drops the in-flight key, so the next pass of another cluster's watcher
+    that runs the digest claims it and tries with that cluster's credentials.
+    """
+    pipe = conn.pipeline(transaction=True)
+    pipe.set(failed_key(digest, cluster), "1", ex=int(ttl_seconds))
+    pipe.delete(inflight_key(digest))
+    _call(pipe.execute, f"mark {digest} failed in {cluster}")
+
+
+def is_fresh(conn: redis.Redis, digest: str) -> bool:
+    return bool(_call(lambda: conn.exists(fresh_key(digest)), f"read {digest}"))
+
+
+def in_flight(conn: redis.Redis, digest: str) -> InFlight | None:
+    """Who is scanning ``digest`` right now, or None."""
+    key = inflight_key(digest)
+    pipe = conn.pipeline(transaction=True)
+    pipe.get(key)
+    pipe.ttl(key)
+    value, ttl = _call(pipe.execute, f"read {digest}")
+    if value is None:
+        return None
+    cluster, _, scan_id = str(value).rpartition("/")
+    return InFlight(cluster=cluster, scan_id=scan_id, ttl_seconds=int(ttl))
+
+
+def failed_clusters(conn: redis.Redis, digest: str, clusters: Sequence[str]) -> list[str]:
+    """Those of ``clusters`` where ``digest`` is marked failed."""
+    if not clusters:
+        return []
+    pipe = conn.pipeline(transaction=False)
+    for name in clusters:
+        pipe.exists(failed_key(digest, name))
+    found = _call(pipe.execute, f"read {digest}")
+    return [name for name, n in zip(clusters, found, strict=True) if n]
+
+
+def _holder(conn: redis.Redis, key: str) -> str | None:
+    value = _call(lambda: conn.get(key), f"read {key}")
+    return None if value is None else str(value)
+
+
+def _call(operation: Callable[[], _T], what: str) -> _T:
+    try:
+        return operation()
+    except redis.RedisError as e:
+        raise errors.TemporaryError(f"Redis: cannot {what}: {e}") from e

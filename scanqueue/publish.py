@@ -1,0 +1,71 @@
+"""Publishing scan tasks by name on a cluster's queue, without importing the workers.
+
+The watcher must not depend on the worker package (it runs in its own
+image, and the library never imports ``workers``), so it sends the task by
+its registered name, ``scanqueue.scan``, on the Celery queue of the cluster
+that runs the image (``scan.<cluster>``), with one keyword argument:
+``request``, the versioned payload of ``discovery.to_payload``.
+
+This is the one library module allowed to import Celery (the import-linter
+contract "library-without-celery" makes an exception for it alone), and only
+for a bare client: ``celery.Celery(broker=...)`` and ``send_task``. The payload
+holds names and references, never a credential value; JSON only.
+"""
+
+from __future__ import annotations
+
+import celery
+import kombu.exceptions
+
+from scanqueue import discovery, errors
+
+TASK_NAME = "scanqueue.scan"
+
+
+def queue_name(cluster: str) -> str:
+    """The Celery queue of ``cluster``'s scans: ``scan.<cluster>``."""
+    return f"scan.{cluster}"
+
+
+class Publisher:
+    """A bare Celery client that sends scan tasks to Redis. Safe to share between threads.
+
+    Connects lazily, on the first publish; call ``close`` when done.
+    """
+
+    def __init__(self, broker_url: str) -> None:
+        self._app = celery.Celery("scanqueue-watcher", broker=broker_url, set_as_current=False)
+        self._app.conf.update(
+            task_serializer="json",
+            accept_content=["json"],
+            task_create_missing_queues=True,
+            broker_connection_retry_on_startup=True,
+        )
+
+    def publish(self, request: discovery.ScanRequest) -> str:
+        """Send the scan task for ``request`` on its cluster's queue; return the task id.
+
+        The task id is the request's ``scan_id`` when it has one, so the scan,
+        its in-flight key and its Celery task share one name. Raises
+        ``TemporaryError`` when the broker cannot be reached.
+        """
+        payload = discovery.to_payload(request)
+        try:
+            result = self._app.send_task(
+                TASK_NAME,
+                kwargs={"request": payload},
+                queue=queue_name(request.cluster),
+                task_id=request.scan_id or None,
+                retry=True,
+                retry_policy={"max_retries": 2, "interval_start": 0.2, "interval_step": 0.5},
+            )
+        except (kombu.exceptions.OperationalError, OSError) as e:
+            raise errors.TemporaryError(
+                f"cannot publish the scan of {request.digest} ({request.namespace}/{request.pod}) "
+                f"on queue {queue_name(request.cluster)}: {e}; is the broker (Redis) up?"
+            ) from e
+        return str(result.id)
+
+    def close(self) -> None:
+        """Release the broker connections."""
+        self._app.close()
