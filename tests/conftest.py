@@ -18,6 +18,7 @@ from tests.support import services
 # Each area adds its fixtures module here (one line each), not to this file.
 pytest_plugins: list[str] = [
     "tests.support.worker_fixtures",
+    "tests.support.registry_fixtures",
     "tests.support.results_fixtures",
 ]
 
