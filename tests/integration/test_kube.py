@@ -1,0 +1,359 @@
+"""The Kubernetes adapter over real HTTP: the official client against a scripted API server.
+
+The scripted server answers what a real API server answers when things go
+wrong (404, 409, 410, 429 with Retry-After, 5xx, 403, 422, ERROR watch events,
+garbage), which the emulator has no reason to produce; the adapter must turn
+each into the right scanqueue error, naming the object and never a secret.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import threading
+import urllib.parse
+from collections.abc import Callable, Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from scanqueue import config, errors, kube
+from tests.support import services
+
+CANARY = "canary-pw-5b4a3c2d"
+
+
+@dataclasses.dataclass
+class Request:
+    method: str
+    path: str
+    query: dict[str, list[str]]
+    headers: dict[str, str]
+    body: bytes
+
+
+Answer = tuple[int, dict[str, str], bytes]
+
+
+class ScriptedAPI:
+    """An HTTP/1.1 server on 127.0.0.1 answering with ``script(request)``; records requests."""
+
+    def __init__(self, script: Callable[[Request], Answer]) -> None:
+        self.script = script
+        self.seen: list[Request] = []
+        owner = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, format: str, *args: Any) -> None:
+                pass
+
+            def _any(self) -> None:
+                length = int(self.headers.get("Content-Length") or 0)
+                url = urllib.parse.urlsplit(self.path)
+                request = Request(
+                    self.command,
+                    url.path,
+                    urllib.parse.parse_qs(url.query),
+                    dict(self.headers.items()),
+                    self.rfile.read(length) if length else b"",
+                )
+                owner.seen.append(request)
+                status, headers, body = owner.script(request)
+                self.send_response(status)
+                headers = {"Content-Type": "application/json", **headers}
+                for name, value in headers.items():
+                    self.send_header(name, value)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            do_GET = do_POST = do_PATCH = do_DELETE = do_PUT = _any
+
+        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self._server.daemon_threads = True
+        self.port = self._server.server_address[1]
+        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+        self._thread.join(5)
+
+
+def write_kubeconfig(path: Path, servers: dict[str, str], current: str) -> Path:
+    path.write_text(
+        yaml.safe_dump(
+            {
+                "apiVersion": "v1",
+                "kind": "Config",
+                "clusters": [{"name": n, "cluster": {"server": s}} for n, s in servers.items()],
+                "users": [{"name": "u", "user": {}}],
+                "contexts": [{"name": n, "context": {"cluster": n, "user": "u"}} for n in servers],
+                "current-context": current,
+            }
+        )
+    )
+    return path
+
+
+@pytest.fixture
+def scripted(tmp_path: Path) -> Iterator[Callable[[Callable[[Request], Answer]], Any]]:
+    """Start a scripted API server; return (server, ApiClient) for it. Stopped after the test."""
+    started: list[ScriptedAPI] = []
+
+    def start(script: Callable[[Request], Answer]) -> tuple[ScriptedAPI, kube.ApiClient]:
+        server = ScriptedAPI(script)
+        started.append(server)
+        kubeconfig = write_kubeconfig(
+            tmp_path / f"kubeconfig-{server.port}",
+            {"scripted": f"http://127.0.0.1:{server.port}"},
+            "scripted",
+        )
+        cluster = config.ClusterSettings(name="scripted", kubeconfig=str(kubeconfig))
+        return server, kube.api_client(cluster)
+
+    yield start
+    for server in started:
+        server.stop()
+
+
+def status(code: int, reason: str, message: str, **extra: Any) -> Answer:
+    body = {"kind": "Status", "apiVersion": "v1", "status": "Failure", "code": code}
+    body.update(reason=reason, message=message, **extra)
+    return code, {}, json.dumps(body).encode()
+
+
+def ok(obj: dict[str, Any]) -> Answer:
+    return 200, {}, json.dumps(obj).encode()
+
+
+# ------------------------------------------------------------------ clients
+
+
+def test_api_client_uses_the_kubeconfig_context_it_is_given(
+    tmp_path: Path, scripted: Callable[..., Any]
+) -> None:
+    server, _ = scripted(lambda r: ok({"kind": "Secret", "metadata": {"name": "s"}}))
+    kubeconfig = write_kubeconfig(
+        tmp_path / "two-contexts",
+        {"other": "http://127.0.0.1:1", "mine": f"http://127.0.0.1:{server.port}"},
+        "other",
+    )
+    cluster = config.ClusterSettings(name="c", kubeconfig=str(kubeconfig), context="mine")
+    api = kube.api_client(cluster)
+    assert kube.read_secret(api=api, namespace="ns", name="s")["metadata"]["name"] == "s"
+    assert server.seen[-1].path == "/api/v1/namespaces/ns/secrets/s"
+
+
+def test_api_client_names_the_cluster_and_file_when_kubeconfig_is_missing(tmp_path: Path) -> None:
+    missing = tmp_path / "nope.yaml"
+    cluster = config.ClusterSettings(name="prod-eu", kubeconfig=str(missing))
+    with pytest.raises(errors.ConfigError, match=r"cluster prod-eu: cannot load .*nope\.yaml"):
+        kube.api_client(cluster)
+
+
+def test_api_client_names_an_unknown_context(tmp_path: Path) -> None:
+    kubeconfig = write_kubeconfig(tmp_path / "k", {"a": "http://127.0.0.1:1"}, "a")
+    cluster = config.ClusterSettings(name="c", kubeconfig=str(kubeconfig), context="zzz")
+    with pytest.raises(errors.ConfigError, match="context 'zzz'"):
+        kube.api_client(cluster)
+
+
+def test_clients_for_two_clusters_do_not_share_state(
+    tmp_path: Path, scripted: Callable[..., Any]
+) -> None:
+    first, api_one = scripted(lambda r: ok({"kind": "Secret", "metadata": {"name": "one"}}))
+    second, api_two = scripted(lambda r: ok({"kind": "Secret", "metadata": {"name": "two"}}))
+    assert kube.read_secret(api=api_one, namespace="n", name="x")["metadata"]["name"] == "one"
+    assert kube.read_secret(api=api_two, namespace="n", name="x")["metadata"]["name"] == "two"
+    assert len(first.seen) == 1 and len(second.seen) == 1
+
+
+# ------------------------------------------------------------------ errors
+
+
+def test_missing_object_is_not_found_naming_verb_kind_and_object(
+    scripted: Callable[..., Any],
+) -> None:
+    _, api = scripted(lambda r: status(404, "NotFound", 'secrets "regcred" not found'))
+    with pytest.raises(kube.NotFound, match=r"read Secret team-a/regcred: HTTP 404") as caught:
+        kube.read_secret(api=api, namespace="team-a", name="regcred")
+    assert isinstance(caught.value, errors.PermanentError)
+
+
+def test_throttling_is_temporary_with_the_servers_retry_after(
+    scripted: Callable[..., Any],
+) -> None:
+    def script(r: Request) -> Answer:
+        code, _, body = status(429, "TooManyRequests", "slow down")
+        return code, {"Retry-After": "7"}, body
+
+    _, api = scripted(script)
+    with pytest.raises(errors.TemporaryError, match="read ServiceAccount a/default") as caught:
+        kube.read_service_account(api=api, namespace="a", name="default")
+    assert caught.value.delay == 7.0
+
+
+@pytest.mark.parametrize("code", [500, 503, 504])
+def test_server_errors_are_temporary(scripted: Callable[..., Any], code: int) -> None:
+    _, api = scripted(lambda r: status(code, "InternalError", "etcd is sad"))
+    with pytest.raises(errors.TemporaryError, match=f"list Job scans: HTTP {code}"):
+        kube.list_jobs(api=api, namespace="scans", label_selector="a=b")
+
+
+@pytest.mark.parametrize(
+    ("code", "reason"), [(400, "BadRequest"), (403, "Forbidden"), (422, "Invalid")]
+)
+def test_refusals_are_permanent(scripted: Callable[..., Any], code: int, reason: str) -> None:
+    _, api = scripted(lambda r: status(code, reason, "no"))
+    with pytest.raises(errors.PermanentError, match=f"create Job scans/sq-1: HTTP {code}"):
+        kube.create_job(
+            api=api, body={"kind": "Job", "metadata": {"name": "sq-1", "namespace": "scans"}}
+        )
+
+
+def test_forbidden_says_which_permission_to_grant(scripted: Callable[..., Any]) -> None:
+    _, api = scripted(lambda r: status(403, "Forbidden", "secrets is forbidden"))
+    with pytest.raises(errors.PermanentError, match=r"grant .* the delete permission"):
+        kube.delete_secret(api=api, namespace="scans", name="s")
+
+
+def test_refused_secret_never_echoes_its_content(scripted: Callable[..., Any]) -> None:
+    causes = [{"field": "data[password]", "message": f"Invalid value: {CANARY!r}"}]
+    answer = status(422, "Invalid", f"Secret is invalid: {CANARY}", details={"causes": causes})
+    _, api = scripted(lambda r: answer)
+    body = {
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "metadata": {"name": "sq-1-cred", "namespace": "scans"},
+        "data": {"password": CANARY},
+    }
+    with pytest.raises(errors.PermanentError) as caught:
+        kube.create_secret(api=api, body=body)
+    message = str(caught.value)
+    assert "create Secret scans/sq-1-cred: HTTP 422 Invalid data[password]" in message
+    assert CANARY not in message
+    assert caught.value.__cause__ is None
+    assert CANARY not in repr(caught.value.__context__)
+
+
+def test_unreachable_api_server_is_temporary(tmp_path: Path) -> None:
+    port = services.free_port()  # nothing listens there
+    kubeconfig = write_kubeconfig(tmp_path / "k", {"gone": f"http://127.0.0.1:{port}"}, "gone")
+    api = kube.api_client(config.ClusterSettings(name="gone", kubeconfig=str(kubeconfig)))
+    with pytest.raises(errors.TemporaryError, match="read Job scans/sq-1: cannot reach"):
+        kube.read_job(api=api, namespace="scans", name="sq-1")
+
+
+def test_an_answer_that_is_not_json_is_temporary(scripted: Callable[..., Any]) -> None:
+    _, api = scripted(lambda r: (200, {"Content-Type": "text/html"}, b"<html>proxy</html>"))
+    with pytest.raises(errors.TemporaryError, match=r"read Secret a/b: .*not JSON"):
+        kube.read_secret(api=api, namespace="a", name="b")
+
+
+def test_read_owner_refuses_a_kind_it_does_not_know(scripted: Callable[..., Any]) -> None:
+    server, api = scripted(lambda r: ok({}))
+    with pytest.raises(errors.PermanentError, match="read Rollout a/r: owner kind not supported"):
+        kube.read_owner(api=api, kind="Rollout", namespace="a", name="r")
+    assert server.seen == []
+
+
+# ------------------------------------------------------------------ protocol details
+
+
+def test_list_pods_follows_continue_tokens_and_returns_the_list_version(
+    scripted: Callable[..., Any],
+) -> None:
+    def script(r: Request) -> Answer:
+        token = r.query.get("continue", [""])[0]
+        page = int(token or 0)
+        items = [{"metadata": {"name": f"p{page}-{i}"}} for i in range(2)]
+        meta: dict[str, Any] = {"resourceVersion": f"rv{page}"}
+        if page < 2:
+            meta["continue"] = str(page + 1)
+        return ok({"kind": "PodList", "metadata": meta, "items": items})
+
+    server, api = scripted(script)
+    items, version = kube.list_pods(api=api, namespace=None, page_size=2)
+    assert [p["metadata"]["name"] for p in items] == [
+        "p0-0", "p0-1", "p1-0", "p1-1", "p2-0", "p2-1"
+    ]  # fmt: skip
+    assert version == "rv2"
+    assert [r.path for r in server.seen] == ["/api/v1/pods"] * 3
+    assert [r.query["limit"] for r in server.seen] == [["2"]] * 3
+
+
+def test_watch_requests_bookmarks_and_yields_raw_events(scripted: Callable[..., Any]) -> None:
+    pod = {"kind": "Pod", "metadata": {"name": "a", "resourceVersion": "5"}}
+    events = [
+        {"type": "ADDED", "object": pod},
+        {"type": "BOOKMARK", "object": {"kind": "Pod", "metadata": {"resourceVersion": "9"}}},
+        {"type": "DELETED", "object": {**pod, "metadata": {"name": "a", "resourceVersion": "10"}}},
+    ]
+    body = b"".join(json.dumps(e).encode() + b"\n" for e in events)
+    server, api = scripted(lambda r: (200, {}, body))
+    got = list(
+        kube.watch_pods(api=api, namespace="team-a", resource_version="4", timeout_seconds=5)
+    )
+    assert got == [(e["type"], e["object"]) for e in events]
+    [request] = server.seen
+    assert request.path == "/api/v1/namespaces/team-a/pods"
+    assert request.query["watch"] == ["true"]
+    assert request.query["allowWatchBookmarks"] == ["true"]
+    assert request.query["resourceVersion"] == ["4"]
+    assert request.query["timeoutSeconds"] == ["5"]
+
+
+def test_watch_error_event_410_raises_gone(scripted: Callable[..., Any]) -> None:
+    expired = {
+        "kind": "Status",
+        "code": 410,
+        "reason": "Expired",
+        "message": "too old resource version",
+    }
+    lines = [
+        {"type": "ADDED", "object": {"metadata": {"name": "a"}}},
+        {"type": "ERROR", "object": expired},
+    ]  # fmt: skip
+    body = b"".join(json.dumps(e).encode() + b"\n" for e in lines)
+    _, api = scripted(lambda r: (200, {}, body))
+    events = kube.watch_pods(api=api, namespace=None, resource_version="1", timeout_seconds=5)
+    assert next(events)[0] == "ADDED"
+    with pytest.raises(kube.Gone, match="watch Pod all namespaces: HTTP 410"):
+        next(events)
+
+
+def test_watch_answered_410_raises_gone(scripted: Callable[..., Any]) -> None:
+    _, api = scripted(lambda r: status(410, "Expired", "too old resource version"))
+    with pytest.raises(kube.Gone) as caught:
+        list(kube.watch_pods(api=api, namespace=None, resource_version="1", timeout_seconds=5))
+    assert isinstance(caught.value, errors.TemporaryError)
+
+
+def test_resume_job_sends_a_merge_patch_unsuspending_it(scripted: Callable[..., Any]) -> None:
+    server, api = scripted(lambda r: ok({"kind": "Job", "spec": {"suspend": False}}))
+    kube.resume_job(api=api, namespace="scans", name="sq-1")
+    [request] = server.seen
+    assert (request.method, request.path) == ("PATCH", "/apis/batch/v1/namespaces/scans/jobs/sq-1")
+    assert request.headers["Content-Type"] == "application/merge-patch+json"
+    assert json.loads(request.body) == {"spec": {"suspend": False}}
+
+
+def test_delete_job_propagates_in_the_background_and_tolerates_absence(
+    scripted: Callable[..., Any],
+) -> None:
+    answers = iter([ok({"kind": "Status", "status": "Success"}), status(404, "NotFound", "gone")])
+    server, api = scripted(lambda r: next(answers))
+    assert kube.delete_job(api=api, namespace="scans", name="sq-1") is True
+    assert kube.delete_job(api=api, namespace="scans", name="sq-1") is False
+    first = server.seen[0]
+    assert first.method == "DELETE"
+    sent = json.loads(first.body) if first.body else {}
+    propagation = sent.get("propagationPolicy") or first.query.get("propagationPolicy", [""])[0]
+    assert propagation == "Background"
