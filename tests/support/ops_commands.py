@@ -1,0 +1,81 @@
+"""Check the commands that the Dockerfile, compose.yaml and deploy/ start.
+
+No container runs here, so the next best thing: every command those files name
+must be a real ``scanqueue`` subcommand (parsed by the real parser) or a real
+``celery -A workers.app <subcommand>`` with options that subcommand knows.
+``problems(argv)`` returns what is wrong, empty when the command is fine.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import shlex
+from collections.abc import Sequence
+
+CELERY_APP = "workers.app"
+
+
+def problems(argv: Sequence[str]) -> list[str]:
+    """What is wrong with ``argv`` as a command of the scanqueue image; [] when nothing."""
+    argv = list(argv)
+    if not argv:
+        return ["empty command"]
+    if argv[0] in ("sh", "/bin/sh") and len(argv) == 3 and argv[1] == "-c":
+        return problems(shlex.split(argv[2].replace('"$HOSTNAME"', "host")))
+    if argv[0] == "scanqueue":
+        return _scanqueue(argv[1:])
+    if argv[0] == "celery":
+        return _celery(argv[1:])
+    if argv[0] == "python" and argv[1:2] == ["-c"]:
+        return []  # inline health checks are checked by compiling them (see callers)
+    return [f"{argv[0]!r} is neither scanqueue nor celery"]
+
+
+def _scanqueue(args: list[str]) -> list[str]:
+    from scanqueue import cli
+
+    parser = cli.build_parser()
+    err = io.StringIO()
+    try:
+        with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):
+            parser.parse_args(args)
+    except SystemExit as e:
+        if e.code not in (0, None):
+            return [f"scanqueue {' '.join(args)}: {err.getvalue().strip()}"]
+    return []
+
+
+def _celery(args: list[str]) -> list[str]:
+    from celery.bin.celery import celery as group
+    from flower.options import options as flower_options
+
+    found: list[str] = []
+    app = None
+    rest = list(args)
+    while rest and rest[0].startswith("-"):
+        token = rest.pop(0)
+        if token in ("-A", "--app"):
+            app = rest.pop(0) if rest else None
+        elif token.startswith("--app="):
+            app = token.partition("=")[2]
+        else:
+            found.append(f"celery: unexpected global option {token}")
+    if app != CELERY_APP:
+        found.append(f"celery: -A {app} instead of -A {CELERY_APP}")
+    if not rest:
+        return [*found, "celery: no subcommand"]
+    name, options = rest[0], rest[1:]
+    command = group.commands.get(name)
+    if command is None:
+        return [*found, f"celery has no subcommand {name!r}"]
+    if name == "flower":
+        known = {f"--{o}" for o in flower_options._options}
+    else:
+        known = {o for p in command.params for o in (*p.opts, *p.secondary_opts)}
+    for option in options:
+        if option.startswith("-"):
+            flag = option.partition("=")[0]
+            if flag not in known:
+                found.append(f"celery {name} has no option {flag}")
+    return found
