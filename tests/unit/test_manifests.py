@@ -11,7 +11,7 @@ from typing import Any
 import kubernetes_validate
 import pytest
 
-from scanqueue import config, errors, manifests
+from scanqueue import config, credentials, errors, manifests
 
 DIGEST = "sha256:" + "ab" * 32
 IMAGE = "127.0.0.1:5000/team/app"
@@ -384,3 +384,53 @@ def test_returned_manifests_share_no_mutable_parts() -> None:
     job = manifests.scan_job(spec())
     container(job)["volumeMounts"].append({"name": "x", "mountPath": "/x"})
     assert len(container(manifests.scan_job(spec()))["volumeMounts"]) == 2
+
+
+def test_a_parsed_pull_secret_credential_builds_the_secret_without_showing_its_password() -> None:
+    auth = base64.b64encode(f"bob:{CANARY}".encode()).decode()
+    [cred] = credentials.parse_dockerconfig(
+        json.dumps({"auths": {"127.0.0.1:5000": {"auth": auth}}}), source="team-a/regcred"
+    )
+    secret = manifests.scan_secret(spec(), job_uid="u", credential=cred)
+    assert base64.b64decode(secret["data"]["password"]).decode() == CANARY
+    assert CANARY not in json.dumps(secret["metadata"])
+
+
+def test_node_mode_asks_only_for_what_the_baseline_pod_security_level_allows() -> None:
+    job = manifests.scan_job(spec(mode="node", credential=None, node_name="node-1"))
+    pod = job["spec"]["template"]["spec"]
+    baseline_caps = set(
+        [
+            "AUDIT_WRITE",
+            "CHOWN",
+            "DAC_OVERRIDE",
+            "FOWNER",
+            "FSETID",
+            "KILL",
+            "MKNOD",
+            "NET_BIND_SERVICE",
+            "SETFCAP",
+            "SETGID",
+            "SETPCAP",
+            "SETUID",
+            "SYS_CHROOT",
+        ]
+    )
+    for c in [*pod["initContainers"], *pod["containers"]]:
+        assert set(c["securityContext"]["capabilities"].get("add", [])) <= baseline_caps
+        assert c["securityContext"]["allowPrivilegeEscalation"] is False
+        assert "privileged" not in c["securityContext"]
+    assert not {"hostPID", "hostIPC", "hostNetwork"} & set(pod)
+    assert all("emptyDir" in v for v in pod["volumes"])
+
+
+def test_registry_mode_meets_the_restricted_pod_security_level() -> None:
+    pod = manifests.scan_job(spec())["spec"]["template"]["spec"]
+    assert pod["securityContext"]["runAsNonRoot"] is True
+    assert pod["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
+    for c in pod["containers"]:
+        sc = c["securityContext"]
+        assert sc["allowPrivilegeEscalation"] is False
+        assert sc["capabilities"] == {"drop": ["ALL"]}
+        assert sc["runAsUser"] != 0
+    assert all("emptyDir" in v for v in pod["volumes"])
