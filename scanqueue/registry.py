@@ -239,6 +239,8 @@ def credential_belongs_to(credential_host: str, registry: str) -> bool:
         return False
     if key_host in DOCKER_HUB_ALIASES and host in DOCKER_HUB_ALIASES:
         return True
+    if key_host.startswith("[") or host.startswith("["):
+        return key_host == host  # IPv6 literals: no globs
     key_labels = key_host.split(".")
     labels = host.split(".")
     if len(key_labels) != len(labels):
@@ -680,11 +682,17 @@ class Client:
             if not credential.password and credential.token:
                 raise _AttemptError(
                     "not-sent",
-                    "credential holds only an identity token, which a Basic-auth registry "
-                    "cannot take",
+                    "credential holds only a token, which a Basic-auth registry cannot take",
                 )
             pair = f"{credential.username}:{credential.password}".encode()
             return "Basic " + base64.b64encode(pair).decode()
+        if (
+            credential is not None
+            and credential.token
+            and getattr(credential, "token_kind", "") == "registrytoken"
+        ):
+            # a registry token is a bearer token for the registry itself (Docker's registrytoken)
+            return "Bearer " + credential.token
         return "Bearer " + self._token(challenge, image, credential, api_host)
 
     def _token(

@@ -8,7 +8,9 @@ the scripted servers are real HTTP/TCP servers on loopback (see
 from __future__ import annotations
 
 import base64
+import json
 import logging
+import urllib.request
 from collections.abc import Callable
 from pathlib import Path
 
@@ -17,6 +19,7 @@ import pytest
 from scanqueue import config, credentials, images, registry
 from tests.support import services
 from tests.support.registry_fixtures import (
+    TOKEN_SERVICE,
     CapturingProxy,
     ScriptedServer,
     Seen,
@@ -347,6 +350,30 @@ def test_identity_token_is_used_as_a_refresh_token_at_the_realm(token_world: Tok
         "frank",
         "refresh_token",
     )
+
+
+def test_registry_token_is_sent_as_the_bearer_token_itself(token_world: TokenWorld) -> None:
+    digest = token_world.push("team/app", "1")
+    issuer, host = token_world.issuer, token_world.registry.host
+    issuer.users["jo"] = "jo-pw-1"
+    issuer.grants["jo"] = {"team/app": {"pull"}}
+    request = urllib.request.Request(
+        f"{issuer.realm}?service={TOKEN_SERVICE}&scope=repository:team/app:pull",
+        headers={"Authorization": "Basic " + base64.b64encode(b"jo:jo-pw-1").decode()},
+    )
+    with urllib.request.urlopen(request, timeout=10) as response:
+        registry_token = json.load(response)["token"]
+    asked_before = len(issuer.requests)
+    jo = credentials.Credential(
+        registry=host, username="", token=registry_token, source="team-a/jo",
+        token_kind="registrytoken",
+    )  # fmt: skip
+
+    with registry.Client(settings=settings()) as client:
+        resolution = client.resolve(images.parse(f"{host}/team/app:1"), [jo])
+
+    assert (resolution.digest, resolution.credential) == (digest, jo)
+    assert len(issuer.requests) == asked_before  # used as is, not exchanged at the realm
 
 
 def test_anonymous_bearer_token_pulls_a_public_repository(token_world: TokenWorld) -> None:
