@@ -63,6 +63,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("migrate", help="apply database migrations (safe to run again)")
     p.add_argument("--database-url", help="libpq URL; default: database.url from the settings")
     p.set_defaults(command=_cmd_migrate)
+    _add_credentials_commands(sub)
 
     return parser
 
@@ -80,6 +81,63 @@ def _cmd_migrate(args: argparse.Namespace) -> int:
     else:
         print("database is up to date")
     print(f"schema version {versions[-1] if versions else 0}")
+    return 0
+
+
+# --- credentials (pull secrets, kubelet order) --------------------------------------------
+
+
+def _add_credentials_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    group = sub.add_parser(
+        "credentials", help="pull-secret credentials: which ones the kubelet would try"
+    )
+    group.set_defaults(command=lambda _args: _print_help(group))
+    commands = group.add_subparsers(title="credentials commands", metavar="COMMAND")
+    p = commands.add_parser(
+        "match",
+        help="list the credentials matching IMAGE, in the order the kubelet tries them",
+        description=(
+            "Read each FILE as the JSON of a pull secret (.dockerconfigjson or legacy "
+            ".dockercfg, detected) and print, as a JSON list in kubelet order, the "
+            "source, normalised registry key and username of every matching credential. "
+            "Passwords and tokens are never printed."
+        ),
+    )
+    p.add_argument("image", metavar="IMAGE", help="image reference, e.g. r.example.com/app:1")
+    p.add_argument(
+        "--dockerconfig",
+        action="append",
+        required=True,
+        metavar="FILE",
+        help="a pull secret's JSON content (repeatable; order = the pod's imagePullSecrets order)",
+    )
+    p.set_defaults(command=_cmd_credentials_match)
+
+
+def _print_help(parser: argparse.ArgumentParser) -> int:
+    parser.print_help()
+    return 2
+
+
+def _cmd_credentials_match(args: argparse.Namespace) -> int:
+    import json
+    from pathlib import Path
+
+    from scanqueue import credentials, images
+
+    image = images.parse(args.image)
+    keyrings = []
+    for path in args.dockerconfig:
+        try:
+            content = Path(path).read_bytes()
+        except OSError as e:
+            raise errors.PermanentError(
+                f"cannot read docker config file {path}: {e.strerror or type(e).__name__}"
+            ) from e
+        keyrings.append(credentials.parse_dockerconfig(content, source=path))
+    found = credentials.candidates(image, keyrings)
+    rows = [{"source": c.source, "registry": c.registry, "username": c.username} for c in found]
+    print(json.dumps(rows, indent=2))
     return 0
 
 
