@@ -9,6 +9,8 @@ import logging
 from typing import Any
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from scanqueue import credentials, errors, images
 
@@ -91,8 +93,9 @@ def test_auth_field_overrides_username_and_password() -> None:
 
 
 def test_unpadded_base64_auth_is_accepted() -> None:
-    auth = b64(f"ab:{CANARY}x").rstrip("=")
-    assert not b64(f"ab:{CANARY}x").endswith("=") or auth != b64(f"ab:{CANARY}x")
+    padded = b64(f"ab:{CANARY}x")
+    auth = padded.rstrip("=")
+    assert auth != padded  # the test really exercises the unpadded decoder
     (found,) = credentials.parse_dockerconfig(config({"r.io": {"auth": auth}}), source="f")
     assert (found.username, found.password) == ("ab", f"{CANARY}x")
 
@@ -446,3 +449,26 @@ def test_auth_base64_never_appears_in_outputs() -> None:
     (c,) = credentials.parse_dockerconfig(config({"r.io": {"auth": auth}}), source="f")
     for text in (repr(c), str(c)):
         assert auth not in text and CANARY not in text
+
+
+# --- property-based -------------------------------------------------------------------------
+
+_segment = st.text("abc", min_size=1, max_size=3)
+
+
+@given(
+    st.lists(st.lists(_segment, max_size=3).map("/".join), min_size=1, max_size=6),
+    st.lists(_segment, min_size=1, max_size=4).map("/".join),
+)
+def test_path_keys_match_by_prefix_in_reverse_sorted_order(paths: list[str], repo: str) -> None:
+    keys = [("r.io/" + p).rstrip("/") for p in paths]
+    found = matching(f"r.io/{repo}", *keys)
+    expected = sorted(
+        {k for k in keys if f"/{repo}".startswith(k.removeprefix("r.io"))}, reverse=True
+    )
+    assert list(dict.fromkeys(found)) == expected
+
+
+@given(st.sampled_from(["", "https://", "http://"]), st.sampled_from(["", "/", "/v1/", "/v2/"]))
+def test_scheme_and_api_version_never_change_the_key(scheme: str, suffix: str) -> None:
+    assert credentials.normalize_key(f"{scheme}r.io:5000{suffix}") == "r.io:5000"
