@@ -63,6 +63,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("migrate", help="apply database migrations (safe to run again)")
     p.add_argument("--database-url", help="libpq URL; default: database.url from the settings")
     p.set_defaults(command=_cmd_migrate)
+    _add_results_commands(sub)
     _add_credentials_commands(sub)
 
     _add_watch_commands(sub)
@@ -252,6 +253,196 @@ def _cmd_explain(args: argparse.Namespace) -> int:
             state += f"; failed in {', '.join(view.failed_in)} this interval"
         print(f"  farm       {state}")
     return 0
+
+
+# ----------------------------------------------------------- results and reports
+
+
+_SEVERITIES = ("CRITICAL", "HIGH", "MEDIUM", "LOW", "UNKNOWN")  # reports.SEVERITIES, not imported
+
+
+def _add_results_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    p = sub.add_parser(
+        "report",
+        help="current findings by workload, image or vulnerability",
+        description=(
+            "Current findings: for each running container, the latest successful scan of "
+            "the digest it runs. Each finding counts once per workload, image or advisory."
+        ),
+    )
+    p.add_argument("--cluster", help="only this cluster")
+    p.add_argument("--namespace", help="only this namespace")
+    p.add_argument(
+        "--min-severity",
+        type=str.upper,
+        choices=_SEVERITIES,
+        default="UNKNOWN",
+        metavar="SEVERITY",
+        help="only findings at this severity or above: " + ", ".join(_SEVERITIES),
+    )
+    p.add_argument("--fixable", action="store_true", help="only findings with a fixed version")
+    p.add_argument("--by", choices=("workload", "image", "vulnerability"), default="workload")
+    p.add_argument("--format", choices=("table", "csv", "json"), default="table")
+    p.add_argument("--database-url", help="libpq URL; default: database.url from the settings")
+    p.set_defaults(command=_cmd_report)
+
+    p = sub.add_parser("reports", help="read or import Trivy JSON reports")
+    reports_sub = p.add_subparsers(title="reports commands", metavar="COMMAND", required=True)
+    p = reports_sub.add_parser(
+        "parse", help="check a Trivy JSON report and print its artifact and finding counts"
+    )
+    p.add_argument("file", metavar="FILE")
+    p.set_defaults(command=_cmd_reports_parse)
+    p = reports_sub.add_parser(
+        "import", help="store a report produced elsewhere (e.g. a CI pipeline) as a scan"
+    )
+    p.add_argument("file", metavar="FILE")
+    p.add_argument("--cluster", required=True, help="the cluster to file the scan under")
+    p.add_argument("--image", required=True, metavar="REF@DIGEST", help="the image, by digest")
+    p.add_argument("--database-url", help="libpq URL; default: database.url from the settings")
+    p.set_defaults(command=_cmd_reports_import)
+
+
+def _cmd_reports_parse(args: argparse.Namespace) -> int:
+    import json
+
+    from scanqueue import reports
+
+    report = reports.parse_file(args.file)  # InvalidReport: one line on stderr, exit 2
+    print(json.dumps(report.summary()))
+    return 0
+
+
+def _cmd_reports_import(args: argparse.Namespace) -> int:
+    from datetime import UTC, datetime
+
+    from scanqueue import reports, store
+
+    report = reports.parse_file(args.file)
+    url = args.database_url or config.load().database.url
+    with store.connect(url) as conn:
+        scan_id = store.import_report(
+            conn, cluster=args.cluster, image=args.image, report=report, at=datetime.now(UTC)
+        )
+    counts = ", ".join(f"{n} {s}" for s, n in report.by_severity().items()) or "none"
+    print(f"imported {args.file} as scan {scan_id}: {len(report.findings)} findings ({counts})")
+    return 0
+
+
+def _cmd_report(args: argparse.Namespace) -> int:
+    from scanqueue import store
+
+    url = args.database_url or config.load().database.url
+    with store.connect(url) as conn:
+        table = store.report(
+            conn,
+            by=args.by,
+            cluster=args.cluster,
+            namespace=args.namespace,
+            min_severity=args.min_severity,
+            fixable=args.fixable,
+        )
+    if args.format == "json":
+        print(_render_json(table.columns, table.rows))
+    elif args.format == "csv":
+        sys.stdout.write(_render_csv(table.columns, table.rows))
+    elif table.rows:
+        print(_render_table(table.columns, table.rows, width=_terminal_width()))
+    else:
+        print("no current findings match these filters", file=sys.stderr)
+    return 0
+
+
+def _cell(value: object) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if hasattr(value, "isoformat"):
+        return str(value.isoformat())
+    return str(value)
+
+
+def _json_value(value: object) -> object:
+    from decimal import Decimal
+
+    if isinstance(value, Decimal):
+        return float(value)
+    if hasattr(value, "isoformat"):
+        return str(value.isoformat())
+    return value
+
+
+def _render_json(columns: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
+    import json
+
+    return json.dumps(
+        [{c: _json_value(v) for c, v in zip(columns, row, strict=True)} for row in rows],
+        indent=2,
+    )
+
+
+def _render_csv(columns: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
+    import csv
+    import io
+
+    out = io.StringIO()
+    writer = csv.writer(out, lineterminator="\n")
+    writer.writerow(columns)
+    writer.writerows([_cell(v) for v in row] for row in rows)
+    return out.getvalue()
+
+
+def _terminal_width() -> int:
+    import shutil
+
+    return shutil.get_terminal_size((120, 24)).columns
+
+
+def _short_digest(text: str) -> str:
+    """``sha256:`` and 12 hex digits, as ``docker images`` shows IDs; full in CSV and JSON."""
+    return text[:19] if text.startswith("sha256:") and len(text) > 19 else text
+
+
+# count columns are narrow; their headers should be too
+_SHORT_HEADERS = {
+    "critical": "crit",
+    "medium": "med",
+    "unknown": "unkn",
+    "fixable": "fix",
+    "workloads": "wkld",
+    "vulnerability_id": "vulnerability",
+}
+
+
+def _render_table(columns: Sequence[str], rows: Sequence[Sequence[object]], *, width: int) -> str:
+    """A plain-text table no wider than ``width``: the widest columns are cut with '…'."""
+    from decimal import Decimal
+
+    headers = [_SHORT_HEADERS.get(c, c) for c in columns]
+    cells = [[_short_digest(_cell(v)) for v in row] for row in rows]
+    numeric = [
+        all(isinstance(row[i], int | float | Decimal) or row[i] is None for row in rows)
+        for i in range(len(columns))
+    ]
+    widths = [max([len(c), *(len(r[i]) for r in cells)]) for i, c in enumerate(headers)]
+    gap = 2
+    while sum(widths) + gap * (len(widths) - 1) > width:
+        # numbers are never cut; the widest text column gives way first
+        widest = max(range(len(widths)), key=lambda i: -1 if numeric[i] else widths[i])
+        if widths[widest] <= 8:  # nothing sensible left to cut; let the terminal wrap
+            break
+        widths[widest] -= 1
+
+    def fit(text: str, i: int) -> str:
+        if len(text) > widths[i]:  # image names differ at their end, the rest at the start
+            cut = widths[i] - 1
+            text = "…" + text[-cut:] if columns[i] == "image" else text[:cut] + "…"
+        return text.rjust(widths[i]) if numeric[i] else text.ljust(widths[i])
+
+    lines = [[fit(c.upper(), i) for i, c in enumerate(headers)]]
+    lines += [[fit(v, i) for i, v in enumerate(row)] for row in cells]
+    return "\n".join((" " * gap).join(line).rstrip() for line in lines)
 
 
 if __name__ == "__main__":
