@@ -9,7 +9,7 @@ import logging
 from typing import Any
 
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from scanqueue import credentials, errors, images
@@ -456,6 +456,7 @@ def test_auth_base64_never_appears_in_outputs() -> None:
 _segment = st.text("abc", min_size=1, max_size=3)
 
 
+@settings(deadline=None)
 @given(
     st.lists(st.lists(_segment, max_size=3).map("/".join), min_size=1, max_size=6),
     st.lists(_segment, min_size=1, max_size=4).map("/".join),
@@ -469,6 +470,7 @@ def test_path_keys_match_by_prefix_in_reverse_sorted_order(paths: list[str], rep
     assert list(dict.fromkeys(found)) == expected
 
 
+@settings(deadline=None)
 @given(st.sampled_from(["", "https://", "http://"]), st.sampled_from(["", "/", "/v1/", "/v2/"]))
 def test_scheme_and_api_version_never_change_the_key(scheme: str, suffix: str) -> None:
     assert credentials.normalize_key(f"{scheme}r.io:5000{suffix}") == "r.io:5000"

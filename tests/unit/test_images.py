@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from scanqueue import errors, images
@@ -175,17 +175,20 @@ def _references(draw: st.DrawFn) -> images.Reference:
     return images.Reference(registry, "/".join(components), tag, digest)
 
 
+@settings(deadline=None)
 @given(_references())
 def test_printed_references_parse_back_to_the_same_reference(ref: images.Reference) -> None:
     assert images.parse(str(ref)) == ref
 
 
+@settings(deadline=None)
 @given(_references())
 def test_parsing_is_idempotent_on_its_own_output(ref: images.Reference) -> None:
     once = images.parse(str(ref))
     assert str(images.parse(str(once))) == str(once)
 
 
+@settings(deadline=None)
 @given(_references())
 def test_short_docker_hub_forms_normalise_to_the_long_form(ref: images.Reference) -> None:
     first = ref.repository.split("/")[0]
@@ -198,6 +201,7 @@ def test_short_docker_hub_forms_normalise_to_the_long_form(ref: images.Reference
     assert images.parse("index.docker.io/" + str(ref).removeprefix("docker.io/")) == ref
 
 
+@settings(deadline=None)
 @given(_references())
 def test_image_ids_carry_the_pinned_reference(ref: images.Reference) -> None:
     pinned = images.Reference(ref.registry, ref.repository, None, DIGEST)
@@ -205,6 +209,7 @@ def test_image_ids_carry_the_pinned_reference(ref: images.Reference) -> None:
     assert image_id == images.ImageID(DIGEST, pinned)
 
 
+@settings(deadline=None)
 @given(st.text(max_size=40))
 def test_parse_never_fails_with_anything_but_invalid_reference(text: str) -> None:
     try:
