@@ -136,7 +136,7 @@ def from_secret(secret: Mapping[str, Any]) -> tuple[list[Credential], str | None
     document: Mapping[str, Any] = _load_json(raw, source=f"secret {source}", what=what)
     if data_key == DOCKERCONFIGJSON_KEY:
         document = _auths_of(document, source=f"secret {source}", what=what)
-    credentials = _entries(document, source=source, what=what)
+    credentials = _entries(document, source=source, what=what, label=f"secret {source}")
     if not credentials:
         return [], f"secret {source}: {data_key} lists no registry"
     return credentials, None
@@ -176,11 +176,16 @@ def _auths_of(document: Mapping[str, Any], *, source: str, what: str) -> Mapping
     return auths
 
 
-def _entries(auths: Mapping[str, Any] | None, *, source: str, what: str) -> list[Credential]:
-    """One credential per key that ``BasicDockerKeyring.Add`` would keep, in written order."""
+def _entries(
+    auths: Mapping[str, Any] | None, *, source: str, what: str, label: str = ""
+) -> list[Credential]:
+    """One credential per key that ``BasicDockerKeyring.Add`` would keep, in written order.
+
+    ``label`` names the secret in error messages (default: ``source``).
+    """
     credentials = []
     for key, entry in (auths or {}).items():
-        fields = _entry_fields(entry, source=source, what=what, key=key)
+        fields = _entry_fields(entry, source=label or source, what=what, key=key)
         registry = normalize_key(key)
         if registry is None:  # Add(): url.Parse failed; the kubelet logs and ignores the entry
             continue

@@ -474,3 +474,13 @@ def test_path_keys_match_by_prefix_in_reverse_sorted_order(paths: list[str], rep
 @given(st.sampled_from(["", "https://", "http://"]), st.sampled_from(["", "/", "/v1/", "/v2/"]))
 def test_scheme_and_api_version_never_change_the_key(scheme: str, suffix: str) -> None:
     assert credentials.normalize_key(f"{scheme}r.io:5000{suffix}") == "r.io:5000"
+
+
+def test_bad_entry_in_a_secret_names_the_secret_and_key_never_the_auth() -> None:
+    bad_auth = b64("no-colon-" + CANARY)
+    bad = secret("regcred", config({"r.io": {"auth": bad_auth}}))
+    with pytest.raises(credentials.MalformedSecret) as caught:
+        credentials.from_secret(bad)
+    message = str(caught.value)
+    assert "secret team-a/regcred" in message and "'r.io'" in message
+    assert bad_auth not in message and CANARY not in message
