@@ -127,11 +127,14 @@ def _no_password(message: str) -> str:
 # ------------------------------------------------------------------ connections
 
 
-def pool(url: str, *, min_size: int = 1, max_size: int = 4) -> psycopg_pool.ConnectionPool[Any]:
+def pool(
+    url: str, *, min_size: int = 1, max_size: int = 4, timeout: float = 15.0
+) -> psycopg_pool.ConnectionPool[Any]:
     """Open a connection pool for this process (one per process; close it on shutdown).
 
     Use ``with p.connection() as conn:``; the block commits on success. Raises
-    ``TemporaryError`` (without the password) when Postgres cannot be reached.
+    ``TemporaryError`` (without the password) when Postgres cannot be reached
+    within ``timeout`` seconds.
     """
     p: psycopg_pool.ConnectionPool[Any] = psycopg_pool.ConnectionPool(
         url,
@@ -142,11 +145,11 @@ def pool(url: str, *, min_size: int = 1, max_size: int = 4) -> psycopg_pool.Conn
         open=False,
     )
     try:
-        p.open(wait=True, timeout=15)
+        p.open(wait=True, timeout=timeout)
     except psycopg_pool.PoolTimeout as e:
         p.close()
         raise errors.TemporaryError(
-            f"cannot open a Postgres pool to {_no_password(url)} within 15s; "
+            f"cannot open a Postgres pool to {_no_password(url)} within {timeout:g}s; "
             "check database.url and that Postgres is running"
         ) from e
     return p
@@ -475,6 +478,20 @@ _SCAN_SELECT = """
 """
 
 
+def running_scans(conn: Connection, *, cluster: str, before: datetime) -> list[tuple[str, str]]:
+    """(scan id, digest) of the scans of ``cluster`` still running that started before ``before``.
+
+    The sweep fails those whose Job is gone, so that a lost scan is scanned again.
+    """
+    rows = conn.execute(
+        """SELECT s.id, s.digest FROM scans s JOIN clusters cl ON cl.id = s.cluster_id
+            WHERE cl.name = %s AND s.status IN ('pending', 'running') AND s.started_at < %s
+            ORDER BY s.started_at""",
+        (cluster, before),
+    ).fetchall()
+    return [(str(r[0]), str(r[1])) for r in rows]
+
+
 def last_scan(conn: Connection, digest: str) -> ScanRow | None:
     """The most recently started scan of ``digest`` in any cluster and state, or ``None``."""
     row = conn.execute(
@@ -604,6 +621,7 @@ def _upsert_vulnerabilities(
              FROM jsonb_to_recordset(%s::jsonb) AS r(
                   id text, title text, severity text, url text, cvss_score numeric,
                   cvss jsonb, published_at timestamptz, modified_at timestamptz)
+            ORDER BY id  -- one lock order for every report: concurrent ingests never deadlock
            ON CONFLICT (id) DO UPDATE SET
               title = EXCLUDED.title, severity = EXCLUDED.severity, url = EXCLUDED.url,
               cvss_score = EXCLUDED.cvss_score, cvss = EXCLUDED.cvss,

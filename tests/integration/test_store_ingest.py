@@ -334,3 +334,26 @@ def test_import_of_unpinned_image_is_refused(
             report=trivy_reports["node-alpine-3.19"],
             at=T0,
         )
+
+
+def test_pool_connections_share_one_database(
+    database_url: str, trivy_reports: dict[str, reports.Report]
+) -> None:
+    p = store.pool(database_url, min_size=1, max_size=2)
+    try:
+        with p.connection() as conn:
+            _start(conn)
+            store.finish_scan(
+                conn, scan_id="scan-1", report=trivy_reports["node-alpine-3.19"], finished_at=T0
+            )
+        with p.connection() as conn:
+            scan = store.get_scan(conn, "scan-1")
+        assert scan is not None and scan.findings == 7
+    finally:
+        p.close()
+
+
+def test_unreachable_pool_is_a_temporary_error_without_password() -> None:
+    with pytest.raises(errors.TemporaryError, match="cannot open a Postgres pool") as caught:
+        store.pool("postgresql://u:pool-canary-pw@127.0.0.1:1/db", timeout=1)
+    assert "pool-canary-pw" not in str(caught.value)
