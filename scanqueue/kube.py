@@ -175,6 +175,20 @@ def list_jobs(*, api: ApiClient, namespace: str, label_selector: str) -> list[Ob
     return items
 
 
+def list_secrets(*, api: ApiClient, namespace: str, label_selector: str) -> list[Object]:
+    """Return every Secret in ``namespace`` matching ``label_selector`` (paged).
+
+    The sweep uses it to find scan Secrets left behind; callers must not log the items.
+    """
+    core = kubernetes.client.CoreV1Api(api)
+    items, _ = _list_all(
+        "Secret",
+        namespace,
+        lambda **kw: core.list_namespaced_secret(namespace, label_selector=label_selector, **kw),
+    )
+    return items
+
+
 def pods_of_job(*, api: ApiClient, namespace: str, name: str) -> list[Object]:
     """Return the pods the Job ``namespace/name`` created (by its ``job-name`` label)."""
     core = kubernetes.client.CoreV1Api(api)

@@ -39,7 +39,7 @@ def queue_name(cluster: str) -> str:
 
 def make_app(settings: config.Settings) -> Celery:
     """Build the Celery app for ``settings``; does not connect to the broker."""
-    app = Celery("scanqueue", broker=settings.broker.url)
+    app = Celery("scanqueue", broker=settings.broker.url, include=["workers.tasks"])
     scan = settings.scan
     queues = [Queue(queue_name(c.name)) for c in settings.clusters] + [Queue(CONTROL_QUEUE)]
     app.conf.update(

@@ -1,0 +1,717 @@
+"""Scan orchestration: submit one scan Job with one credential, collect it, sweep leftovers.
+
+The Celery tasks in ``workers/`` are thin wrappers around ``submit``,
+``collect`` and ``sweep``; everything they decide is here, with its
+collaborators passed in a ``Farm``. It must never:
+
+- merge credentials: a scan Job gets one candidate at a time, in kubelet
+  order; a refused one moves the scan to the next candidate (a new Job,
+  attempt + 1), never to a set;
+- put a credential value anywhere but the scan Secret's ``data``: the Job's
+  spec, annotations, the scan row and every message carry references only
+  (``credential.source`` and the registry key);
+- leave a Secret without an owner: the Job is created suspended, the Secret
+  owned by the Job's uid, then the Job resumed; Job and Secret are deleted
+  when the result is stored, and the sweep deletes whatever outlived its
+  deadline;
+- duplicate work on redelivery: Job and Secret names derive from
+  (cluster, digest, attempt), creation is adopt-on-conflict, and storing a
+  result twice changes nothing.
+
+Candidate plan, by index ``i`` into the candidates of the image: ``i <
+len(candidates)`` is that credential, ``i == len(candidates)`` an anonymous
+pull, ``i == len(candidates) + 1`` node mode (the image as present on the
+node). ``scan_mode`` ``registry`` never reaches node mode; ``node`` starts there.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import re
+from collections.abc import Callable, Mapping, Sequence
+from datetime import UTC, datetime, timedelta
+from typing import Any, Literal
+
+import redis
+
+from scanqueue import (
+    config,
+    credentials,
+    dedupe,
+    discovery,
+    errors,
+    images,
+    kube,
+    manifests,
+    registry,
+    reports,
+    store,
+)
+
+log = logging.getLogger(__name__)
+
+ANNOTATION_REQUEST = "scanqueue.io/request"  # the scan request payload: references only
+ANNOTATION_CANDIDATE = "scanqueue.io/candidate"  # index of the plan step this Job runs
+ANNOTATION_SOURCE = "scanqueue.io/credential-source"  # where its credential came from
+MAX_LOG_BYTES = 64 * 1024 * 1024  # a Trivy report larger than this is refused, not read
+_REFUSED = re.compile(
+    r"UNAUTHORIZED|authentication required|DENIED|denied: |unauthorized|"
+    r"no basic auth credentials|401 Unauthorized|403 Forbidden",
+)
+
+Outcome = Literal["submitted", "adopted", "busy", "succeeded", "failed", "timeout", "refused"]
+
+
+class Busy(errors.TemporaryError):
+    """The cluster already runs ``max_inflight`` scan Jobs; submit again after ``delay``."""
+
+
+@dataclasses.dataclass
+class Farm:
+    """What the orchestration needs for one cluster, built once per worker process."""
+
+    settings: config.Settings
+    cluster: config.ClusterSettings
+    api: Any  # kubernetes ApiClient, built by kube.api_client
+    db: Any  # psycopg_pool.ConnectionPool from store.pool
+    redis: redis.Redis
+    registry: registry.Client | None  # None: never ask registries from the farm
+    clock: Callable[[], datetime] = lambda: datetime.now(UTC)
+
+    @property
+    def namespace(self) -> str:
+        return self.cluster.scan_namespace
+
+
+@dataclasses.dataclass(frozen=True)
+class Step:
+    """One plan step: how attempt ``attempt`` of a scan pulls the image."""
+
+    index: int  # position in the plan (see the module docstring)
+    mode: Literal["registry", "node"]
+    credential: credentials.Credential | None  # None: anonymous (registry) or node mode
+    note: str = ""  # why this step, for the scan row and logs (no secret)
+
+    @property
+    def source(self) -> str | None:
+        if self.credential is not None:
+            return f"{self.credential.source} ({self.credential.registry})"
+        return "anonymous" if self.mode == "registry" else "node"
+
+
+@dataclasses.dataclass(frozen=True)
+class Result:
+    """What one task did, for its return value and logs: no secret, small."""
+
+    outcome: Outcome
+    scan_id: str
+    digest: str
+    job: str = ""
+    detail: str = ""
+
+    def as_dict(self) -> dict[str, str]:
+        return dataclasses.asdict(self)
+
+
+# ---------------------------------------------------------------- planning (pure)
+
+
+def plan_step(
+    *,
+    candidates: Sequence[credentials.Credential],
+    start: int,
+    scan_mode: config.ScanMode,
+    allow_anonymous: bool,
+    node_name: str | None,
+) -> Step | None:
+    """The first usable plan step at or after ``start``, or None when the plan is exhausted.
+
+    Pure. Anonymous is skipped when not allowed; node mode needs the node the
+    workload runs on and is never used in ``registry`` scan mode.
+    """
+    anonymous, node = len(candidates), len(candidates) + 1
+    index = node if scan_mode == "node" else start
+    while index <= node:
+        if index < anonymous:
+            return Step(index, "registry", candidates[index])
+        if index == anonymous and allow_anonymous and scan_mode != "node":
+            return Step(index, "registry", None, "no candidate credential left: anonymous pull")
+        if index == node and scan_mode != "registry" and node_name:
+            return Step(index, "node", None, f"scanning the image as present on node {node_name}")
+        index += 1
+    return None
+
+
+def next_start(step_index: int) -> int:
+    """Where the plan resumes after step ``step_index`` was refused."""
+    return step_index + 1
+
+
+# ---------------------------------------------------------------- reading credentials
+
+
+def read_candidates(
+    farm: Farm, request: discovery.ScanRequest, image: images.Reference
+) -> tuple[list[credentials.Credential], list[str]]:
+    """Read the pull secrets fresh from the API; return the candidates and notes on skipped ones.
+
+    The pod's ``imagePullSecrets``, or when it lists none its service
+    account's, as the kubelet sees them. A missing or malformed secret is
+    skipped with a note (the kubelet carries on too); API errors other than
+    not-found propagate (``TemporaryError`` is retried by the task).
+    """
+    notes: list[str] = []
+    names = list(request.pull_secrets)
+    if not names:
+        try:
+            account = kube.read_service_account(
+                api=farm.api, namespace=request.namespace, name=request.service_account
+            )
+        except kube.NotFound:
+            notes.append(f"service account {request.namespace}/{request.service_account} not found")
+            account = None
+        names = credentials.pull_secret_names({}, account)
+    keyrings: list[list[credentials.Credential]] = []
+    for name in names:
+        where = f"{request.namespace}/{name}"
+        try:
+            secret = kube.read_secret(api=farm.api, namespace=request.namespace, name=name)
+        except kube.NotFound:
+            notes.append(f"pull secret {where} not found")
+            continue
+        try:
+            found, reason = credentials.from_secret(secret)
+        except credentials.MalformedSecret as e:
+            notes.append(str(e))
+            continue
+        if reason:
+            notes.append(reason)
+        keyrings.append(found)
+    return credentials.candidates(image, keyrings), notes
+
+
+# ---------------------------------------------------------------- submit
+
+
+def submit(
+    farm: Farm,
+    request: discovery.ScanRequest,
+    *,
+    attempt: int = 1,
+    start: int = 0,
+    history: Sequence[str] = (),
+) -> Result:
+    """Create (or adopt) the scan Job of ``request`` for the first usable plan step from ``start``.
+
+    Returns the ``Result``; records the scan as running. Ends the scan as
+    refused (a row with every candidate's answer) when no step is usable.
+    Raises ``Busy`` when the cluster is at its in-flight cap, ``TemporaryError``
+    for API/registry trouble worth a retry, ``PermanentError`` for bad input
+    (the task stores it as the scan's reason).
+    """
+    digest = request.digest
+    if not digest:
+        raise errors.PermanentError(
+            f"scan request for {request.namespace}/{request.pod} container {request.container} "
+            "has no image digest; the watcher publishes running containers only"
+        )
+    image = images.parse(request.image)
+    candidates, notes = read_candidates(farm, request, image)
+    refusals = list(history)
+    step = _first_step(
+        farm, request, image=image, candidates=candidates, start=start, refusals=refusals
+    )
+    if step is None:
+        reason = _refused_reason(request, candidates, notes, refusals)
+        return _end(farm, request, status="refused", reason=reason, attempt=attempt)
+    spec = manifests.ScanSpec(
+        cluster=farm.cluster,
+        scan=farm.settings.scan,
+        image=image.name,
+        digest=digest,
+        mode=step.mode,
+        scan_id=request.scan_id,
+        attempt=attempt,
+        credential=_kind(step.credential),
+        node_name=request.node if step.mode == "node" else None,
+    )
+    job_name = spec.job_name
+    existing = _existing_job(farm, job_name)
+    if existing is not None:
+        owner = (existing.get("metadata", {}).get("labels") or {}).get(manifests.LABEL_SCAN_ID)
+        if owner != request.scan_id:
+            return Result("adopted", request.scan_id, digest, job_name, f"Job runs scan {owner}")
+    else:
+        _check_capacity(farm)
+    body = manifests.scan_job(spec)
+    annotations = body["metadata"].setdefault("annotations", {})
+    annotations[ANNOTATION_REQUEST] = json.dumps(discovery.to_payload(request), sort_keys=True)
+    annotations[ANNOTATION_CANDIDATE] = str(step.index)
+    annotations[ANNOTATION_SOURCE] = step.source or ""
+    job = kube.create_job(api=farm.api, body=body)
+    if job.get("metadata", {}).get("annotations", {}).get(ANNOTATION_CANDIDATE) != str(step.index):
+        # Created by an earlier delivery that planned another step (secrets changed in
+        # between): do not pair this step's credential with that Job; start over.
+        kube.delete_job(api=farm.api, namespace=farm.namespace, name=job_name)
+        raise errors.TemporaryError(
+            f"scan Job {farm.namespace}/{job_name} was planned with another credential; "
+            "deleted it, the scan is retried"
+        )
+    if step.credential is not None:
+        secret = manifests.scan_secret(
+            spec, job_uid=str(job["metadata"]["uid"]), credential=step.credential
+        )
+        kube.create_secret(api=farm.api, body=secret)
+    if job.get("spec", {}).get("suspend"):
+        kube.resume_job(api=farm.api, namespace=farm.namespace, name=job_name)
+    with farm.db.connection() as conn:
+        store.start_scan(
+            conn,
+            scan_id=request.scan_id,
+            cluster=request.cluster,
+            digest=digest,
+            image=str(image.with_digest(digest)),
+            mode=_scan_mode(step),
+            attempt=attempt,
+            credential_source=step.source,
+            started_at=farm.clock(),
+        )
+    dedupe.refresh(
+        farm.redis,
+        digest,
+        scan_id=request.scan_id,
+        ttl_seconds=farm.settings.scan.inflight_ttl_seconds,
+    )
+    log.info(
+        "scan Job submitted",
+        extra={
+            "scan_id": request.scan_id,
+            "cluster": request.cluster,
+            "digest": digest,
+            "job": job_name,
+            "attempt": attempt,
+            "credential_source": step.source,
+        },
+    )
+    return Result("submitted", request.scan_id, digest, job_name, step.source or "")
+
+
+def _first_step(
+    farm: Farm,
+    request: discovery.ScanRequest,
+    *,
+    image: images.Reference,
+    candidates: Sequence[credentials.Credential],
+    start: int,
+    refusals: list[str],
+) -> Step | None:
+    """The step to run, checked against the registry when the farm can reach it.
+
+    Refusals heard from the registry are appended to ``refusals``.
+    """
+    scan = farm.settings.scan
+    step = plan_step(
+        candidates=candidates,
+        start=start,
+        scan_mode=farm.cluster.scan_mode,
+        allow_anonymous=scan.allow_anonymous,
+        node_name=request.node,
+    )
+    if step is None or step.mode == "node" or farm.registry is None:
+        return step
+    if not scan.verify_with_registry:
+        return step
+    remaining = list(candidates[step.index :])
+    pinned = image.with_digest(request.digest or "")
+    try:
+        found = (
+            farm.registry.resolve(pinned, remaining) if remaining or scan.allow_anonymous else None
+        )
+    except registry.NoCredentialAccepted as e:
+        refusals.extend(str(r) for r in e.refusals)
+        return plan_step(
+            candidates=candidates,
+            start=len(candidates) + 1,  # every registry step refused: node mode, if allowed
+            scan_mode=farm.cluster.scan_mode,
+            allow_anonymous=False,
+            node_name=request.node,
+        )
+    except registry.RegistryUnavailable as e:
+        # The farm cannot reach this registry (or not now): let the cluster try, which
+        # may well reach it; a refusal there moves on to the next candidate.
+        log.info(
+            "registry not reachable from the farm; scanning unverified",
+            extra={"scan_id": request.scan_id, "digest": request.digest, "detail": str(e)},
+        )
+        return step
+    if found is None:
+        return step
+    refusals.extend(str(r) for r in found.refusals)
+    if found.credential is None:
+        return Step(len(candidates), "registry", None, "the registry allows anonymous pulls")
+    index = step.index + remaining.index(found.credential)
+    return Step(index, "registry", found.credential)
+
+
+def _kind(credential: credentials.Credential | None) -> manifests.CredentialKind | None:
+    if credential is None:
+        return None
+    if credential.token and not credential.password:
+        return "token"
+    return "basic"
+
+
+def _scan_mode(step: Step) -> str:
+    if step.mode == "node":
+        return "node"
+    return "registry" if step.credential is not None else "anonymous"
+
+
+def _existing_job(farm: Farm, name: str) -> dict[str, Any] | None:
+    try:
+        return kube.read_job(api=farm.api, namespace=farm.namespace, name=name)
+    except kube.NotFound:
+        return None
+
+
+def _check_capacity(farm: Farm) -> None:
+    jobs = kube.list_jobs(
+        api=farm.api,
+        namespace=farm.namespace,
+        label_selector=manifests.cluster_selector(farm.cluster.name),
+    )
+    running = sum(1 for job in jobs if _state(job)[0] == "running")
+    if running >= farm.cluster.max_inflight:
+        raise Busy(
+            f"cluster {farm.cluster.name} runs {running} scan Jobs "
+            f"(max_inflight = {farm.cluster.max_inflight}); submitting later",
+            delay=max(1.0, farm.settings.scan.collect_interval_seconds),
+        )
+
+
+def _refused_reason(
+    request: discovery.ScanRequest,
+    candidates: Sequence[credentials.Credential],
+    notes: Sequence[str],
+    refusals: Sequence[str],
+) -> str:
+    parts = [f"no way to pull {request.image}@{request.digest}"]
+    if candidates:
+        parts.append(
+            f"the registry refused all {len(candidates)} candidate(s): {'; '.join(refusals)}"
+        )
+    elif refusals:
+        parts.append("; ".join(refusals))
+    else:
+        parts.append(f"no pull secret of {request.namespace} has a credential for it")
+    if notes:
+        parts.append("skipped: " + "; ".join(notes))
+    return ". ".join(parts)
+
+
+def _end(
+    farm: Farm,
+    request: discovery.ScanRequest,
+    *,
+    status: Literal["failed", "timeout", "refused"],
+    reason: str,
+    attempt: int,
+) -> Result:
+    """Record a scan that ends without a result; let another cluster try the digest."""
+    digest = request.digest or ""
+    with farm.db.connection() as conn:
+        store.start_scan(
+            conn,
+            scan_id=request.scan_id,
+            cluster=request.cluster,
+            digest=digest,
+            image=request.image if "@" in request.image else f"{request.image}@{digest}",
+            mode="registry",
+            attempt=attempt,
+            credential_source=None,
+            started_at=farm.clock(),
+        )
+        store.fail_scan(
+            conn, scan_id=request.scan_id, status=status, reason=reason, finished_at=farm.clock()
+        )
+    dedupe.mark_failed_here(
+        farm.redis,
+        digest,
+        cluster=request.cluster,
+        ttl_seconds=farm.settings.scan.rescan_interval_seconds,
+    )
+    log.warning(
+        "scan ended without a result",
+        extra={"scan_id": request.scan_id, "cluster": request.cluster, "digest": digest,
+               "status": status, "reason": reason},
+    )  # fmt: skip
+    return Result(status, request.scan_id, digest, detail=reason)
+
+
+def fail(farm: Farm, request: discovery.ScanRequest, *, reason: str) -> Result:
+    """End ``request`` as failed with ``reason`` (bad input, retries exhausted)."""
+    return _end(farm, request, status="failed", reason=reason, attempt=1)
+
+
+# ---------------------------------------------------------------- collect
+
+
+def _state(job: Mapping[str, Any]) -> tuple[str, str]:
+    """("running" | "complete" | "failed" | "suspended", reason) of a Job from its status."""
+    status = job.get("status") or {}
+    for condition in status.get("conditions") or []:
+        if condition.get("status") != "True":
+            continue
+        if condition.get("type") == "Complete":
+            return "complete", ""
+        if condition.get("type") == "Failed":
+            return "failed", str(condition.get("reason") or "")
+    if (job.get("spec") or {}).get("suspend"):
+        return "suspended", ""
+    return "running", ""
+
+
+def collect(farm: Farm) -> list[Result]:
+    """One reconcile pass over this cluster's scan Jobs: store finished ones and clean up.
+
+    Complete: parse the pod log, store the report, mark the digest fresh.
+    Failed with a registry refusal: submit the next plan step (attempt + 1).
+    Failed otherwise (deadline, missing Secret, image not on the node, bad
+    output): record why. Every finished Job is deleted with its Secret.
+    """
+    jobs = kube.list_jobs(
+        api=farm.api,
+        namespace=farm.namespace,
+        label_selector=manifests.cluster_selector(farm.cluster.name),
+    )
+    results = []
+    for job in jobs:
+        state, reason = _state(job)
+        if state in ("complete", "failed"):
+            results.append(_collect_one(farm, job, state, reason))
+    return results
+
+
+def _collect_one(farm: Farm, job: Mapping[str, Any], state: str, reason: str) -> Result:
+    metadata = job.get("metadata") or {}
+    name = str(metadata.get("name"))
+    annotations = metadata.get("annotations") or {}
+    try:
+        request = discovery.from_payload(json.loads(annotations.get(ANNOTATION_REQUEST, "null")))
+        step_index = int(annotations.get(ANNOTATION_CANDIDATE, "0"))
+        attempt = int(annotations.get(manifests.ANNOTATION_ATTEMPT, "1"))
+    except (ValueError, errors.PermanentError) as e:
+        log.warning("scan Job without a readable request; deleting it", extra={"job": name})
+        _delete(farm, name)
+        return Result("failed", str((metadata.get("labels") or {}).get(manifests.LABEL_SCAN_ID)),
+                      "", name, f"unreadable scan Job annotations: {e}")  # fmt: skip
+    pod, log_text = _pod_and_log(farm, name)
+    if state == "complete":
+        result = _store_report(farm, request, name, log_text, attempt)
+    else:
+        result = _handle_failure(
+            farm,
+            request,
+            job_name=name,
+            reason=reason,
+            pod=pod,
+            text=log_text,
+            step_index=step_index,
+            attempt=attempt,
+        )
+    _delete(farm, name)
+    return result
+
+
+def _pod_and_log(farm: Farm, job_name: str) -> tuple[Mapping[str, Any] | None, str]:
+    pods = kube.pods_of_job(api=farm.api, namespace=farm.namespace, name=job_name)
+    if not pods:
+        return None, ""
+    pod = pods[-1]
+    phase = (pod.get("status") or {}).get("phase")
+    if phase not in ("Succeeded", "Failed"):
+        return pod, ""
+    try:
+        text = kube.read_pod_log(
+            api=farm.api,
+            namespace=farm.namespace,
+            name=str(pod["metadata"]["name"]),
+            container=manifests.CONTAINER,
+            limit_bytes=MAX_LOG_BYTES,
+        )
+    except kube.NotFound:
+        text = ""
+    return pod, text
+
+
+def _store_report(
+    farm: Farm, request: discovery.ScanRequest, job_name: str, text: str, attempt: int
+) -> Result:
+    digest = request.digest or ""
+    try:
+        report = reports.parse(text, source=f"log of scan Job {farm.namespace}/{job_name}")
+    except reports.InvalidReport as e:
+        return _end(farm, request, status="failed", reason=str(e), attempt=attempt)
+    with farm.db.connection() as conn:
+        store.finish_scan(conn, scan_id=request.scan_id, report=report, finished_at=farm.clock())
+    dedupe.mark_fresh(farm.redis, digest, ttl_seconds=farm.settings.scan.rescan_interval_seconds)
+    log.info(
+        "scan stored",
+        extra={"scan_id": request.scan_id, "cluster": request.cluster, "digest": digest,
+               "findings": len(report.findings)},
+    )  # fmt: skip
+    return Result(
+        "succeeded", request.scan_id, digest, job_name, f"{len(report.findings)} findings"
+    )
+
+
+def _handle_failure(
+    farm: Farm,
+    request: discovery.ScanRequest,
+    *,
+    job_name: str,
+    reason: str,
+    pod: Mapping[str, Any] | None,
+    text: str,
+    step_index: int,
+    attempt: int,
+) -> Result:
+    waiting = _waiting_reason(pod)
+    last = _last_line(text)
+    if _REFUSED.search(text):
+        history = [f"attempt {attempt}: the cluster's pull was refused: {last}"]
+        _delete(farm, job_name)
+        return submit(
+            farm, request, attempt=attempt + 1, start=next_start(step_index), history=history
+        )
+    if waiting == "CreateContainerConfigError":
+        why = (f"scan Job {farm.namespace}/{job_name}: its credential Secret was missing when the "
+               "pod started; the scan is retried on the next watcher pass")  # fmt: skip
+        return _end(farm, request, status="failed", reason=why, attempt=attempt)
+    if waiting in ("ErrImageNeverPull", "ErrImagePull", "ImagePullBackOff"):
+        why = (f"scan Job {farm.namespace}/{job_name}: image {request.image}@{request.digest} "
+               f"could not be used ({waiting}); it is not on node {request.node}")  # fmt: skip
+        return _end(farm, request, status="failed", reason=why, attempt=attempt)
+    if reason == "DeadlineExceeded":
+        why = (f"scan Job {farm.namespace}/{job_name} exceeded its deadline of "
+               f"{farm.settings.scan.job_deadline_seconds}s")  # fmt: skip
+        return _end(farm, request, status="timeout", reason=why, attempt=attempt)
+    why = f"scan Job {farm.namespace}/{job_name} failed ({reason or 'no reason given'})"
+    if last:
+        why += f": {last}"
+    return _end(farm, request, status="failed", reason=why, attempt=attempt)
+
+
+def _waiting_reason(pod: Mapping[str, Any] | None) -> str:
+    statuses = ((pod or {}).get("status") or {}).get("containerStatuses") or []
+    for status in statuses:
+        waiting = (status.get("state") or {}).get("waiting")
+        if waiting:
+            return str(waiting.get("reason") or "")
+    return ""
+
+
+def _last_line(text: str, limit: int = 300) -> str:
+    lines = [line.strip() for line in text.strip().splitlines() if line.strip()]
+    return lines[-1][:limit] if lines else ""
+
+
+def _delete(farm: Farm, job_name: str) -> None:
+    """Delete a scan Job (its pods and Secret follow by ownership) and its Secret explicitly."""
+    kube.delete_job(api=farm.api, namespace=farm.namespace, name=job_name)
+    kube.delete_secret(api=farm.api, namespace=farm.namespace, name=manifests.secret_name(job_name))
+
+
+# ---------------------------------------------------------------- sweep
+
+
+@dataclasses.dataclass(frozen=True)
+class Swept:
+    jobs: int = 0
+    secrets: int = 0
+    scans_failed: int = 0
+    scans_pruned: int = 0
+
+
+def sweep(farm: Farm) -> Swept:
+    """Delete scan Jobs and Secrets that outlived deadline + margin; fail scans left without a Job.
+
+    Safe to run while scans run: only objects older than their deadline plus
+    ``sweep_margin_seconds`` are touched, and a finished Job is left to
+    ``collect`` until then.
+    """
+    scan = farm.settings.scan
+    now = farm.clock()
+    cutoff = now - timedelta(seconds=scan.job_deadline_seconds + scan.sweep_margin_seconds)
+    selector = manifests.cluster_selector(farm.cluster.name)
+    jobs = kube.list_jobs(api=farm.api, namespace=farm.namespace, label_selector=selector)
+    live = {str(j["metadata"]["name"]) for j in jobs}
+    deleted_jobs = 0
+    for job in jobs:
+        if _created(job) < cutoff:
+            state, _ = _state(job)
+            if state in ("complete", "failed"):
+                _collect_one(farm, job, state, _state(job)[1])
+            else:
+                _left_behind(farm, job)
+                _delete(farm, str(job["metadata"]["name"]))
+            live.discard(str(job["metadata"]["name"]))
+            deleted_jobs += 1
+    deleted_secrets = 0
+    for secret in kube.list_secrets(
+        api=farm.api, namespace=farm.namespace, label_selector=selector
+    ):
+        owners = {o.get("name") for o in secret["metadata"].get("ownerReferences") or []}
+        name = str(secret["metadata"]["name"])
+        created = _created(secret)
+        # An orphan gets a grace period: its Job may have been created after our list.
+        orphan = not owners & live and created < now - timedelta(seconds=scan.sweep_margin_seconds)
+        stale = created < cutoff or orphan
+        if stale and kube.delete_secret(api=farm.api, namespace=farm.namespace, name=name):
+            deleted_secrets += 1
+    failed = 0
+    with farm.db.connection() as conn:
+        for scan_id, digest in store.running_scans(conn, cluster=farm.cluster.name, before=cutoff):
+            store.fail_scan(
+                conn,
+                scan_id=scan_id,
+                status="failed",
+                reason=(
+                    f"scan Job vanished from {farm.cluster.name}/{farm.namespace} before "
+                    "its result was collected; the digest is scanned again"
+                ),
+                finished_at=now,
+            )
+            dedupe.release(farm.redis, digest, scan_id=scan_id)
+            failed += 1
+        pruned = store.prune_scans(conn, keep=farm.settings.database.retention_scans_per_digest)
+    return Swept(deleted_jobs, deleted_secrets, failed, pruned)
+
+
+def _left_behind(farm: Farm, job: Mapping[str, Any]) -> None:
+    labels = job["metadata"].get("labels") or {}
+    scan_id = str(labels.get(manifests.LABEL_SCAN_ID, ""))
+    with farm.db.connection() as conn:
+        row = store.get_scan(conn, scan_id) if scan_id else None
+        if row is not None:
+            store.fail_scan(
+                conn,
+                scan_id=scan_id,
+                status="timeout",
+                reason=(
+                    f"scan Job {farm.namespace}/{job['metadata']['name']} still had not "
+                    "finished past its deadline plus the sweep margin; deleted"
+                ),
+                finished_at=farm.clock(),
+            )
+            dedupe.release(farm.redis, row.digest, scan_id=scan_id)
+
+
+def _created(obj: Mapping[str, Any]) -> datetime:
+    text = str(obj["metadata"].get("creationTimestamp") or "")
+    try:
+        return datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:
+        return datetime.now(UTC)

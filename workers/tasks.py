@@ -1,0 +1,161 @@
+"""The Celery tasks: thin wrappers around ``scanqueue.scans``.
+
+- ``scanqueue.scan`` (published by the watcher on ``scan.<cluster>``): submit
+  the scan Job of one image digest. Late-acked and idempotent.
+- ``scanqueue.collect`` (beat, per cluster): store finished scans, clean up.
+  A Redis lock keeps one collect per cluster at a time.
+- ``scanqueue.sweep`` (beat, per cluster): delete what outlived its deadline,
+  fail scans whose Job vanished, prune old scans.
+
+Collaborators (API client, Postgres pool, Redis, registry client) are built
+lazily once per worker process and cluster: after the prefork pool forked.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import threading
+from typing import Any
+
+from celery import Task
+from celery.exceptions import SoftTimeLimitExceeded
+
+from scanqueue import dedupe, discovery, errors, kube, registry, scans, store
+from workers.app import app, queue_name, settings_of
+
+log = logging.getLogger(__name__)
+
+MAX_TEMPORARY_RETRIES = 8  # then the scan fails with the last reason
+_farms: dict[str, scans.Farm] = {}
+_farms_lock = threading.Lock()
+
+
+def farm(cluster: str) -> scans.Farm:
+    """The collaborators for ``cluster`` in this process (built on first use)."""
+    with _farms_lock:
+        found = _farms.get(cluster)
+        if found is None:
+            settings = settings_of(app)
+            cluster_settings = settings.cluster(cluster)
+            registry_client = (
+                registry.Client(settings=settings.scan)
+                if settings.scan.verify_with_registry
+                else None
+            )
+            found = scans.Farm(
+                settings=settings,
+                cluster=cluster_settings,
+                api=kube.api_client(cluster_settings),
+                db=store.pool(
+                    settings.database.url,
+                    min_size=settings.database.pool_min_size,
+                    max_size=settings.database.pool_max_size,
+                ),
+                redis=dedupe.client(settings.broker.url),
+                registry=registry_client,
+            )
+            _farms[cluster] = found
+        return found
+
+
+def _backoff(retries: int, delay: float | None) -> float:
+    if delay is not None:
+        return delay
+    return float(min(300, 2 ** min(retries, 8)) * (0.5 + random.random()))
+
+
+@app.task(name="scanqueue.scan", bind=True, acks_late=True, reject_on_worker_lost=True)
+def scan(self: Task, request: dict[str, Any]) -> dict[str, str]:
+    """Submit the scan Job for one request payload (references only; never a secret)."""
+    try:
+        parsed = discovery.from_payload(request)
+    except errors.PermanentError as e:
+        log.error("unreadable scan request dropped: %s", e)
+        return {"outcome": "failed", "detail": str(e)}
+    where = farm(parsed.cluster)
+    try:
+        return scans.submit(where, parsed).as_dict()
+    except scans.Busy as e:
+        raise self.retry(countdown=_backoff(0, e.delay), max_retries=None) from None
+    except errors.TemporaryError as e:
+        if self.request.retries >= MAX_TEMPORARY_RETRIES:
+            reason = f"gave up after {self.request.retries} retries: {e}"
+            return scans.fail(where, parsed, reason=reason).as_dict()
+        log.warning(
+            "scan submit will be retried: %s",
+            e,
+            extra={"scan_id": parsed.scan_id, "cluster": parsed.cluster},
+        )
+        raise self.retry(countdown=_backoff(self.request.retries, e.delay)) from None
+    except errors.PermanentError as e:
+        return scans.fail(where, parsed, reason=str(e)).as_dict()
+    except SoftTimeLimitExceeded:
+        # late ack + idempotent submit: the next delivery picks up where this one stopped
+        raise self.retry(countdown=5) from None
+
+
+def _locked(cluster: str, what: str, seconds: int) -> Any:
+    return farm(cluster).redis.lock(f"scanqueue:{what}:{cluster}", timeout=seconds, blocking=False)
+
+
+@app.task(name="scanqueue.collect", acks_late=True)
+def collect(cluster: str) -> list[dict[str, str]]:
+    """Collect finished scan Jobs of ``cluster`` (one pass; skipped if another runs)."""
+    lock = _locked(cluster, "collect", settings_of(app).scan.soft_time_limit_seconds)
+    if not lock.acquire():
+        return []
+    try:
+        return [r.as_dict() for r in scans.collect(farm(cluster))]
+    except errors.TemporaryError as e:
+        log.warning("collect pass of %s stopped: %s", cluster, e, extra={"cluster": cluster})
+        return []
+    finally:
+        lock.release()
+
+
+@app.task(name="scanqueue.sweep", acks_late=True)
+def sweep(cluster: str) -> dict[str, int]:
+    """Delete leftovers of ``cluster`` and fail scans that lost their Job."""
+    lock = _locked(cluster, "sweep", settings_of(app).scan.soft_time_limit_seconds)
+    if not lock.acquire():
+        return {}
+    try:
+        swept = scans.sweep(farm(cluster))
+        return {
+            "jobs": swept.jobs,
+            "secrets": swept.secrets,
+            "scans_failed": swept.scans_failed,
+            "scans_pruned": swept.scans_pruned,
+        }
+    except errors.TemporaryError as e:
+        log.warning("sweep of %s stopped: %s", cluster, e, extra={"cluster": cluster})
+        return {}
+    finally:
+        lock.release()
+
+
+def _schedule() -> dict[str, dict[str, Any]]:
+    settings = settings_of(app)
+    schedule: dict[str, dict[str, Any]] = {}
+    for cluster in settings.clusters:
+        options = {
+            "queue": queue_name(cluster.name),
+            "expires": settings.scan.sweep_interval_seconds,
+        }
+        schedule[f"collect-{cluster.name}"] = {
+            "task": "scanqueue.collect",
+            "schedule": settings.scan.collect_interval_seconds,
+            "args": (cluster.name,),
+            "options": {**options, "expires": settings.scan.collect_interval_seconds * 2},
+        }
+        schedule[f"sweep-{cluster.name}"] = {
+            "task": "scanqueue.sweep",
+            "schedule": settings.scan.sweep_interval_seconds,
+            "args": (cluster.name,),
+            "options": options,
+        }
+    return schedule
+
+
+app.conf.beat_schedule = _schedule()
