@@ -9,9 +9,12 @@ must be a real ``scanqueue`` subcommand (parsed by the real parser) or a real
 from __future__ import annotations
 
 import contextlib
+import importlib.util
 import io
 import shlex
+import types
 from collections.abc import Sequence
+from pathlib import Path
 
 CELERY_APP = "workers.app"
 
@@ -79,3 +82,13 @@ def _celery(args: list[str]) -> list[str]:
             if flag not in known:
                 found.append(f"celery {name} has no option {flag}")
     return found
+
+
+def load_healthcheck() -> types.ModuleType:
+    """``docker/healthcheck.py`` as a module (docker/ is not a package)."""
+    path = Path(__file__).resolve().parents[2] / "docker" / "healthcheck.py"
+    spec = importlib.util.spec_from_file_location("scanqueue_docker_healthcheck", path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module

@@ -1,0 +1,196 @@
+"""docker/healthcheck.py against the real things it checks: a worker, Redis, Flower, metrics.
+
+The script runs as Docker runs it (a subprocess with the container's
+environment), given the command of the role to check after ``--``. Flower is
+started with the very command compose.yaml gives it, so these tests also show
+that this command serves the API only with basic auth.
+"""
+
+from __future__ import annotations
+
+import base64
+import os
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import prometheus_client
+import pytest
+import yaml
+
+from tests.support import ops_commands, services
+from tests.support.worker_fixtures import WorkerProcess
+
+ROOT = Path(__file__).resolve().parents[2]
+SCRIPT = ROOT / "docker" / "healthcheck.py"
+FLOWER_USER = "ops"
+FLOWER_PASSWORD = "flower-canary-pw-51c2"
+
+
+def _settings(tmp_path: Path, broker_url: str) -> Path:
+    path = tmp_path / "scanqueue.toml"
+    path.write_text(
+        f'[broker]\nurl = "{broker_url}"\n'
+        '[[clusters]]\nname = "alpha"\nkubeconfig = "/nonexistent"\n'
+    )
+    return path
+
+
+def _env(config_path: Path) -> dict[str, str]:
+    # the processes run outside the checkout (cwd = tmp_path), as in the image; the checkout
+    # goes on the path because an editable install made before workers/ existed lacks it
+    path = os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH", "")) if p)
+    return {**os.environ, "SCANQUEUE_CONFIG": str(config_path), "PYTHONPATH": path}
+
+
+def _health(config_path: Path, *command: str) -> subprocess.CompletedProcess[str]:
+    env = _env(config_path)
+    return subprocess.run(
+        [sys.executable, str(SCRIPT), "--", *command],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+        cwd=config_path.parent,
+    )
+
+
+def test_worker_is_healthy_while_it_answers_pings_and_unhealthy_after(
+    tmp_path: Path, redis_url: str, worker_factory: Callable[..., WorkerProcess]
+) -> None:
+    config_path = _settings(tmp_path, redis_url)
+    worker = worker_factory(config_path, queues=["scan.alpha", "scanqueue.control"])
+    command = ["celery", "-A", "workers.app", "worker", f"--hostname={worker.name}@%h"]
+
+    alive = _health(config_path, *command)
+    assert alive.returncode == 0, alive.stdout + alive.stderr
+    assert "answered a ping" in alive.stdout
+
+    worker.stop()
+    dead = _health(config_path, *command)
+    assert dead.returncode == 1, dead.stdout + dead.stderr
+    assert "did not answer" in dead.stdout
+
+
+def test_beat_is_healthy_only_while_the_broker_is_reachable(tmp_path: Path, redis_url: str) -> None:
+    command = ["celery", "-A", "workers.app", "beat", "--schedule=/tmp/x"]
+    up = _health(_settings(tmp_path, redis_url), *command)
+    assert up.returncode == 0, up.stdout + up.stderr
+
+    closed = tmp_path / "closed"
+    closed.mkdir()
+    password = "broker-canary-pw-9e1d"
+    broker = f"redis://:{password}@127.0.0.1:{services.free_port()}/0"
+    down = _health(_settings(closed, broker), *command)
+    assert down.returncode == 1
+    assert "broker unreachable" in down.stdout
+    assert password not in down.stdout + down.stderr
+
+
+def _flower_command(port: int) -> list[str]:
+    compose = yaml.safe_load((ROOT / "compose.yaml").read_text(encoding="utf-8"))
+    command = list(compose["services"]["flower"]["command"])
+    assert ops_commands.problems(command) == []
+    command = [
+        "--address=127.0.0.1" if a.startswith("--address=") else a
+        for a in command
+        if not a.startswith("--port=")
+    ]
+    return [*command, f"--port={port}"]
+
+
+@pytest.fixture
+def flower(tmp_path: Path, redis_url: str) -> Iterator[tuple[int, Path]]:
+    """Flower started with compose.yaml's command and FLOWER_BASIC_AUTH, on a free port."""
+    config_path = _settings(tmp_path, redis_url)
+    port = services.free_port()
+    command = _flower_command(port)
+    env = {**_env(config_path), "FLOWER_BASIC_AUTH": f"{FLOWER_USER}:{FLOWER_PASSWORD}"}
+    log = (tmp_path / "flower.log").open("wb")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", *command],
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        cwd=tmp_path,
+        start_new_session=True,
+    )
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            if proc.poll() is not None:
+                raise RuntimeError(f"flower exited: {(tmp_path / 'flower.log').read_text()}")
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthcheck", timeout=1):
+                    break
+            except OSError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.2)
+        yield port, config_path
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(10)
+        log.close()
+
+
+def _status(url: str, auth: str | None = None) -> int:
+    request = urllib.request.Request(url)
+    if auth is not None:
+        request.add_header("Authorization", "Basic " + base64.b64encode(auth.encode()).decode())
+    try:
+        with urllib.request.urlopen(request, timeout=10) as response:
+            return int(response.status)
+    except urllib.error.HTTPError as e:
+        return e.code
+
+
+def test_compose_flower_command_serves_the_api_only_with_basic_auth(
+    flower: tuple[int, Path],
+) -> None:
+    port, _ = flower
+    api = f"http://127.0.0.1:{port}/api/workers"
+    assert _status(api) == 401
+    assert _status(api, f"{FLOWER_USER}:wrong") == 401
+    assert _status(api, f"{FLOWER_USER}:{FLOWER_PASSWORD}") == 200
+
+
+def test_flower_is_healthy_while_it_answers(flower: tuple[int, Path]) -> None:
+    port, config_path = flower
+    command = ["celery", "-A", "workers.app", "flower", "--address=0.0.0.0", f"--port={port}"]
+    result = _health(config_path, *command)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert FLOWER_PASSWORD not in result.stdout + result.stderr
+
+
+def test_flower_on_a_closed_port_is_unhealthy(tmp_path: Path, redis_url: str) -> None:
+    command = ["celery", "-A", "workers.app", "flower", f"--port={services.free_port()}"]
+    result = _health(_settings(tmp_path, redis_url), *command)
+    assert result.returncode == 1
+    assert "unreachable" in result.stdout
+
+
+def test_watcher_is_healthy_while_its_metrics_answer() -> None:
+    health = ops_commands.load_healthcheck()
+    port = services.free_port()
+    registry = prometheus_client.CollectorRegistry()
+    server, thread = prometheus_client.start_http_server(port, "127.0.0.1", registry=registry)
+    try:
+        healthy, why = health.check(["scanqueue", "watch", f"--metrics-port={port}"])
+        assert healthy, why
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(10)
+    healthy, why = health.check(["scanqueue", "watch", f"--metrics-port={port}"])
+    assert not healthy
+    assert "unreachable" in why

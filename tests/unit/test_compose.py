@@ -1,0 +1,282 @@
+"""compose.yaml and docker/: the farm's services, mounts, auth and image, checked without Docker.
+
+No Docker engine runs here, so these tests check what can be checked: the
+compose file parses and wires the services as documented, the Dockerfile
+copies files that exist and that the build context lets in, and every command
+the image is started with is a real ``scanqueue`` or ``celery`` command.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import re
+import shlex
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from tests.support import ops_commands
+
+ROOT = Path(__file__).resolve().parents[2]
+COMPOSE = yaml.safe_load((ROOT / "compose.yaml").read_text(encoding="utf-8"))
+SERVICES: dict[str, dict[str, Any]] = COMPOSE["services"]
+FARM = ("migrate", "watcher", "worker", "beat", "flower")
+KUBE_TARGET = "/etc/scanqueue/kube"
+
+
+def _dockerfile() -> list[tuple[str, str]]:
+    """(INSTRUCTION, arguments) with continuation lines joined and comments dropped."""
+    out: list[tuple[str, str]] = []
+    pending = ""
+    for line in (ROOT / "docker" / "Dockerfile").read_text(encoding="utf-8").splitlines():
+        stripped = line.strip()
+        if not stripped or stripped.startswith("#"):
+            continue
+        if stripped.endswith("\\"):
+            pending += stripped[:-1] + " "
+            continue
+        full = pending + stripped
+        pending = ""
+        instruction, _, args = full.partition(" ")
+        out.append((instruction.upper(), args.strip()))
+    return out
+
+
+DOCKERFILE = _dockerfile()
+
+
+def _all(instruction: str) -> list[str]:
+    return [args for inst, args in DOCKERFILE if inst == instruction]
+
+
+def _mounts(service: str) -> list[dict[str, Any]]:
+    mounts = []
+    for volume in SERVICES[service].get("volumes", []):
+        if isinstance(volume, str):
+            source, target, *mode = volume.split(":")
+            mounts.append(
+                {"source": source, "target": target, "read_only": mode == ["ro"], "short": True}
+            )
+        else:
+            mounts.append(volume)
+    return mounts
+
+
+# --- compose.yaml ---------------------------------------------------------------------------
+
+
+def test_compose_names_every_service_of_the_farm() -> None:
+    assert set(SERVICES) == {"redis", "postgres", *FARM}
+
+
+def test_kubeconfig_is_mounted_read_only_into_watcher_and_worker_only() -> None:
+    for name in SERVICES:
+        kube = [m for m in _mounts(name) if m["target"] == KUBE_TARGET]
+        if name in ("watcher", "worker"):
+            (mount,) = kube
+            assert mount["read_only"] is True
+        else:
+            assert kube == [], f"{name} needs no cluster access"
+
+
+def test_every_bind_mount_of_the_farm_is_read_only() -> None:
+    for name in FARM:
+        for mount in _mounts(name):
+            assert mount["read_only"] is True, (name, mount["target"])
+
+
+def test_flower_requires_basic_auth_from_the_environment() -> None:
+    env = SERVICES["flower"]["environment"]
+    assert re.fullmatch(r"\$\{FLOWER_BASIC_AUTH:\?[^}]+\}", env["FLOWER_BASIC_AUTH"])
+    assert "FLOWER_UNAUTHENTICATED_API" not in env
+    assert all(p.startswith("127.0.0.1:") for p in SERVICES["flower"]["ports"])
+
+
+def test_only_flower_publishes_a_port_and_only_on_loopback() -> None:
+    for name, service in SERVICES.items():
+        if name != "flower":
+            assert "ports" not in service, name
+
+
+def test_redis_persists_acknowledged_tasks() -> None:
+    command = SERVICES["redis"]["command"]
+    text = " ".join(command)
+    assert "--appendonly yes" in text
+    assert "--maxmemory-policy noeviction" in text
+    assert any(v.endswith(":/data") for v in SERVICES["redis"]["volumes"])
+
+
+def test_farm_services_wait_for_migrate_to_complete() -> None:
+    migrate = SERVICES["migrate"]
+    assert migrate["command"] == ["scanqueue", "migrate"]
+    assert migrate["restart"] == "no"
+    assert migrate["depends_on"]["postgres"]["condition"] == "service_healthy"
+    for name in ("watcher", "worker", "beat", "flower"):
+        depends = SERVICES[name]["depends_on"]
+        assert depends["migrate"]["condition"] == "service_completed_successfully", name
+        assert depends["redis"]["condition"] == "service_healthy", name
+
+
+def test_every_long_running_service_has_a_healthcheck() -> None:
+    for name in ("redis", "postgres"):
+        assert SERVICES[name]["healthcheck"]["test"][0] == "CMD"
+    assert len(_all("HEALTHCHECK")) == 1  # the farm services inherit the image's check
+    for name in ("watcher", "worker", "beat", "flower"):
+        assert "healthcheck" not in SERVICES[name], f"{name} overrides the image health check"
+    assert SERVICES["migrate"]["healthcheck"] == {"disable": True}
+
+
+@pytest.mark.parametrize("name", FARM)
+def test_compose_command_is_a_real_scanqueue_or_celery_command(name: str) -> None:
+    assert ops_commands.problems(SERVICES[name]["command"]) == []
+
+
+def test_no_secret_value_is_written_in_the_compose_file() -> None:
+    for name, service in SERVICES.items():
+        for key, value in (service.get("environment") or {}).items():
+            if any(word in key for word in ("PASSWORD", "AUTH", "TOKEN", "SECRET")):
+                assert re.fullmatch(r"\$\{[A-Z_]+:\?[^}]+\}", str(value)), (name, key)
+            assert not re.search(r"://[^/@\s]*:[^/@\s]*@", str(value)), (name, key)
+
+
+def test_beat_and_flower_get_no_database_password() -> None:
+    for name in ("beat", "flower"):
+        env = SERVICES[name]["environment"]
+        assert "PGPASSWORD" not in env
+        assert "SCANQUEUE_DATABASE_URL" not in env
+
+
+def test_farm_containers_run_as_the_image_user_with_a_read_only_root() -> None:
+    (user,) = _all("USER")
+    for name in FARM:
+        service = SERVICES[name]
+        assert service["user"] == user
+        assert service["read_only"] is True
+        assert service["cap_drop"] == ["ALL"]
+        assert service["init"] is True
+
+
+def test_beat_schedule_lives_on_the_writable_tmpfs() -> None:
+    (schedule,) = [a for a in SERVICES["beat"]["command"] if a.startswith("--schedule=")]
+    assert schedule.partition("=")[2].startswith("/tmp/")
+    assert "/tmp" in SERVICES["beat"]["tmpfs"]
+
+
+def test_compose_variables_are_not_scanqueue_settings() -> None:
+    """Host-side variables named SCANQUEUE_* would be rejected by config.load as unknown."""
+    text = (ROOT / "compose.yaml").read_text(encoding="utf-8")
+    for variable in re.findall(r"\$\{([A-Za-z_]+)", text):
+        assert not variable.startswith("SCANQUEUE_"), variable
+
+
+# --- docker/Dockerfile ----------------------------------------------------------------------
+
+
+def test_image_is_python_3_11_slim() -> None:
+    (base,) = _all("FROM")
+    assert base == "python:3.11-slim"
+
+
+def test_every_copy_source_exists_and_passes_the_dockerignore() -> None:
+    ignore = [
+        line.strip()
+        for line in (ROOT / "docker" / "Dockerfile.dockerignore").read_text().splitlines()
+        if line.strip() and not line.startswith("#")
+    ]
+
+    def included(path: str) -> bool:
+        keep = True
+        for pattern in ignore:
+            negate = pattern.startswith("!")
+            bare = pattern.lstrip("!").rstrip("/")
+            if fnmatch.fnmatch(path, bare) or path.startswith(bare + "/"):
+                keep = negate
+        return keep
+
+    copies = _all("COPY")
+    assert copies
+    for args in copies:
+        *sources, _ = shlex.split(args)
+        for source in sources:
+            assert not source.startswith("--"), "no COPY --from or --chown expected"
+            assert (ROOT / source).exists(), source
+            assert included(source.rstrip("/")), f"{source} is excluded by the dockerignore"
+
+
+def test_image_installs_the_package_and_runs_as_a_numeric_non_root_user() -> None:
+    runs = " ".join(_all("RUN"))
+    assert "pip install ." in runs
+    (user,) = _all("USER")
+    uid, _, gid = user.partition(":")
+    assert uid.isdigit() and int(uid) != 0
+    assert gid.isdigit() and int(gid) != 0
+    assert f"--uid {uid}" in runs
+
+
+def test_image_user_matches_the_kubernetes_manifests() -> None:
+    (user,) = _all("USER")
+    uid = int(user.partition(":")[0])
+    for path in (ROOT / "deploy").glob("4*.yaml"):
+        for doc in yaml.safe_load_all(path.read_text()):
+            if doc["kind"] in ("Deployment", "Job"):
+                assert doc["spec"]["template"]["spec"]["securityContext"]["runAsUser"] == uid
+
+
+def test_healthcheck_runs_the_copied_script() -> None:
+    (healthcheck,) = _all("HEALTHCHECK")
+    command = healthcheck.partition("CMD")[2].strip()
+    argv = yaml.safe_load(command)  # exec form: a JSON array
+    assert argv[0] == "python"
+    targets = [shlex.split(c)[-1] for c in _all("COPY") if "healthcheck.py" in c]
+    assert targets == [argv[1]]
+
+
+def test_image_default_command_is_a_real_command() -> None:
+    (cmd,) = _all("CMD")
+    assert ops_commands.problems(yaml.safe_load(cmd)) == []
+
+
+# --- docker/healthcheck.py: which check for which role -------------------------------------
+
+health = ops_commands.load_healthcheck()
+
+
+@pytest.mark.parametrize(
+    ("argv", "role"),
+    [
+        (["celery", "-A", "workers.app", "worker", "--hostname=worker@%h"], "worker"),
+        (["/usr/local/bin/celery", "-A", "workers.app", "beat"], "beat"),
+        (["python", "-m", "celery", "-A", "workers.app", "flower", "--port=5555"], "flower"),
+        (["scanqueue", "watch", "--metrics-port=9100"], "watcher"),
+        (["/usr/local/bin/scanqueue", "migrate"], "migrate"),
+        (["sh"], "other"),
+        ([], "other"),
+    ],
+)
+def test_healthcheck_recognises_the_role(argv: list[str], role: str) -> None:
+    assert health.role(argv) == role
+
+
+def test_healthcheck_reads_past_docker_init(tmp_path: Path) -> None:
+    (tmp_path / "1").mkdir()
+    argv = ["/sbin/docker-init", "--", "celery", "-A", "workers.app", "worker"]
+    (tmp_path / "1" / "cmdline").write_bytes(b"\0".join(a.encode() for a in argv) + b"\0")
+    assert health.main_command(tmp_path) == ["celery", "-A", "workers.app", "worker"]
+
+
+@pytest.mark.parametrize(
+    ("argv", "expected"),
+    [
+        (["celery", "-A", "workers.app", "worker", "--hostname=worker@%h"], "worker@abc.local"),
+        (["celery", "-A", "workers.app", "worker", "-n", "w1@%n"], "w1@abc"),
+        (["celery", "-A", "workers.app", "worker"], "celery@abc.local"),
+    ],
+)
+def test_healthcheck_pings_the_worker_by_its_node_name(argv: list[str], expected: str) -> None:
+    assert health.worker_name(argv, "abc.local") == expected
+
+
+def test_healthcheck_of_a_one_shot_command_is_healthy_without_probing() -> None:
+    assert health.check(["scanqueue", "migrate"]) == (True, "migrate: healthy while it runs")
