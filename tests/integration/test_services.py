@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import redis
 
 from tests.conftest import REGISTRY_PASSWORD, REGISTRY_USER
@@ -54,3 +56,12 @@ def test_redis_fixture_is_private_and_empty(
         assert client.get("k") == b"v"
     finally:
         client.close()
+
+
+def test_anonymous_registry_serves_without_credentials(
+    registry_factory: Callable[..., services.Registry],
+) -> None:
+    public = registry_factory(anonymous=True)
+    digest = public.push("library/tool", "1", content="public")
+    assert public.status("/v2/library/tool/manifests/1") == 200
+    assert public.status(f"/v2/library/tool/manifests/{digest}") == 200

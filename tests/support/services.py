@@ -214,6 +214,7 @@ class Registry:
     directory: Path
     users: dict[str, str] = dataclasses.field(default_factory=dict)
     token: dict[str, str] | None = None
+    anonymous: bool = False  # no auth at all: anyone may pull and push (a public registry)
     port: int = 0
     proc: subprocess.Popen[bytes] | None = None
 
@@ -230,7 +231,9 @@ class Registry:
         self.port = self.port or free_port()
         self.directory.mkdir(parents=True, exist_ok=True)
         auth: str
-        if self.token is not None:
+        if self.anonymous:
+            auth = "  {}\n"
+        elif self.token is not None:
             auth = "  token:\n" + "".join(f"    {k}: {v}\n" for k, v in self.token.items())
         else:
             htpasswd = self.directory / "htpasswd"
@@ -242,8 +245,7 @@ class Registry:
             "log:\n  level: info\n  formatter: text\n"
             f"storage:\n  filesystem:\n    rootdirectory: {self.directory / 'data'}\n"
             "  delete:\n    enabled: true\n"
-            f"http:\n  addr: 127.0.0.1:{self.port}\n"
-            f"auth:\n{auth}"
+            f"http:\n  addr: 127.0.0.1:{self.port}\n" + ("" if self.anonymous else f"auth:\n{auth}")
         )
         log = self.log.open("ab")
         self.proc = subprocess.Popen([binary, "serve", str(config)], stdout=log, stderr=log)
