@@ -41,6 +41,7 @@ from typing import Any, Literal
 
 import urllib3
 
+import scanqueue
 from scanqueue import config, credentials, errors, images
 
 logger = logging.getLogger(__name__)
@@ -65,6 +66,8 @@ _MAX_REDIRECTS = 5
 _MAX_MANIFEST_BYTES = 4 * 1024 * 1024  # distribution refuses larger manifests too
 _TOKEN_DEFAULT_SECONDS = 60  # the token spec's default when expires_in is missing
 _TOKEN_MARGIN_SECONDS = 10  # renew a cached token this long before it expires
+_USER_AGENT = f"scanqueue/{scanqueue.__version__}"
+_ENDPOINT_TTL_SECONDS = 300  # how long a registry's scheme and challenge are remembered
 _RETRY_STATUSES = frozenset({429, 500, 502, 503, 504})
 
 AnswerKind = Literal[
@@ -399,7 +402,7 @@ class Client:
             ca_certs=settings.registry_ca_bundle or None,
         )
         self._lock = threading.Lock()
-        self._endpoints: dict[str, _Endpoint] = {}
+        self._endpoints: dict[str, tuple[_Endpoint, float]] = {}  # registry -> (it, expiry)
         self._tokens: dict[tuple[str, str, credentials.Credential | None], tuple[str, float]] = {}
 
     def __enter__(self) -> Client:
@@ -450,9 +453,11 @@ class Client:
         self, image: images.Reference, attempts: Sequence[credentials.Credential | None]
     ) -> Resolution:
         refusals: list[Refusal] = []
+        # a failed ping is the registry's answer to every candidate: ask it once per call
+        failed_pings: dict[str, _AttemptError] = {}
         for credential in attempts:
             try:
-                digest = self._try(image, credential)
+                digest = self._try(image, credential, failed_pings)
             except _AttemptError as failure:
                 refusal = Refusal(
                     source=credential.source if credential else "anonymous",
@@ -490,7 +495,12 @@ class Client:
 
     # ---------------------------------------------------------- one attempt
 
-    def _try(self, image: images.Reference, credential: credentials.Credential | None) -> str:
+    def _try(
+        self,
+        image: images.Reference,
+        credential: credentials.Credential | None,
+        failed_pings: dict[str, _AttemptError],
+    ) -> str:
         registry = image.registry
         if credential is not None and not credential_belongs_to(credential.host, registry):
             raise _AttemptError(
@@ -498,7 +508,16 @@ class Client:
                 f"credential belongs to {credential.host}, not {registry}; it is never sent "
                 "to another registry",
             )
-        endpoint = self._endpoint(registry)
+        failed = failed_pings.get(registry)
+        if failed is not None:
+            raise _AttemptError(
+                failed.kind, failed.detail, status=failed.status, delay=failed.delay
+            )
+        try:
+            endpoint = self._endpoint(registry)
+        except _AttemptError as failure:
+            failed_pings[registry] = failure
+            raise
         api_host = _Origin.of(endpoint.base)
         repository = image.repository
         reference = image.digest or image.tag or "latest"
@@ -602,10 +621,11 @@ class Client:
 
     def _endpoint(self, registry: str) -> _Endpoint:
         """Ping ``/v2/`` without credentials; remember the scheme and the challenge."""
+        now = self._clock()
         with self._lock:
             cached = self._endpoints.get(registry)
-        if cached is not None:
-            return cached
+        if cached is not None and cached[1] > now:
+            return cached[0]
         api = DOCKER_HUB_API if registry in DOCKER_HUB_ALIASES else registry
         schemes = self._schemes(registry)
         last: _AttemptError | None = None
@@ -643,7 +663,7 @@ class Client:
                     status=response.status,
                 )
             with self._lock:
-                self._endpoints[registry] = endpoint
+                self._endpoints[registry] = (endpoint, now + _ENDPOINT_TTL_SECONDS)
             return endpoint
         assert last is not None
         raise last
@@ -883,7 +903,7 @@ class Client:
                 )
             if origin.scheme not in ("http", "https"):
                 raise _AttemptError("error", f"refusing a {origin.scheme!r} URL")
-            send = dict(headers)
+            send = {"User-Agent": _USER_AGENT, **headers}
             if authorization is not None and origin == auth_origin:
                 send["Authorization"] = authorization
             response = self._send(method, url, send, body)

@@ -23,6 +23,7 @@ from tests.support.registry_fixtures import (
     CapturingProxy,
     ScriptedServer,
     Seen,
+    TokenIssuer,
     TokenWorld,
     canary,
     self_signed,
@@ -463,20 +464,111 @@ def test_plain_http_token_realm_off_loopback_gets_no_credential(
 def test_unreachable_registry_is_a_temporary_error_after_bounded_retries() -> None:
     host = f"127.0.0.1:{services.free_port()}"
     sleeps = Sleeps()
+    candidates = [
+        credential(host, "ana", "ana-pw-1", "team-a/regcred"),
+        credential(host, "bob", "bob-pw-1", "team-a/other"),
+    ]
 
     with (
-        registry.Client(settings=settings(), sleep=sleeps, max_attempts=3) as client,
+        registry.Client(
+            settings=settings(allow_anonymous=True), sleep=sleeps, max_attempts=3
+        ) as client,
         pytest.raises(registry.RegistryUnavailable) as caught,
     ):
-        client.resolve(
-            images.parse(f"{host}/team/app:1"),
-            [credential(host, "ana", "ana-pw-1", "team-a/regcred")],
-        )
+        client.resolve(images.parse(f"{host}/team/app:1"), candidates)
 
     assert isinstance(caught.value, registry.errors.TemporaryError)
-    assert caught.value.refusals[0].kind == "unreachable"
+    assert [(r.source, r.kind) for r in caught.value.refusals] == [
+        ("team-a/regcred", "unreachable"),
+        ("team-a/other", "unreachable"),
+        ("anonymous", "unreachable"),
+    ]
     assert f"cannot connect to {host}: connection refused" in str(caught.value)
-    assert len(sleeps.waits) == 2  # three attempts, two waits (on the http fallback)
+    # three attempts (two waits) for the first candidate; the others reuse that answer
+    assert sleeps.waits == [0.5, 1.0]
+
+
+def test_server_errors_are_retried_with_backoff_until_the_registry_answers(
+    scripted_server: Callable[..., ScriptedServer],
+) -> None:
+    digest = "sha256:" + "d" * 64
+    failures = [503, 502]
+
+    def script(request: Seen) -> tuple[int, dict[str, str], bytes]:
+        if failures:
+            return failures.pop(0), {}, b""
+        if request.path == "/v2/":
+            return 200, {}, b"{}"
+        return 200, {"Docker-Content-Digest": digest}, b""
+
+    server = scripted_server(script)
+    sleeps = Sleeps()
+
+    with registry.Client(settings=settings(allow_anonymous=True), sleep=sleeps) as client:
+        resolution = client.resolve(images.parse(f"{server.host}/team/app:1"), [])
+
+    assert resolution.digest == digest
+    assert sleeps.waits == [0.5, 1.0]
+
+
+def test_same_origin_redirect_keeps_the_authorization_header(
+    scripted_server: Callable[..., ScriptedServer],
+) -> None:
+    digest = "sha256:" + "e" * 64
+    expected = "Basic " + base64.b64encode(b"ana:ana-pw-1").decode()
+
+    def script(request: Seen) -> tuple[int, dict[str, str], bytes]:
+        if request.headers.get("Authorization") != expected:
+            return 401, {"WWW-Authenticate": 'Basic realm="r"'}, b""
+        if request.path == "/v2/team/app/manifests/1":
+            return 307, {"Location": "/v2/team/app/manifests/moved"}, b""
+        return 200, {"Docker-Content-Digest": digest}, b""
+
+    server = scripted_server(script)
+
+    with registry.Client(settings=settings()) as client:
+        resolution = client.resolve(
+            images.parse(f"{server.host}/team/app:1"),
+            [credential(server.host, "ana", "ana-pw-1", "team-a/regcred")],
+        )
+
+    assert resolution.digest == digest
+    assert server.seen[-1].path == "/v2/team/app/manifests/moved"
+
+
+def test_token_realm_redirect_to_another_origin_goes_without_the_credential(
+    registry_factory: RegistryFactory,
+    token_issuer: TokenIssuer,
+    capturing_proxy: Callable[[int], CapturingProxy],
+    scripted_server: Callable[..., ScriptedServer],
+) -> None:
+    secret = canary("realm-redirect")
+    token_issuer.users["kim"] = secret
+    token_issuer.grants["kim"] = {"*": {"pull"}}
+    issuer_proxy = capturing_proxy(token_issuer.port)
+    realm = scripted_server(
+        lambda request: (307, {"Location": f"http://{issuer_proxy.host}{request.path}"}, b"")
+    )
+    server = registry_factory(
+        token={**token_issuer.registry_config(), "realm": f"{realm.url}/token"}
+    )
+
+    with (
+        registry.Client(settings=settings()) as client,
+        pytest.raises(registry.NoCredentialAccepted) as caught,
+    ):
+        client.resolve(
+            images.parse(f"{server.host}/team/app:1"),
+            [credential(server.host, "kim", secret, "team-a/kim")],
+        )
+
+    assert "Authorization" in realm.seen[0].headers  # the realm the registry named got it
+    sent = issuer_proxy.sent()
+    assert b"GET /token?" in sent
+    assert b"authorization" not in sent.lower()
+    assert not any(s in sent for s in secrets_of("kim", secret))
+    assert [r["user"] for r in token_issuer.requests] == [""]  # asked anonymously
+    assert caught.value.refusals[0].kind == "unauthorized"
 
 
 @pytest.mark.parametrize(
