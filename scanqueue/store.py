@@ -366,18 +366,21 @@ def start_scan(
     Idempotent: calling again with the same attempt changes nothing; a higher
     attempt (the next credential, a retry after a failure) restarts the row; a
     succeeded scan is never reopened. ``credential_source`` names where the
-    credential came from ("team-a/regcred"), never its value.
+    credential came from ("team-a/regcred"), never its value. An empty
+    ``digest`` (not known yet) is allowed so that the scan's failure can still
+    be recorded; such a scan cannot succeed.
     """
     registry, repository = _split_image(image)
     with conn.transaction():
         cluster_id = _cluster_id(conn, cluster)
-        _execute(
-            conn,
-            f"scan {scan_id}",
-            """INSERT INTO images (digest, registry, repository) VALUES (%s, %s, %s)
-               ON CONFLICT (digest) DO NOTHING""",
-            (digest, registry, repository),
-        )
+        if digest:
+            _execute(
+                conn,
+                f"scan {scan_id}",
+                """INSERT INTO images (digest, registry, repository) VALUES (%s, %s, %s)
+                   ON CONFLICT (digest) DO NOTHING""",
+                (digest, registry, repository),
+            )
         _execute(
             conn,
             f"scan {scan_id}",
@@ -393,7 +396,16 @@ def start_scan(
                WHERE s.status <> 'succeeded'
                  AND (EXCLUDED.attempt > s.attempt
                       OR (EXCLUDED.attempt = s.attempt AND s.status IN ('pending', 'running')))""",
-            (scan_id, digest, cluster_id, image, mode, attempt, credential_source, started_at),
+            (
+                scan_id,
+                digest or None,
+                cluster_id,
+                image,
+                mode,
+                attempt,
+                credential_source,
+                started_at,
+            ),
         )
 
 
@@ -422,6 +434,10 @@ def finish_scan(
             )
         if row[0] == "succeeded":
             return  # a re-delivered result: the first delivery is kept as it is
+        if row[1] is None:
+            raise errors.PermanentError(
+                f"scan {scan_id} has no image digest; start it again with the digest scanned"
+            )
         conn.execute(
             "UPDATE images SET os_family = %s, os_name = %s WHERE digest = %s",
             (report.os_family, report.os_name, row[1]),
@@ -471,8 +487,8 @@ def fail_scan(
 
 
 _SCAN_SELECT = """
-    SELECT s.id, cl.name, s.digest, s.image, s.status, s.mode, s.attempt, s.credential_source,
-           s.scanner_version, s.started_at, s.finished_at, s.error,
+    SELECT s.id, cl.name, coalesce(s.digest, ''), s.image, s.status, s.mode, s.attempt,
+           s.credential_source, s.scanner_version, s.started_at, s.finished_at, s.error,
            (SELECT count(*) FROM findings f WHERE f.scan_id = s.id)
       FROM scans s JOIN clusters cl ON cl.id = s.cluster_id
 """
@@ -482,11 +498,13 @@ def running_scans(conn: Connection, *, cluster: str, before: datetime) -> list[t
     """(scan id, digest) of the scans of ``cluster`` still running that started before ``before``.
 
     The sweep fails those whose Job is gone, so that a lost scan is scanned again.
+    The digest is "" for a scan started before its digest was known.
     """
     rows = conn.execute(
-        """SELECT s.id, s.digest FROM scans s JOIN clusters cl ON cl.id = s.cluster_id
+        """SELECT s.id, coalesce(s.digest, '') FROM scans s
+             JOIN clusters cl ON cl.id = s.cluster_id
             WHERE cl.name = %s AND s.status IN ('pending', 'running') AND s.started_at < %s
-            ORDER BY s.started_at""",
+            ORDER BY s.started_at, s.id""",
         (cluster, before),
     ).fetchall()
     return [(str(r[0]), str(r[1])) for r in rows]
@@ -552,6 +570,8 @@ def import_report(
 def prune_scans(conn: Connection, *, keep: int) -> int:
     """Delete all but the ``keep`` latest finished scans per digest; return how many went.
 
+    Scans without a digest count per image reference instead.
+
     Scans in progress and the latest successful scan of each digest are always
     kept, so current findings never disappear. Findings go with their scan.
     """
@@ -561,9 +581,10 @@ def prune_scans(conn: Connection, *, keep: int) -> int:
         cur = conn.execute(
             """WITH ranked AS (
                    SELECT id, status,
-                          row_number() OVER (PARTITION BY digest
+                          row_number() OVER (PARTITION BY coalesce(digest, image)
                                              ORDER BY finished_at DESC, id DESC) AS n,
-                          row_number() OVER (PARTITION BY digest, status = 'succeeded'
+                          row_number() OVER (PARTITION BY coalesce(digest, image),
+                                                          status = 'succeeded'
                                              ORDER BY finished_at DESC, id DESC) AS n_ok
                      FROM scans WHERE finished_at IS NOT NULL)
                DELETE FROM scans s USING ranked r

@@ -24,7 +24,7 @@ CREATE TABLE workloads (
 
 -- Images by digest: one row however many tags, pods and clusters run it.
 CREATE TABLE images (
-    digest text PRIMARY KEY CHECK (digest ~ '^[a-z0-9]+:[a-f0-9]{32,}$'),
+    digest text PRIMARY KEY CHECK (digest ~ '^[a-z0-9]+([+._-][a-z0-9]+)*:[a-zA-Z0-9=_-]+$'),
     registry text NOT NULL,            -- "docker.io", "registry.example.com:5000"
     repository text NOT NULL,          -- "library/nginx"
     os_family text,                    -- from the last successful scan
@@ -54,10 +54,11 @@ CREATE TABLE containers (
 CREATE INDEX containers_live_digest ON containers (digest) WHERE gone_at IS NULL;
 CREATE INDEX containers_live_workload ON containers (workload_id) WHERE gone_at IS NULL;
 
--- One row per scan attempt chain; id is the worker's scan id.
+-- One row per scan attempt chain; id is the worker's scan id. digest is NULL
+-- only for a scan that failed before the image's digest was known.
 CREATE TABLE scans (
     id text PRIMARY KEY,
-    digest text NOT NULL REFERENCES images (digest) ON DELETE CASCADE,
+    digest text REFERENCES images (digest) ON DELETE CASCADE,
     cluster_id bigint NOT NULL REFERENCES clusters (id) ON DELETE CASCADE,
     image text NOT NULL,               -- the reference scanned, pinned by digest
     status text NOT NULL DEFAULT 'pending'
@@ -74,6 +75,7 @@ CREATE TABLE scans (
 );
 CREATE INDEX scans_digest_finished ON scans (digest, finished_at DESC);
 CREATE INDEX scans_succeeded ON scans (digest, finished_at DESC) WHERE status = 'succeeded';
+CREATE INDEX scans_in_flight ON scans (cluster_id, started_at) WHERE status IN ('pending', 'running');
 
 -- One row per advisory ID, updated when a newer report says more.
 CREATE TABLE vulnerabilities (

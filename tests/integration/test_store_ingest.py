@@ -233,7 +233,7 @@ def test_malformed_digest_is_a_permanent_error_naming_the_scan(
     store_conn: store.Connection,
 ) -> None:
     with pytest.raises(errors.PermanentError, match="scan scan-x: refused by the database"):
-        _start(store_conn, "scan-x", digest="sha256:nothex")
+        _start(store_conn, "scan-x", digest="sha256 is not a digest")
 
 
 def test_fresh_digests_are_those_scanned_successfully_since(
@@ -357,3 +357,50 @@ def test_unreachable_pool_is_a_temporary_error_without_password() -> None:
     with pytest.raises(errors.TemporaryError, match="cannot open a Postgres pool") as caught:
         store.pool("postgresql://u:pool-canary-pw@127.0.0.1:1/db", timeout=1)
     assert "pool-canary-pw" not in str(caught.value)
+
+
+def test_scan_failing_before_its_digest_is_known_is_still_recorded(
+    store_conn: store.Connection, trivy_reports: dict[str, reports.Report]
+) -> None:
+    _start(store_conn, "no-digest", digest="", image="registry.example.com/team/app:1@")
+    assert store.running_scans(store_conn, cluster="prod-eu", before=T0 + timedelta(1)) == [
+        ("no-digest", "")
+    ]
+    with pytest.raises(errors.PermanentError, match="has no image digest"):
+        store.finish_scan(
+            store_conn,
+            scan_id="no-digest",
+            report=trivy_reports["node-alpine-3.19"],
+            finished_at=T0,
+        )
+    store.fail_scan(
+        store_conn,
+        scan_id="no-digest",
+        status="refused",
+        reason="no credential resolved registry.example.com/team/app:1 to a digest",
+        finished_at=T0,
+    )
+    scan = store.get_scan(store_conn, "no-digest")
+    assert scan is not None and (scan.digest, scan.status) == ("", "refused")
+    assert store_conn.execute("SELECT count(*) FROM images").fetchone() == (0,)
+
+
+def test_running_scans_are_those_of_the_cluster_started_before(
+    store_conn: store.Connection, trivy_reports: dict[str, reports.Report]
+) -> None:
+    _start(store_conn, "old", at=T0)
+    _start(store_conn, "new", digest=DIGEST_B, at=T0 + timedelta(hours=2))
+    _start(store_conn, "elsewhere", cluster="prod-us", at=T0)
+    _start(store_conn, "done", digest=DIGEST_B, at=T0)
+    store.finish_scan(
+        store_conn, scan_id="done", report=trivy_reports["node-alpine-3.19"], finished_at=T0
+    )
+    cutoff = T0 + timedelta(hours=1)
+    assert store.running_scans(store_conn, cluster="prod-eu", before=cutoff) == [("old", DIGEST_A)]
+
+
+def test_oci_digest_of_another_algorithm_is_accepted(store_conn: store.Connection) -> None:
+    digest = "sha512:" + "e" * 128
+    _start(store_conn, "sha512", digest=digest, image=f"registry.example.com/team/app@{digest}")
+    scan = store.last_scan(store_conn, digest)
+    assert scan is not None and scan.digest == digest
