@@ -16,13 +16,14 @@ Datetimes passed in must be timezone-aware.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import re
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from datetime import datetime
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, ParamSpec, TypeVar
 
 import psycopg
 import psycopg_pool
@@ -31,6 +32,31 @@ from psycopg.types.json import Jsonb
 from scanqueue import errors, images, reports
 
 Connection = psycopg.Connection[Any]
+_P = ParamSpec("_P")
+_R = TypeVar("_R")
+
+
+def _translated(func: Callable[_P, _R]) -> Callable[_P, _R]:
+    """Turn psycopg's exceptions into ours, once, here: a lost connection, a deadlock or a
+    serialisation failure is temporary (retry); data the database refuses is permanent."""
+
+    @functools.wraps(func)
+    def wrapper(*args: _P.args, **kwargs: _P.kwargs) -> _R:
+        try:
+            return func(*args, **kwargs)
+        except errors.ScanqueueError:
+            raise
+        except (psycopg.OperationalError, psycopg.InterfaceError, psycopg_pool.PoolTimeout) as e:
+            raise errors.TemporaryError(
+                f"Postgres, in store.{func.__name__}: {type(e).__name__}: {_no_password(str(e))}"
+            ) from e
+        except (psycopg.DataError, psycopg.IntegrityError, psycopg.ProgrammingError) as e:
+            raise errors.PermanentError(
+                f"Postgres refused store.{func.__name__}: {type(e).__name__}: {e}"
+            ) from e
+
+    return wrapper
+
 
 MIGRATIONS_DIR = Path(__file__).with_name("migrations")
 _MIGRATION_FILE = re.compile(r"^(\d{4})_([a-z0-9_]+)\.sql$")
@@ -178,6 +204,7 @@ class ContainerRow:
     seen_at: datetime
 
 
+@_translated
 def record_containers(conn: Connection, rows: Sequence[ContainerRow]) -> None:
     """Upsert the containers (and their clusters and workloads) in one transaction.
 
@@ -254,6 +281,7 @@ def _record_cluster_containers(conn: Connection, cluster_id: int, rows: list[Con
     )
 
 
+@_translated
 def forget_pods(
     conn: Connection, *, cluster: str, namespace: str, pods: Sequence[str], at: datetime
 ) -> None:
@@ -271,6 +299,7 @@ def forget_pods(
         )
 
 
+@_translated
 def replace_cluster_inventory(
     conn: Connection, *, cluster: str, rows: Sequence[ContainerRow], at: datetime
 ) -> None:
@@ -336,6 +365,7 @@ class ScanRow:
     findings: int  # rows in findings for this scan
 
 
+@_translated
 def fresh_digests(conn: Connection, digests: Iterable[str], *, since: datetime) -> set[str]:
     """The digests among ``digests`` with a successful scan finished at or after ``since``."""
     wanted = sorted(set(digests))
@@ -349,6 +379,7 @@ def fresh_digests(conn: Connection, digests: Iterable[str], *, since: datetime) 
     return {str(r[0]) for r in rows}
 
 
+@_translated
 def start_scan(
     conn: Connection,
     *,
@@ -409,6 +440,7 @@ def start_scan(
         )
 
 
+@_translated
 def finish_scan(
     conn: Connection,
     *,
@@ -456,6 +488,7 @@ def finish_scan(
         )
 
 
+@_translated
 def fail_scan(
     conn: Connection, *, scan_id: str, status: str, reason: str, finished_at: datetime
 ) -> None:
@@ -494,6 +527,7 @@ _SCAN_SELECT = """
 """
 
 
+@_translated
 def running_scans(conn: Connection, *, cluster: str, before: datetime) -> list[tuple[str, str]]:
     """(scan id, digest) of the scans of ``cluster`` still running that started before ``before``.
 
@@ -510,6 +544,7 @@ def running_scans(conn: Connection, *, cluster: str, before: datetime) -> list[t
     return [(str(r[0]), str(r[1])) for r in rows]
 
 
+@_translated
 def last_scan(conn: Connection, digest: str) -> ScanRow | None:
     """The most recently started scan of ``digest`` in any cluster and state, or ``None``."""
     row = conn.execute(
@@ -519,12 +554,14 @@ def last_scan(conn: Connection, digest: str) -> ScanRow | None:
     return None if row is None else ScanRow(*row)
 
 
+@_translated
 def get_scan(conn: Connection, scan_id: str) -> ScanRow | None:
     """The scan called ``scan_id``, or ``None``."""
     row = conn.execute(_SCAN_SELECT + " WHERE s.id = %s", (scan_id,)).fetchone()
     return None if row is None else ScanRow(*row)
 
 
+@_translated
 def import_report(
     conn: Connection,
     *,
@@ -567,6 +604,7 @@ def import_report(
     return scan_id
 
 
+@_translated
 def prune_scans(conn: Connection, *, keep: int) -> int:
     """Delete all but the ``keep`` latest finished scans per digest; return how many went.
 
@@ -784,6 +822,7 @@ _REPORT_QUERIES: dict[str, str] = {
 }
 
 
+@_translated
 def report(
     conn: Connection,
     *,

@@ -5,7 +5,6 @@ from __future__ import annotations
 import dataclasses
 from datetime import UTC, datetime, timedelta
 
-import psycopg
 import pytest
 
 from scanqueue import errors, reports, store
@@ -158,7 +157,7 @@ def test_failure_in_the_middle_of_ingest_leaves_nothing(
     _start(store_conn)
     store_conn.commit()
     before = table_counts(store_conn)
-    with pytest.raises(psycopg.Error):
+    with pytest.raises(errors.PermanentError, match=r"Postgres refused store\.finish_scan"):
         store.finish_scan(store_conn, scan_id="scan-1", report=broken, finished_at=T0)
     store_conn.rollback()
     assert table_counts(store_conn) == before
@@ -404,3 +403,10 @@ def test_oci_digest_of_another_algorithm_is_accepted(store_conn: store.Connectio
     _start(store_conn, "sha512", digest=digest, image=f"registry.example.com/team/app@{digest}")
     scan = store.last_scan(store_conn, digest)
     assert scan is not None and scan.digest == digest
+
+
+def test_lost_connection_is_a_temporary_error(database_url: str) -> None:
+    with store.connect(database_url) as conn:
+        conn.close()
+        with pytest.raises(errors.TemporaryError, match=r"store\.last_scan"):
+            store.last_scan(conn, DIGEST_A)
