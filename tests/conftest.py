@@ -20,6 +20,7 @@ pytest_plugins: list[str] = [
     "tests.support.worker_fixtures",
     "tests.support.registry_fixtures",
     "tests.support.results_fixtures",
+    "tests.support.sim_fixtures",
 ]
 
 REGISTRY_USER = "alice"

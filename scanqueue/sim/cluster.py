@@ -1,0 +1,815 @@
+"""The emulator's state and API semantics, independent of HTTP.
+
+One ``Cluster`` holds every object as a camelCase dict (stored without
+``kind``/``apiVersion``, as list items come from a real server), one
+cluster-wide resourceVersion counter, the retained window of change events
+that watches resume from, and the owner index used by garbage collection.
+Create, get, list, replace, patch and delete behave as kube-apiserver's do,
+errors included (``ApiError`` carries the ``Status`` body). Stored dicts are
+never mutated after they are stored: every write stores a new dict, so that
+events and readers may hold on to old versions without copying.
+
+It must never import scanqueue's production modules: a bug there must not be
+hidden by the same bug here.
+"""
+
+from __future__ import annotations
+
+import bisect
+import copy
+import dataclasses
+import datetime
+import json
+import random
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from typing import Any
+
+from scanqueue.sim import admission, patch, resources, selectors, validation
+
+Obj = dict[str, Any]
+ObjList = list[Obj]  # spelled out: inside Cluster, "list" is the method
+Key = tuple[str, str]  # (namespace, name); namespace "" for cluster-scoped
+_NAME_CHARS = "bcdfghjklmnpqrstvwxz2456789"
+
+
+class ApiError(Exception):
+    """An API failure with the ``Status`` a real server sends."""
+
+    def __init__(
+        self,
+        code: int,
+        reason: str,
+        message: str,
+        *,
+        details: Mapping[str, Any] | None = None,
+        retry_after: float | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.code = code
+        self.reason = reason
+        self.message = message
+        self.details = dict(details or {})
+        self.retry_after = retry_after
+
+    def status(self) -> Obj:
+        body: Obj = {
+            "kind": "Status",
+            "apiVersion": "v1",
+            "metadata": {},
+            "status": "Failure",
+            "message": self.message,
+            "reason": self.reason,
+            "code": self.code,
+        }
+        if self.details:
+            body["details"] = self.details
+        return body
+
+
+def not_found(res: resources.Resource, name: str) -> ApiError:
+    group = f".{res.group}" if res.group else ""
+    return ApiError(
+        404,
+        "NotFound",
+        f'{res.plural}{group} "{name}" not found',
+        details={"name": name, "kind": res.plural, **({"group": res.group} if res.group else {})},
+    )
+
+
+def bad_request(message: str) -> ApiError:
+    return ApiError(400, "BadRequest", message)
+
+
+def invalid(res: resources.Resource, name: str, problems: list[validation.Problem]) -> ApiError:
+    """422 Invalid (or 400 when the body has a wrong JSON type), listing every cause."""
+    if any(p.code == 400 for p in problems):
+        first = next(p for p in problems if p.code == 400)
+        return ApiError(
+            400,
+            "BadRequest",
+            f'{res.kind} in version "{res.version}" cannot be handled as a {res.kind}: '
+            f"{first.message}",
+        )
+    text = ", ".join(f"{p.field}: {p.message}" for p in problems)
+    if len(problems) > 1:
+        text = f"[{text}]"
+    return ApiError(
+        422,
+        "Invalid",
+        f'{res.kind} "{name}" is invalid: {text}',
+        details={
+            "name": name,
+            "group": res.group,
+            "kind": res.kind,
+            "causes": [
+                {"reason": p.reason, "message": p.message, "field": p.field} for p in problems
+            ],
+        },
+    )
+
+
+def now_text(at: float | None = None) -> str:
+    moment = datetime.datetime.fromtimestamp(at if at is not None else time.time(), datetime.UTC)
+    return moment.strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def parse_time(text: str) -> float:
+    return (
+        datetime.datetime.strptime(text, "%Y-%m-%dT%H:%M:%SZ")
+        .replace(tzinfo=datetime.UTC)
+        .timestamp()
+    )
+
+
+def typed(res: resources.Resource, obj: Mapping[str, Any]) -> Obj:
+    """``obj`` with its ``apiVersion`` and ``kind`` first, as single-object responses carry."""
+    return {"apiVersion": res.api_version, "kind": res.kind, **obj}
+
+
+@dataclasses.dataclass(frozen=True)
+class Event:
+    rv: int
+    resource: str  # resource key
+    type: str  # ADDED, MODIFIED, DELETED
+    obj: Obj
+    old: Obj | None
+
+
+Listener = Callable[[Event], None]
+
+
+@dataclasses.dataclass
+class ListResult:
+    items: list[Obj]
+    resource_version: int
+    cont: str | None
+    remaining: int | None
+
+
+def _key(obj: Mapping[str, Any], res: resources.Resource) -> Key:
+    meta = obj.get("metadata") or {}
+    return (meta.get("namespace", "") if res.namespaced else "", meta.get("name", ""))
+
+
+def _strip_type(obj: Mapping[str, Any]) -> Obj:
+    return {k: v for k, v in obj.items() if k not in ("kind", "apiVersion")}
+
+
+class Cluster:
+    """State and semantics of one emulated API server; thread-safe (one re-entrant lock)."""
+
+    def __init__(
+        self,
+        *,
+        kube_version: str = "1.30",
+        history: int = 50_000,
+        validate: bool = True,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.kube_version = kube_version
+        self.history = history  # change events kept for watches to resume from
+        self.validate = validate
+        self.clock = clock
+        self.lock = threading.RLock()
+        self.changed = threading.Condition(self.lock)
+        self._rv = 0
+        self._objects: dict[str, dict[Key, Obj]] = {r.key: {} for r in resources.RESOURCES}
+        self._events: list[Event] = []
+        self._compacted = 0  # events with rv <= this are no longer retained
+        self._owned: dict[str, set[tuple[str, Key]]] = {}  # owner uid -> dependents
+        self._uids: dict[str, tuple[str, Key]] = {}  # uid -> where the object lives
+        self.listeners: list[Listener] = []
+        self.logs: dict[str, dict[str, str]] = {}  # pod uid -> container -> log
+        self.closed = False
+        for name in ("default", "kube-system", "kube-public", "kube-node-lease"):
+            self.create(resources.BY_KEY["namespaces"], "", {"metadata": {"name": name}})
+
+    # ---------------------------------------------------------------- state
+
+    @property
+    def resource_version(self) -> int:
+        with self.lock:
+            return self._rv
+
+    @property
+    def oldest_resumable(self) -> int:
+        """The oldest resourceVersion a watch can still resume from."""
+        with self.lock:
+            return self._compacted
+
+    def compact(self, keep: int = 0) -> None:
+        """Forget all but the last ``keep`` change events (watches from before get 410)."""
+        with self.lock:
+            self._trim(keep)
+
+    def _trim(self, keep: int) -> None:
+        drop = len(self._events) - keep
+        if drop > 0:
+            self._compacted = self._events[drop - 1].rv
+            del self._events[:drop]
+        elif keep == 0:
+            self._compacted = self._rv
+
+    def lookup(self, res: resources.Resource, namespace: str, name: str) -> Obj | None:
+        with self.lock:
+            return self._objects[res.key].get((namespace if res.namespaced else "", name))
+
+    def by_uid(self, uid: str) -> tuple[resources.Resource, Obj] | None:
+        with self.lock:
+            where = self._uids.get(uid)
+            if where is None:
+                return None
+            res = resources.BY_KEY[where[0]]
+            obj = self._objects[where[0]].get(where[1])
+            return (res, obj) if obj is not None else None
+
+    def dependents(self, uid: str) -> list[tuple[resources.Resource, Obj]]:
+        with self.lock:
+            out = []
+            for res_key, key in sorted(self._owned.get(uid, ())):
+                obj = self._objects[res_key].get(key)
+                if obj is not None:
+                    out.append((resources.BY_KEY[res_key], obj))
+            return out
+
+    def objects(self, res: resources.Resource, namespace: str | None = None) -> list[Obj]:
+        with self.lock:
+            return [
+                o
+                for (ns, _), o in self._objects[res.key].items()
+                if namespace is None or ns == namespace
+            ]
+
+    def events_since(self, rv: int) -> list[Event] | None:
+        """Events after ``rv``; ``None`` when ``rv`` is older than the retained window."""
+        with self.lock:
+            if rv < self._compacted:
+                return None
+            start = bisect.bisect_right(self._events, rv, key=lambda e: e.rv)
+            return self._events[start:]
+
+    def _commit(self, res: resources.Resource, kind: str, obj: Obj, old: Obj | None) -> Obj:
+        """Store (or remove) ``obj`` with the next resourceVersion; return the stored dict."""
+        self._rv += 1
+        meta = dict(obj.get("metadata") or {})
+        meta["resourceVersion"] = str(self._rv)
+        stored = {**obj, "metadata": meta}
+        key = _key(stored, res)
+        table = self._objects[res.key]
+        uid = meta.get("uid", "")
+        if old is not None:
+            for ref in (old.get("metadata") or {}).get("ownerReferences") or []:
+                self._owned.get(ref.get("uid", ""), set()).discard((res.key, key))
+        if kind == "DELETED":
+            table.pop(key, None)
+            self._uids.pop(uid, None)
+            if res.plural == "pods":
+                self.logs.pop(uid, None)
+        else:
+            table[key] = stored
+            self._uids[uid] = (res.key, key)
+            for ref in meta.get("ownerReferences") or []:
+                self._owned.setdefault(ref.get("uid", ""), set()).add((res.key, key))
+        event = Event(self._rv, res.key, kind, stored, old)
+        self._events.append(event)
+        if len(self._events) > self.history * 2:
+            self._trim(self.history)
+        self.changed.notify_all()
+        for listener in list(self.listeners):
+            listener(event)
+        return stored
+
+    # ---------------------------------------------------------- validation
+
+    def _check(self, res: resources.Resource, obj: Obj, old: Obj | None) -> None:
+        name = (obj.get("metadata") or {}).get("name", "")
+        problems: list[validation.Problem] = []
+        if self.validate:
+            try:
+                problems += validation.validate(typed(res, obj), self.kube_version)
+            except validation.UnknownKindError as e:
+                raise bad_request(str(e)) from e
+        if not any(p.code == 400 for p in problems):
+            try:
+                problems += admission.problems(res, obj)
+                if old is not None:
+                    problems += admission.update_problems(res, old, obj)
+            except (TypeError, AttributeError, ValueError) as e:
+                # a wrong shape the schema check was told to skip; still refuse it
+                raise bad_request(
+                    f'{res.kind} in version "{res.version}" cannot be handled as a {res.kind}: {e}'
+                ) from e
+        if problems:
+            raise invalid(res, name, problems)
+
+    def _decode(self, res: resources.Resource, body: Any) -> Obj:
+        if not isinstance(body, dict):
+            raise bad_request(
+                f'{res.kind} in version "{res.version}" cannot be handled as a {res.kind}: '
+                "json: cannot unmarshal into Go value of type struct"
+            )
+        api_version, kind = body.get("apiVersion"), body.get("kind")
+        if api_version is not None and api_version != res.api_version:
+            raise bad_request(
+                f"the API version in the data ({api_version}) does not match the expected "
+                f"API version ({res.api_version})"
+            )
+        if kind is not None and kind != res.kind:
+            raise bad_request(
+                f"the kind in the data ({kind}) does not match the expected kind ({res.kind})"
+            )
+        obj = copy.deepcopy(_strip_type(body))
+        if not isinstance(obj.get("metadata", {}), dict):
+            raise bad_request(f'{res.kind} in version "{res.version}" cannot be handled: metadata')
+        obj.setdefault("metadata", {})
+        if res.plural == "secrets":
+            try:
+                admission.normalise_secret(obj)
+            except admission.DecodeError as e:
+                raise bad_request(str(e)) from e
+        return obj
+
+    def _namespace(
+        self, res: resources.Resource, namespace: str, obj: Obj, *, creating: bool
+    ) -> str:
+        meta = obj["metadata"]
+        if not res.namespaced:
+            meta.pop("namespace", None)
+            return ""
+        given = meta.get("namespace")
+        if given and namespace and given != namespace:
+            raise bad_request(
+                "the namespace of the provided object does not match the namespace sent "
+                "on the request"
+            )
+        namespace = namespace or given or ""
+        if not namespace:
+            raise bad_request(
+                "the server could not find the requested resource: namespace required"
+            )
+        meta["namespace"] = namespace
+        ns = self._objects["namespaces"].get(("", namespace))
+        if ns is None:
+            raise ApiError(
+                404,
+                "NotFound",
+                f'namespaces "{namespace}" not found',
+                details={"name": namespace, "kind": "namespaces"},
+            )
+        if creating and (ns.get("metadata") or {}).get("deletionTimestamp"):
+            raise ApiError(
+                403,
+                "Forbidden",
+                f'{res.plural} "{meta.get("name", "")}" is forbidden: unable to create new '
+                f"content in namespace {namespace} because it is being terminated",
+            )
+        return namespace
+
+    # --------------------------------------------------------------- create
+
+    def create(
+        self,
+        res: resources.Resource,
+        namespace: str,
+        body: Any,
+        *,
+        dry_run: bool = False,
+        keep_status: bool = False,
+    ) -> Obj:
+        """Create an object; ``keep_status`` (in-process callers only) keeps a given status."""
+        obj = self._decode(res, body)
+        meta = obj["metadata"]
+        with self.lock:
+            namespace = self._namespace(res, namespace, obj, creating=True)
+            if meta.get("resourceVersion"):
+                raise bad_request("resourceVersion should not be set on objects to be created")
+            if not meta.get("name"):
+                prefix = meta.get("generateName")
+                if not prefix:
+                    raise invalid(
+                        res,
+                        "",
+                        [
+                            validation.Problem(
+                                "metadata.name",
+                                "FieldValueRequired",
+                                "Required value: name or generateName is required",
+                                422,
+                            )
+                        ],
+                    )
+                for _ in range(10):
+                    meta["name"] = prefix + "".join(random.choices(_NAME_CHARS, k=5))
+                    if (namespace, meta["name"]) not in self._objects[res.key]:
+                        break
+            name = meta["name"]
+            if (namespace, name) in self._objects[res.key]:
+                group = f".{res.group}" if res.group else ""
+                raise ApiError(
+                    409,
+                    "AlreadyExists",
+                    f'{res.plural}{group} "{name}" already exists',
+                    details={
+                        "name": name,
+                        "kind": res.plural,
+                        **({"group": res.group} if res.group else {}),
+                    },
+                )
+            for field in (
+                "uid",
+                "creationTimestamp",
+                "deletionTimestamp",
+                "selfLink",
+                "managedFields",
+            ):
+                meta.pop(field, None)
+            meta["uid"] = str(uuid.uuid4())
+            meta["creationTimestamp"] = now_text(self.clock())
+            if res.group in ("apps", "batch"):
+                meta["generation"] = 1
+            if "status" in res.subresources and not keep_status:
+                obj.pop("status", None)
+            self._prepare_create(res, obj)
+            self._check(res, obj, None)
+            if dry_run:
+                return obj
+            stored = self._commit(res, "ADDED", obj, None)
+            if res.plural == "namespaces":
+                # the service account controller's work, done at once
+                self._commit(
+                    resources.BY_KEY["serviceaccounts"],
+                    "ADDED",
+                    {
+                        "metadata": {
+                            "name": "default",
+                            "namespace": name,
+                            "uid": str(uuid.uuid4()),
+                            "creationTimestamp": meta["creationTimestamp"],
+                        }
+                    },
+                    None,
+                )
+            return stored
+
+    def _prepare_create(self, res: resources.Resource, obj: Obj) -> None:
+        meta = obj["metadata"]
+        if res.plural == "namespaces":
+            meta["labels"] = {
+                **(meta.get("labels") or {}),
+                "kubernetes.io/metadata.name": meta["name"],
+            }
+            obj["spec"] = {"finalizers": ["kubernetes"]}
+            obj.setdefault("status", {"phase": "Active"})
+        elif res.plural == "pods":
+            spec = obj.setdefault("spec", {})
+            if isinstance(spec, dict):
+                admission.default_pod_spec(spec)
+                account = spec.get("serviceAccountName") or spec.get("serviceAccount") or "default"
+                spec["serviceAccountName"] = account
+                spec["serviceAccount"] = account
+                sa = self._objects["serviceaccounts"].get((meta["namespace"], account))
+                if sa is None:
+                    raise ApiError(
+                        403,
+                        "Forbidden",
+                        f'pods "{meta["name"]}" is forbidden: error looking up service account '
+                        f'{meta["namespace"]}/{account}: serviceaccount "{account}" not found',
+                    )
+                admission.admit_pod(obj, sa)
+            obj.setdefault("status", {"phase": "Pending", "qosClass": "BestEffort"})
+        elif res.plural == "jobs" and isinstance(obj.get("spec"), dict):
+            admission.default_job(obj, meta["uid"])
+            obj.setdefault("status", {})
+        elif res.plural == "nodes":
+            obj.setdefault("status", {})
+
+    # ------------------------------------------------------------------ read
+
+    def get(self, res: resources.Resource, namespace: str, name: str) -> Obj:
+        obj = self.lookup(res, namespace, name)
+        if obj is None:
+            raise not_found(res, name)
+        return obj
+
+    def list(
+        self,
+        res: resources.Resource,
+        namespace: str | None,
+        *,
+        label_selector: str | None = None,
+        field_selector: str | None = None,
+        limit: int | None = None,
+        cont: str | None = None,
+    ) -> ListResult:
+        try:
+            labels = selectors.parse_labels(label_selector)
+            fields = selectors.parse_fields(field_selector, res.fields)
+        except selectors.SelectorError as e:
+            raise bad_request(str(e)) from e
+        start: Key | None = None
+        list_rv: int | None = None
+        if cont:
+            try:
+                token = json.loads(bytes.fromhex(cont).decode())
+                start, list_rv = (token["ns"], token["name"]), int(token["rv"])
+            except (ValueError, KeyError, TypeError) as e:
+                raise bad_request(f"continue key is not valid: {e}") from e
+        with self.lock:
+            if list_rv is not None and list_rv < self._compacted:
+                raise ApiError(
+                    410,
+                    "Expired",
+                    "The provided continue parameter is too old to display a consistent list "
+                    "result. You can start a new list without the continue parameter.",
+                )
+            rv = self._rv if list_rv is None else list_rv
+            table = self._objects[res.key]
+            keys = sorted(
+                k
+                for k in table
+                if (namespace is None or k[0] == namespace) and (start is None or k > start)
+            )
+            items: list[Obj] = []
+            next_key: Key | None = None
+            remaining = 0
+            for k in keys:
+                obj = table[k]
+                if not selectors.labels_match(labels, obj) or (
+                    fields is not None and not fields(obj)
+                ):
+                    continue
+                if limit and len(items) >= limit:
+                    if next_key is None:
+                        next_key = _key(items[-1], res)
+                    remaining += 1
+                    continue
+                items.append(obj)
+        token_text = None
+        if next_key is not None:
+            token_text = (
+                json.dumps({"ns": next_key[0], "name": next_key[1], "rv": rv}).encode().hex()
+            )
+        return ListResult(items, rv, token_text, remaining if next_key is not None else None)
+
+    # ---------------------------------------------------------------- update
+
+    def replace(
+        self,
+        res: resources.Resource,
+        namespace: str,
+        name: str,
+        body: Any,
+        *,
+        subresource: str | None = None,
+        dry_run: bool = False,
+    ) -> Obj:
+        obj = self._decode(res, body)
+        meta = obj["metadata"]
+        with self.lock:
+            old = self.get(res, namespace, name)
+            old_meta = old["metadata"]
+            if meta.get("name") and meta["name"] != name:
+                raise bad_request(
+                    f"the name of the object ({meta['name']}) does not match the name on "
+                    f"the URL ({name})"
+                )
+            meta["name"] = name
+            self._namespace(res, namespace, obj, creating=False)
+            given_rv = meta.get("resourceVersion")
+            if given_rv and given_rv != old_meta["resourceVersion"]:
+                group = f".{res.group}" if res.group else ""
+                raise ApiError(
+                    409,
+                    "Conflict",
+                    f"Operation cannot be fulfilled on {res.plural}{group} "
+                    f'"{name}": the object has been modified; please apply your changes '
+                    "to the latest version and try again",
+                    details={
+                        "name": name,
+                        "kind": res.plural,
+                        **({"group": res.group} if res.group else {}),
+                    },
+                )
+            if meta.get("uid") and meta["uid"] != old_meta["uid"]:
+                raise ApiError(
+                    409,
+                    "Conflict",
+                    f"Precondition failed: UID in precondition: {meta['uid']}, "
+                    f"UID in object meta: {old_meta['uid']}",
+                )
+            if subresource == "status":
+                new = {**old, "status": obj.get("status")}
+                if new["status"] is None:
+                    new.pop("status")
+            else:
+                new = obj
+                for field in ("uid", "creationTimestamp", "deletionTimestamp", "generation"):
+                    if field in old_meta:
+                        meta[field] = old_meta[field]
+                    else:
+                        meta.pop(field, None)
+                if "status" in res.subresources:
+                    if "status" in old:
+                        new["status"] = old["status"]
+                    else:
+                        new.pop("status", None)
+                if res.plural == "namespaces":
+                    new["spec"] = old.get("spec", {})
+                    meta["labels"] = {
+                        **(meta.get("labels") or {}),
+                        "kubernetes.io/metadata.name": name,
+                    }
+                if "generation" in meta and new.get("spec") != old.get("spec"):
+                    meta["generation"] = int(meta["generation"]) + 1
+            new_meta = dict(new["metadata"])
+            new_meta["resourceVersion"] = old_meta["resourceVersion"]
+            new = {**new, "metadata": new_meta}
+            if new == old:
+                return old  # a no-op update does not bump the resourceVersion
+            self._check(res, new, old)
+            if dry_run:
+                return new
+            if new_meta.get("deletionTimestamp") and not new_meta.get("finalizers"):
+                stored = self._commit(res, "MODIFIED", new, old)
+                return self._commit(res, "DELETED", stored, stored)
+            return self._commit(res, "MODIFIED", new, old)
+
+    def patch(
+        self,
+        res: resources.Resource,
+        namespace: str,
+        name: str,
+        body: Any,
+        content_type: str,
+        *,
+        subresource: str | None = None,
+        dry_run: bool = False,
+    ) -> Obj:
+        with self.lock:
+            current = typed(res, self.get(res, namespace, name))
+            try:
+                patched = patch.apply(current, body, content_type)
+            except patch.PatchError as e:
+                reason = {400: "BadRequest", 415: "UnsupportedMediaType"}.get(e.code, "Invalid")
+                raise ApiError(e.code, reason, str(e)) from e
+            return self.replace(
+                res, namespace, name, patched, subresource=subresource, dry_run=dry_run
+            )
+
+    # ---------------------------------------------------------------- delete
+
+    def delete(
+        self,
+        res: resources.Resource,
+        namespace: str,
+        name: str,
+        *,
+        propagation: str | None = None,
+        preconditions: Mapping[str, Any] | None = None,
+        dry_run: bool = False,
+    ) -> tuple[Obj, bool]:
+        """Delete; return (the object as last stored, whether it is gone now)."""
+        with self.lock:
+            obj = self.get(res, namespace, name)
+            meta = obj["metadata"]
+            pre = preconditions or {}
+            if pre.get("uid") and pre["uid"] != meta["uid"]:
+                raise ApiError(
+                    409,
+                    "Conflict",
+                    f"Precondition failed: UID in precondition: {pre['uid']}, "
+                    f"UID in object meta: {meta['uid']}",
+                )
+            if pre.get("resourceVersion") and pre["resourceVersion"] != meta["resourceVersion"]:
+                raise ApiError(
+                    409,
+                    "Conflict",
+                    "Precondition failed: ResourceVersion in precondition: "
+                    f"{pre['resourceVersion']}, "
+                    f"ResourceVersion in object meta: {meta['resourceVersion']}",
+                )
+            if propagation not in (None, "Orphan", "Background", "Foreground"):
+                raise bad_request(f"DeletionPropagation {propagation!r} is not supported")
+            policy = propagation or ("Orphan" if res.default_orphan else "Background")
+            if dry_run:
+                return obj, True
+            if meta.get("deletionTimestamp"):
+                return obj, False  # already being deleted
+            finalizers = list(meta.get("finalizers") or [])
+            if policy == "Foreground":
+                finalizers.append("foregroundDeletion")
+            if policy == "Orphan":
+                self._orphan(meta["uid"])
+            if res.plural == "namespaces":
+                self._delete_namespace_contents(name)
+            if finalizers:
+                new_meta = {
+                    **meta,
+                    "deletionTimestamp": now_text(self.clock()),
+                    "finalizers": finalizers,
+                }
+                if res.plural == "namespaces":
+                    stored = self._commit(
+                        res,
+                        "MODIFIED",
+                        {**obj, "metadata": new_meta, "status": {"phase": "Terminating"}},
+                        obj,
+                    )
+                else:
+                    stored = self._commit(res, "MODIFIED", {**obj, "metadata": new_meta}, obj)
+                return stored, False
+            return self._commit(res, "DELETED", obj, obj), True
+
+    def _orphan(self, uid: str) -> None:
+        for dep_res, dep in self.dependents(uid):
+            refs = [r for r in dep["metadata"].get("ownerReferences") or [] if r.get("uid") != uid]
+            meta = {**dep["metadata"], "ownerReferences": refs}
+            if not refs:
+                meta.pop("ownerReferences")
+            self._commit(dep_res, "MODIFIED", {**dep, "metadata": meta}, dep)
+
+    def _delete_namespace_contents(self, namespace: str) -> None:
+        for res in resources.RESOURCES:
+            if res.namespaced:
+                for obj in self.objects(res, namespace):
+                    self._commit(res, "DELETED", obj, obj)
+
+    def finish_deletion(self, res: resources.Resource, obj: Obj, finalizer: str) -> None:
+        """Drop ``finalizer`` (the garbage collector's); delete the object when none is left."""
+        with self.lock:
+            current = self.lookup(
+                res, obj["metadata"].get("namespace", ""), obj["metadata"]["name"]
+            )
+            if current is None or current["metadata"]["uid"] != obj["metadata"]["uid"]:
+                return
+            finalizers = [f for f in current["metadata"].get("finalizers") or [] if f != finalizer]
+            meta = {**current["metadata"], "finalizers": finalizers}
+            if not finalizers:
+                meta.pop("finalizers")
+            stored = self._commit(res, "MODIFIED", {**current, "metadata": meta}, current)
+            if not finalizers:
+                self._commit(res, "DELETED", stored, stored)
+
+    def delete_collection(
+        self,
+        res: resources.Resource,
+        namespace: str | None,
+        *,
+        label_selector: str | None = None,
+        field_selector: str | None = None,
+        propagation: str | None = None,
+        dry_run: bool = False,
+    ) -> ObjList:
+        with self.lock:
+            found = self.list(
+                res, namespace, label_selector=label_selector, field_selector=field_selector
+            )
+            for obj in found.items:
+                meta = obj["metadata"]
+                self.delete(
+                    res,
+                    meta.get("namespace", ""),
+                    meta["name"],
+                    propagation=propagation,
+                    dry_run=dry_run,
+                )
+            return found.items
+
+    # --------------------------------------------------------------- helpers
+
+    def write_status(self, res: resources.Resource, obj: Obj, status: Obj) -> Obj | None:
+        """Controllers' status write, skipping validation; ``None`` if the object is gone."""
+        with self.lock:
+            meta = obj["metadata"]
+            current = self.lookup(res, meta.get("namespace", ""), meta["name"])
+            if current is None or current["metadata"]["uid"] != meta["uid"]:
+                return None
+            if current.get("status") == status:
+                return current
+            return self._commit(res, "MODIFIED", {**current, "status": status}, current)
+
+    def write(self, res: resources.Resource, obj: Obj) -> Obj | None:
+        """Controllers' whole-object write (spec and status), skipping validation."""
+        with self.lock:
+            meta = obj["metadata"]
+            current = self.lookup(res, meta.get("namespace", ""), meta["name"])
+            if current is None or current["metadata"]["uid"] != meta["uid"]:
+                return None
+            return self._commit(res, "MODIFIED", obj, current)
+
+    def iter_all(self) -> Iterator[tuple[resources.Resource, Obj]]:
+        with self.lock:
+            snapshot = [(resources.BY_KEY[k], list(t.values())) for k, t in self._objects.items()]
+        for res, objs in snapshot:
+            for obj in objs:
+                yield res, obj
+
+    def owners_missing(self, obj: Mapping[str, Any]) -> bool:
+        """True when every ownerReference of ``obj`` names an object that no longer exists."""
+        refs: Iterable[Mapping[str, Any]] = (obj.get("metadata") or {}).get("ownerReferences") or []
+        refs = list(refs)
+        with self.lock:
+            return bool(refs) and all(r.get("uid") not in self._uids for r in refs)

@@ -1,0 +1,522 @@
+"""The emulator's HTTP face: kube-apiserver's URL layout, verbs, Status errors and watch streams.
+
+Standard library only (``http.server``): one thread per connection, HTTP/1.1
+keep-alive, chunked streaming for watches. Each request is counted by
+(verb, resource) and may be failed on purpose by the fault injector before
+it reaches the ``Cluster``. It never logs request bodies: secrets pass
+through here.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import socket
+import threading
+import time
+import urllib.parse
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import TYPE_CHECKING, Any
+
+from scanqueue.sim import cluster as cluster_mod
+from scanqueue.sim import resources, selectors
+
+if TYPE_CHECKING:
+    from scanqueue.sim import emulator as emulator_mod
+
+ApiError = cluster_mod.ApiError
+JOB_ORPHAN_WARNING = (
+    '299 - "child pods are preserved by default when jobs are deleted; set '
+    "propagationPolicy=Background to remove them or set propagationPolicy=Orphan to suppress "
+    'this warning"'
+)
+
+
+class Server(ThreadingHTTPServer):
+    daemon_threads = True
+    allow_reuse_address = True
+
+    def __init__(self, address: tuple[str, int], emulator: emulator_mod.Emulator) -> None:
+        self.emulator = emulator
+        self.connections: set[socket.socket] = set()
+        self.connections_lock = threading.Lock()
+        super().__init__(address, Handler)
+
+    def process_request(self, request: Any, client_address: Any) -> None:
+        with self.connections_lock:
+            self.connections.add(request)
+        super().process_request(request, client_address)
+
+    def shutdown_request(self, request: Any) -> None:
+        with self.connections_lock:
+            self.connections.discard(request)
+        super().shutdown_request(request)
+
+    def close_connections(self) -> None:
+        with self.connections_lock:
+            connections = list(self.connections)
+        for conn in connections:
+            with contextlib.suppress(OSError):
+                conn.shutdown(socket.SHUT_RDWR)
+
+
+def _flag(query: dict[str, str], name: str) -> bool:
+    return query.get(name, "").lower() in ("true", "1")
+
+
+class Handler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    server: Server
+
+    def log_message(self, format: str, *args: Any) -> None:
+        """Silent: request lines may name secrets; counts are in ``request_counts``."""
+
+    def do_GET(self) -> None:
+        self._handle("GET")
+
+    def do_POST(self) -> None:
+        self._handle("POST")
+
+    def do_PUT(self) -> None:
+        self._handle("PUT")
+
+    def do_PATCH(self) -> None:
+        self._handle("PATCH")
+
+    def do_DELETE(self) -> None:
+        self._handle("DELETE")
+
+    # ------------------------------------------------------------ responses
+
+    def _send(
+        self,
+        code: int,
+        body: Any,
+        *,
+        content_type: str = "application/json",
+        headers: dict[str, str] | None = None,
+    ) -> None:
+        data = body if isinstance(body, bytes) else json.dumps(body, separators=(",", ":")).encode()
+        self.send_response(code)
+        self.send_header("Content-Type", content_type)
+        self.send_header("Content-Length", str(len(data)))
+        self.send_header("Cache-Control", "no-cache, private")
+        for name, value in (headers or {}).items():
+            self.send_header(name, value)
+        self.end_headers()
+        if self.command != "HEAD":
+            self.wfile.write(data)
+
+    def _error(self, error: ApiError) -> None:
+        headers = {}
+        if error.retry_after is not None:
+            headers["Retry-After"] = str(int(error.retry_after))
+        self._send(error.code, error.status(), headers=headers)
+
+    def _body(self) -> Any:
+        length = int(self.headers.get("Content-Length") or 0)
+        raw = self.rfile.read(length) if length else b""
+        if not raw:
+            return None
+        try:
+            return json.loads(raw)
+        except ValueError as e:
+            raise cluster_mod.bad_request(
+                f"couldn't get version/kind; json parse error: {e}"
+            ) from e
+
+    # -------------------------------------------------------------- routing
+
+    def _handle(self, method: str) -> None:
+        emulator = self.server.emulator
+        url = urllib.parse.urlsplit(self.path)
+        query = {k: v[-1] for k, v in urllib.parse.parse_qs(url.query).items()}
+        parts = [urllib.parse.unquote(p) for p in url.path.strip("/").split("/") if p]
+        try:
+            body = self._body() if method in ("POST", "PUT", "PATCH", "DELETE") else None
+            if self._discovery(method, parts):
+                return
+            route = self._route(parts)
+            if route is None:
+                raise ApiError(404, "NotFound", "the server could not find the requested resource")
+            res, namespace, name, sub = route
+            verb = self._verb(method, name, query)
+            counted = res.plural if sub is None else f"{res.plural}/{sub}"
+            emulator.count(verb, counted)
+            emulator.faults.check(verb, counted)
+            if verb == "watch":
+                self._watch(res, namespace, query)
+                return
+            self._dispatch(
+                verb=verb, res=res, namespace=namespace, name=name, sub=sub, query=query, body=body
+            )
+        except ApiError as e:
+            self._error(e)
+        except (BrokenPipeError, ConnectionResetError):
+            self.close_connection = True
+
+    def _discovery(self, method: str, parts: list[str]) -> bool:
+        if method != "GET":
+            return False
+        doc: Any = None
+        if parts in (["healthz"], ["readyz"], ["livez"]):
+            self._send(200, b"ok", content_type="text/plain")
+            return True
+        if parts == ["version"]:
+            doc = self.server.emulator.version_info()
+        elif parts == ["api"]:
+            doc = resources.api_versions()
+        elif parts == ["api", "v1"]:
+            doc = resources.resource_list("", "v1")
+        elif parts == ["apis"]:
+            doc = resources.api_group_list()
+        elif len(parts) == 2 and parts[0] == "apis":
+            doc = resources.api_group(parts[1])
+        elif len(parts) == 3 and parts[0] == "apis":
+            doc = resources.resource_list(parts[1], parts[2])
+        else:
+            return False
+        if doc is None:
+            raise ApiError(404, "NotFound", "the server could not find the requested resource")
+        self._send(200, doc)
+        return True
+
+    def _route(
+        self, parts: list[str]
+    ) -> tuple[resources.Resource, str | None, str | None, str | None] | None:
+        if parts[:2] == ["api", "v1"]:
+            group, version, rest = "", "v1", parts[2:]
+        elif len(parts) >= 3 and parts[0] == "apis":
+            group, version, rest = parts[1], parts[2], parts[3:]
+        else:
+            return None
+        namespace: str | None = None
+        if len(rest) >= 3 and rest[0] == "namespaces" and rest[2] != "status":
+            namespace, rest = rest[1], rest[2:]
+        if not rest or len(rest) > 3:
+            return None
+        res = resources.by_path(group, version, rest[0])
+        if res is None:
+            return None
+        if namespace is not None and not res.namespaced:
+            return None
+        name = rest[1] if len(rest) > 1 else None
+        sub = rest[2] if len(rest) > 2 else None
+        if sub is not None and sub not in res.subresources:
+            return None
+        if res.namespaced and name is not None and namespace is None:
+            return None
+        return res, namespace, name, sub
+
+    @staticmethod
+    def _verb(method: str, name: str | None, query: dict[str, str]) -> str:
+        if method == "GET":
+            if name is not None:
+                return "get"
+            return "watch" if _flag(query, "watch") else "list"
+        if method == "POST":
+            if name is not None:
+                raise ApiError(
+                    405,
+                    "MethodNotAllowed",
+                    "the server does not allow this method on the requested resource",
+                )
+            return "create"
+        if name is None:
+            if method == "DELETE":
+                return "deletecollection"
+            raise ApiError(
+                405,
+                "MethodNotAllowed",
+                "the server does not allow this method on the requested resource",
+            )
+        return {"PUT": "update", "PATCH": "patch", "DELETE": "delete"}[method]
+
+    def _dispatch(
+        self,
+        *,
+        verb: str,
+        res: resources.Resource,
+        namespace: str | None,
+        name: str | None,
+        sub: str | None,
+        query: dict[str, str],
+        body: Any,
+    ) -> None:
+        cluster = self.server.emulator.cluster
+        dry_run = query.get("dryRun") == "All"
+        if "dryRun" in query and not dry_run:
+            raise cluster_mod.bad_request(
+                f'unsupported dry run value "{query["dryRun"]}"; expected "All"'
+            )
+        ns = namespace or ""
+        if verb == "list":
+            self._list(res, namespace, query)
+        elif verb == "get" and sub == "log":
+            assert name is not None
+            self._log(namespace or "", name, query)
+        elif verb == "get":
+            assert name is not None
+            self._send(200, cluster_mod.typed(res, cluster.get(res, ns, name)))
+        elif verb == "create":
+            obj = cluster.create(res, ns, body, dry_run=dry_run)
+            self._send(201, cluster_mod.typed(res, obj))
+        elif verb == "update":
+            assert name is not None
+            obj = cluster.replace(res, ns, name, body, subresource=sub, dry_run=dry_run)
+            self._send(200, cluster_mod.typed(res, obj))
+        elif verb == "patch":
+            assert name is not None
+            content_type = self.headers.get("Content-Type", "")
+            if "apply-patch" in content_type:
+                raise ApiError(
+                    415, "UnsupportedMediaType", f"the emulator does not implement {content_type}"
+                )
+            obj = cluster.patch(res, ns, name, body, content_type, subresource=sub, dry_run=dry_run)
+            self._send(200, cluster_mod.typed(res, obj))
+        elif verb == "delete":
+            assert name is not None
+            self._delete(res=res, namespace=ns, name=name, query=query, body=body, dry_run=dry_run)
+        elif verb == "deletecollection":
+            options = body if isinstance(body, dict) else {}
+            cluster.delete_collection(
+                res,
+                namespace,
+                label_selector=query.get("labelSelector"),
+                field_selector=query.get("fieldSelector"),
+                propagation=query.get("propagationPolicy") or options.get("propagationPolicy"),
+                dry_run=dry_run,
+            )
+            self._send(
+                200, {"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Success"}
+            )
+
+    def _list(self, res: resources.Resource, namespace: str | None, query: dict[str, str]) -> None:
+        limit = int(query["limit"]) if query.get("limit", "").isdigit() else None
+        found = self.server.emulator.cluster.list(
+            res,
+            namespace,
+            label_selector=query.get("labelSelector"),
+            field_selector=query.get("fieldSelector"),
+            limit=limit or None,
+            cont=query.get("continue") or None,
+        )
+        meta: dict[str, Any] = {"resourceVersion": str(found.resource_version)}
+        if found.cont:
+            meta["continue"] = found.cont
+            meta["remainingItemCount"] = found.remaining
+        self._send(
+            200,
+            {
+                "kind": res.list_kind,
+                "apiVersion": res.api_version,
+                "metadata": meta,
+                "items": found.items,
+            },
+        )
+
+    def _delete(
+        self,
+        *,
+        res: resources.Resource,
+        namespace: str,
+        name: str,
+        query: dict[str, str],
+        body: Any,
+        dry_run: bool,
+    ) -> None:
+        options = body if isinstance(body, dict) else {}
+        propagation = query.get("propagationPolicy") or options.get("propagationPolicy")
+        orphan = query.get("orphanDependents") or options.get("orphanDependents")
+        if propagation is None and orphan is not None:
+            propagation = "Orphan" if str(orphan).lower() == "true" else "Background"
+        if options.get("dryRun") == ["All"]:
+            dry_run = True
+        obj, gone = self.server.emulator.cluster.delete(
+            res,
+            namespace,
+            name,
+            propagation=propagation,
+            preconditions=options.get("preconditions"),
+            dry_run=dry_run,
+        )
+        headers = (
+            {"Warning": JOB_ORPHAN_WARNING} if res.default_orphan and propagation is None else {}
+        )
+        if gone and res.plural != "pods":
+            status: dict[str, Any] = {
+                "kind": "Status",
+                "apiVersion": "v1",
+                "metadata": {},
+                "status": "Success",
+                "details": {"name": name, "kind": res.plural, "uid": obj["metadata"]["uid"]},
+            }
+            if res.group:
+                status["details"]["group"] = res.group
+            self._send(200, status, headers=headers)
+        else:
+            self._send(200 if gone else 202, cluster_mod.typed(res, obj), headers=headers)
+
+    # ------------------------------------------------------------------ log
+
+    def _log(self, namespace: str, name: str, query: dict[str, str]) -> None:
+        emulator = self.server.emulator
+        pod = emulator.cluster.get(resources.BY_KEY["pods"], namespace, name)
+        spec = pod.get("spec") or {}
+        names = [c["name"] for c in spec.get("containers") or []]
+        init_names = [c["name"] for c in spec.get("initContainers") or []]
+        container = query.get("container")
+        if not container:
+            if len(names) != 1:
+                raise cluster_mod.bad_request(
+                    f"a container name must be specified for pod {name}, choose one of: "
+                    f"[{' '.join(names)}] or one of the init containers: [{' '.join(init_names)}]"
+                )
+            container = names[0]
+        if container not in names and container not in init_names:
+            raise cluster_mod.bad_request(f"container {container} is not valid for pod {name}")
+        status = pod.get("status") or {}
+        statuses = (status.get("containerStatuses") or []) + (
+            status.get("initContainerStatuses") or []
+        )
+        state = next((s.get("state") or {} for s in statuses if s.get("name") == container), {})
+        if "running" not in state and "terminated" not in state:
+            reason = (state.get("waiting") or {}).get("reason", "ContainerCreating")
+            raise cluster_mod.bad_request(
+                f'container "{container}" in pod "{name}" is waiting to start: {reason}'
+            )
+        text = emulator.cluster.logs.get(pod["metadata"]["uid"], {}).get(container, "")
+        if query.get("tailLines", "").isdigit():
+            lines = text.splitlines(keepends=True)
+            text = "".join(lines[-int(query["tailLines"]) :]) if int(query["tailLines"]) else ""
+        data = text.encode()
+        if query.get("limitBytes", "").isdigit():
+            data = data[: int(query["limitBytes"])]
+        self._send(200, data, content_type="text/plain")
+
+    # ---------------------------------------------------------------- watch
+
+    def _chunk(self, data: bytes) -> None:
+        self.wfile.write(f"{len(data):x}\r\n".encode() + data + b"\r\n")
+        self.wfile.flush()
+
+    def _watch(self, res: resources.Resource, namespace: str | None, query: dict[str, str]) -> None:
+        emulator = self.server.emulator
+        cluster = emulator.cluster
+        try:
+            labels = selectors.parse_labels(query.get("labelSelector"))
+            fields = selectors.parse_fields(query.get("fieldSelector"), res.fields)
+        except selectors.SelectorError as e:
+            raise cluster_mod.bad_request(str(e)) from e
+        try:
+            timeout = float(query.get("timeoutSeconds") or emulator.watch_timeout)
+        except ValueError as e:
+            raise cluster_mod.bad_request(f"invalid timeoutSeconds: {e}") from e
+        bookmarks = _flag(query, "allowWatchBookmarks")
+        rv_text = query.get("resourceVersion") or ""
+        if rv_text and not rv_text.isdigit():
+            raise cluster_mod.bad_request(f'invalid resource version "{rv_text}"')
+        generation = emulator.faults.watch_generation
+
+        def matches(obj: cluster_mod.Obj) -> bool:
+            if namespace is not None and obj["metadata"].get("namespace") != namespace:
+                return False
+            return selectors.labels_match(labels, obj) and (fields is None or fields(obj))
+
+        def encode(kind: str, obj: Any) -> bytes:
+            return json.dumps({"type": kind, "object": obj}, separators=(",", ":")).encode() + b"\n"
+
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Transfer-Encoding", "chunked")
+        self.send_header("Cache-Control", "no-cache, private")
+        self.end_headers()
+        deadline = time.monotonic() + timeout
+        forced_gone = emulator.faults.take_gone(res.plural)
+        with cluster.lock:
+            if not rv_text or rv_text == "0":
+                initial = [o for o in cluster.objects(res, namespace) if matches(o)]
+                initial.sort(
+                    key=lambda o: (o["metadata"].get("namespace", ""), o["metadata"]["name"])
+                )
+                cursor = cluster.resource_version
+                pending = None
+            else:
+                cursor = int(rv_text)
+                initial = []
+                pending = cluster.events_since(cursor)
+        try:
+            if forced_gone or (rv_text and rv_text != "0" and pending is None):
+                status = ApiError(
+                    410,
+                    "Expired",
+                    f"too old resource version: {rv_text} ({cluster.oldest_resumable + 1})",
+                ).status()
+                self._chunk(encode("ERROR", status))
+                self._chunk(b"")
+                return
+            batch = b"".join(encode("ADDED", cluster_mod.typed(res, o)) for o in initial)
+            if batch:
+                self._chunk(batch)
+            last_bookmark = time.monotonic()
+            while True:
+                with cluster.lock:
+                    events = cluster.events_since(cursor)
+                    while events is not None and not events and not emulator.stopping:
+                        left = deadline - time.monotonic()
+                        if left <= 0 or emulator.faults.watch_generation != generation:
+                            break
+                        cluster.changed.wait(min(left, emulator.bookmark_interval, 0.5))
+                        if (
+                            bookmarks
+                            and time.monotonic() - last_bookmark >= emulator.bookmark_interval
+                        ):
+                            break
+                        events = cluster.events_since(cursor)
+                if emulator.faults.watch_generation != generation:
+                    # a dropped connection: no terminating chunk, the socket just closes
+                    self.close_connection = True
+                    with contextlib.suppress(OSError):
+                        self.connection.shutdown(socket.SHUT_RDWR)
+                    return
+                if events is None:
+                    status = ApiError(
+                        410, "Expired", f"too old resource version: {cursor}"
+                    ).status()
+                    self._chunk(encode("ERROR", status))
+                    break
+                out = []
+                for event in events:
+                    if event.resource != res.key:
+                        continue
+                    now_match = matches(event.obj)
+                    was_match = event.old is not None and matches(event.old)
+                    kind = event.type
+                    if kind == "MODIFIED" and now_match != was_match:
+                        kind = "ADDED" if now_match else "DELETED"
+                    elif not now_match:
+                        continue
+                    out.append(encode(kind, cluster_mod.typed(res, event.obj)))
+                if events:
+                    cursor = events[-1].rv
+                if out:
+                    self._chunk(b"".join(out))
+                now = time.monotonic()
+                if bookmarks and now - last_bookmark >= emulator.bookmark_interval:
+                    self._chunk(encode("BOOKMARK", self._bookmark(res, cursor)))
+                    last_bookmark = now
+                if now >= deadline or emulator.stopping:
+                    break
+            if bookmarks:
+                self._chunk(encode("BOOKMARK", self._bookmark(res, cursor)))
+            self._chunk(b"")
+        except (BrokenPipeError, ConnectionResetError, OSError):
+            self.close_connection = True
+
+    @staticmethod
+    def _bookmark(res: resources.Resource, rv: int) -> dict[str, Any]:
+        return {
+            "kind": res.kind,
+            "apiVersion": res.api_version,
+            "metadata": {"resourceVersion": str(rv)},
+        }

@@ -1,0 +1,797 @@
+"""The emulator behaves like kube-apiserver, seen through the official client (and raw HTTP).
+
+Each test drives a fresh emulator (``sim`` fixture) only through
+``kubernetes.client`` or, where the client cannot express the request (unknown
+fields, bookmarks on the wire), through plain HTTP.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import urllib.error
+import urllib.request
+from typing import Any
+
+import pytest
+from kubernetes import client, watch
+
+from tests.support.sim_fixtures import SimCluster
+
+
+def raw(
+    sim: SimCluster,
+    method: str,
+    path: str,
+    body: Any = None,
+    content_type: str = "application/json",
+) -> tuple[int, Any]:
+    data = None if body is None else json.dumps(body).encode()
+    request = urllib.request.Request(sim.url + path, data=data, method=method)
+    request.add_header("Content-Type", content_type)
+    try:
+        with urllib.request.urlopen(request, timeout=30) as response:
+            text = response.read().decode()
+            status = response.status
+    except urllib.error.HTTPError as e:
+        text = e.read().decode()
+        status = e.code
+    try:
+        return status, json.loads(text)
+    except ValueError:
+        return status, text
+
+
+def status_of(error: client.ApiException) -> dict[str, Any]:
+    body = json.loads(error.body)
+    assert body["kind"] == "Status"
+    return body
+
+
+def namespace(sim: SimCluster, name: str = "team-a") -> str:
+    sim.core().create_namespace(client.V1Namespace(metadata=client.V1ObjectMeta(name=name)))
+    return name
+
+
+def pod_body(
+    name: str, labels: dict[str, str] | None = None, image: str = "nginx:1.25"
+) -> dict[str, Any]:
+    return {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": name, "labels": labels or {}},
+        "spec": {"containers": [{"name": "app", "image": image}]},
+    }
+
+
+# ------------------------------------------------------------------ discovery
+
+
+def test_discovery_lists_core_apps_and_batch_resources(sim: SimCluster) -> None:
+    api_client = sim.api_client()
+    assert client.VersionApi(api_client).get_code().minor == "30"
+    assert client.CoreApi(api_client).get_api_versions().versions == ["v1"]
+    groups = {g.name for g in client.ApisApi(api_client).get_api_versions().groups}
+    assert {"apps", "batch"} <= groups
+    core = {r.name for r in client.CoreV1Api(api_client).get_api_resources().resources}
+    assert {
+        "pods",
+        "pods/log",
+        "pods/status",
+        "secrets",
+        "serviceaccounts",
+        "nodes",
+        "events",
+        "namespaces",
+    } <= core
+    batch = {r.name for r in client.BatchV1Api(api_client).get_api_resources().resources}
+    assert {"jobs", "jobs/status", "cronjobs"} <= batch
+    apps = {r.name for r in client.AppsV1Api(api_client).get_api_resources().resources}
+    assert {"deployments", "replicasets", "statefulsets", "daemonsets"} <= apps
+
+
+# --------------------------------------------------------------------- create
+
+
+def test_create_fills_server_metadata_and_one_resource_version_counter(sim: SimCluster) -> None:
+    core = sim.core()
+    namespace(sim)
+    first = core.create_namespaced_pod("team-a", pod_body("a"))
+    second = core.create_namespaced_secret(
+        "team-a", client.V1Secret(metadata=client.V1ObjectMeta(generate_name="cred-"))
+    )
+    assert first.metadata.uid and second.metadata.uid and first.metadata.uid != second.metadata.uid
+    assert first.metadata.namespace == "team-a"
+    assert first.metadata.creation_timestamp is not None
+    assert int(second.metadata.resource_version) > int(first.metadata.resource_version)
+    assert (
+        second.metadata.name.startswith("cred-") and len(second.metadata.name) == len("cred-") + 5
+    )
+    assert first.spec.service_account_name == "default"
+    assert first.status.phase == "Pending"
+
+
+def test_name_clash_is_409_already_exists(sim: SimCluster) -> None:
+    core = sim.core()
+    namespace(sim)
+    core.create_namespaced_pod("team-a", pod_body("a"))
+    with pytest.raises(client.ApiException) as caught:
+        core.create_namespaced_pod("team-a", pod_body("a"))
+    assert caught.value.status == 409
+    body = status_of(caught.value)
+    assert body["reason"] == "AlreadyExists"
+    assert body["message"] == 'pods "a" already exists'
+
+
+def test_missing_object_and_missing_namespace_are_404_status(sim: SimCluster) -> None:
+    core = sim.core()
+    with pytest.raises(client.ApiException) as caught:
+        core.read_namespaced_pod("nope", "default")
+    assert caught.value.status == 404
+    assert status_of(caught.value)["reason"] == "NotFound"
+    assert status_of(caught.value)["message"] == 'pods "nope" not found'
+    with pytest.raises(client.ApiException) as caught:
+        core.create_namespaced_pod("ghost", pod_body("a"))
+    assert caught.value.status == 404
+    assert status_of(caught.value)["message"] == 'namespaces "ghost" not found'
+
+
+def test_body_namespace_must_match_url(sim: SimCluster) -> None:
+    namespace(sim)
+    body = pod_body("a")
+    body["metadata"]["namespace"] = "default"
+    with pytest.raises(client.ApiException) as caught:
+        sim.core().create_namespaced_pod("team-a", body)
+    assert caught.value.status == 400
+
+
+def test_pod_gets_its_service_accounts_pull_secrets(sim: SimCluster) -> None:
+    core = sim.core()
+    namespace(sim)
+    core.create_namespaced_service_account(
+        "team-a",
+        client.V1ServiceAccount(
+            metadata=client.V1ObjectMeta(name="builder"),
+            image_pull_secrets=[client.V1LocalObjectReference(name="regcred")],
+        ),
+    )
+    body = pod_body("a")
+    body["spec"]["serviceAccountName"] = "builder"
+    pod = core.create_namespaced_pod("team-a", body)
+    assert [s.name for s in pod.spec.image_pull_secrets] == ["regcred"]
+    body = pod_body("b")
+    body["spec"]["serviceAccountName"] = "missing"
+    with pytest.raises(client.ApiException) as caught:
+        core.create_namespaced_pod("team-a", body)
+    assert caught.value.status == 403
+
+
+def test_dry_run_create_does_not_store(sim: SimCluster) -> None:
+    core = sim.core()
+    namespace(sim)
+    pod = core.create_namespaced_pod("team-a", pod_body("a"), dry_run="All")
+    assert pod.metadata.name == "a"
+    assert core.list_namespaced_pod("team-a").items == []
+
+
+# ----------------------------------------------------------------- validation
+
+
+def test_unknown_field_is_refused_with_its_path(sim: SimCluster) -> None:
+    namespace(sim)
+    body = pod_body("a")
+    body["spec"]["containers"][0]["imagePullPolicyy"] = "Always"
+    code, status = raw(sim, "POST", "/api/v1/namespaces/team-a/pods", body)
+    assert code == 422
+    assert status["reason"] == "Invalid"
+    assert status["details"]["causes"][0]["field"] == "spec.containers[0].imagePullPolicyy"
+
+
+def test_wrong_type_is_400_and_missing_required_field_is_422(sim: SimCluster) -> None:
+    namespace(sim)
+    body = pod_body("a")
+    body["spec"]["containers"][0]["ports"] = [{"containerPort": "eighty"}]
+    code, status = raw(sim, "POST", "/api/v1/namespaces/team-a/pods", body)
+    assert code == 400
+    assert status["reason"] == "BadRequest"
+    assert "spec.containers[0].ports[0].containerPort" in status["message"]
+    # the client's own models refuse a missing name, so this goes as raw HTTP
+    body = {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": "b"},
+        "spec": {"containers": [{"image": "x"}]},
+    }
+    code, status = raw(sim, "POST", "/api/v1/namespaces/team-a/pods", body)
+    assert code == 422
+    causes = status["details"]["causes"]
+    assert {
+        "reason": "FieldValueRequired",
+        "message": "Required value",
+        "field": "spec.containers[0].name",
+    } in causes
+
+
+def test_label_value_longer_than_63_characters_is_refused(sim: SimCluster) -> None:
+    namespace(sim)
+    with pytest.raises(client.ApiException) as caught:
+        sim.core().create_namespaced_pod("team-a", pod_body("a", {"scanqueue.io/digest": "a" * 64}))
+    assert caught.value.status == 422
+    assert "metadata.labels" in status_of(caught.value)["message"]
+
+
+def test_job_with_restart_policy_always_is_invalid(sim: SimCluster) -> None:
+    namespace(sim)
+    job = {
+        "apiVersion": "batch/v1",
+        "kind": "Job",
+        "metadata": {"name": "j"},
+        "spec": {"template": {"spec": {"containers": [{"name": "c", "image": "x"}]}}},
+    }
+    with pytest.raises(client.ApiException) as caught:
+        sim.batch().create_namespaced_job("team-a", job)
+    assert caught.value.status == 422
+    assert "spec.template.spec.restartPolicy" in status_of(caught.value)["message"]
+
+
+# ----------------------------------------------------------------------- list
+
+
+def test_list_with_label_and_field_selectors(sim: SimCluster) -> None:
+    core = sim.core()
+    namespace(sim)
+    core.create_namespaced_pod("team-a", pod_body("web-1", {"app": "web", "tier": "front"}))
+    core.create_namespaced_pod("team-a", pod_body("web-2", {"app": "web"}))
+    core.create_namespaced_pod("team-a", pod_body("db-1", {"app": "db"}))
+    core.create_namespaced_pod("default", pod_body("other", {"app": "web"}))
+
+    def names(**kwargs: Any) -> list[str]:
+        return [p.metadata.name for p in core.list_namespaced_pod("team-a", **kwargs).items]
+
+    assert names(label_selector="app=web") == ["web-1", "web-2"]
+    assert names(label_selector="app!=web") == ["db-1"]
+    assert names(label_selector="app in (db, cache)") == ["db-1"]
+    assert names(label_selector="app notin (db),!tier") == ["web-2"]
+    assert names(label_selector="tier") == ["web-1"]
+    assert names(field_selector="metadata.name=web-2") == ["web-2"]
+    assert [
+        p.metadata.name for p in core.list_pod_for_all_namespaces(label_selector="app=web").items
+    ] == [
+        "other",
+        "web-1",
+        "web-2",
+    ]
+    assert [
+        p.metadata.name
+        for p in core.list_pod_for_all_namespaces(field_selector="metadata.namespace=default").items
+    ] == ["other"]
+    with pytest.raises(client.ApiException) as caught:
+        core.list_namespaced_pod("team-a", field_selector="spec.image=x")
+    assert caught.value.status == 400
+
+
+def test_field_selectors_on_phase_and_node(sim: SimCluster) -> None:
+    core = sim.core()
+    namespace(sim)
+    core.create_namespaced_pod("team-a", pod_body("a"))
+    sim.wait_for(
+        lambda: core.read_namespaced_pod("a", "team-a").status.phase == "Running",
+        what="pod a running",
+    )
+    running = core.list_namespaced_pod(
+        "team-a", field_selector="status.phase=Running,spec.nodeName=node-1"
+    )
+    assert [p.metadata.name for p in running.items] == ["a"]
+    assert core.list_namespaced_pod("team-a", field_selector="status.phase!=Running").items == []
+
+
+def test_list_pages_with_limit_and_continue(sim: SimCluster) -> None:
+    core = sim.core()
+    namespace(sim)
+    for i in range(7):
+        core.create_namespaced_secret(
+            "team-a", client.V1Secret(metadata=client.V1ObjectMeta(name=f"s{i}"))
+        )
+    seen: list[str] = []
+    page = core.list_namespaced_secret("team-a", limit=3)
+    assert page.metadata.remaining_item_count == 4
+    seen += [s.metadata.name for s in page.items]
+    while page.metadata._continue:
+        page = core.list_namespaced_secret("team-a", limit=3, _continue=page.metadata._continue)
+        seen += [s.metadata.name for s in page.items]
+    assert seen == [f"s{i}" for i in range(7)]
+
+
+# --------------------------------------------------------------- update, patch
+
+
+def test_replace_with_stale_resource_version_is_409_conflict(sim: SimCluster) -> None:
+    core = sim.core()
+    namespace(sim)
+    secret = core.create_namespaced_secret(
+        "team-a", client.V1Secret(metadata=client.V1ObjectMeta(name="s"), string_data={"a": "1"})
+    )
+    secret.string_data = {"a": "2"}
+    updated = core.replace_namespaced_secret("s", "team-a", secret)
+    assert int(updated.metadata.resource_version) > int(secret.metadata.resource_version)
+    secret.string_data = {"a": "3"}
+    with pytest.raises(client.ApiException) as caught:
+        core.replace_namespaced_secret("s", "team-a", secret)
+    assert caught.value.status == 409
+    assert status_of(caught.value)["reason"] == "Conflict"
+    assert base64.b64decode(core.read_namespaced_secret("s", "team-a").data["a"]) == b"2"
+
+
+def test_merge_strategic_and_json_patch(sim: SimCluster) -> None:
+    core = sim.core()
+    namespace(sim)
+    body = pod_body("a", {"app": "web"})
+    body["spec"]["containers"].append({"name": "side", "image": "busybox:1"})
+    core.create_namespaced_pod("team-a", body)
+    merged = core.patch_namespaced_pod(
+        "a",
+        "team-a",
+        {"metadata": {"labels": {"tier": "front", "app": None}}},
+        _content_type="application/merge-patch+json",
+    )
+    assert merged.metadata.labels == {"tier": "front"}
+    strategic = core.patch_namespaced_pod(
+        "a",
+        "team-a",
+        {"spec": {"containers": [{"name": "side", "image": "busybox:2"}]}},
+        _content_type="application/strategic-merge-patch+json",
+    )
+    assert [(c.name, c.image) for c in strategic.spec.containers] == [
+        ("app", "nginx:1.25"),
+        ("side", "busybox:2"),
+    ]
+    patched = core.patch_namespaced_pod(
+        "a", "team-a", [{"op": "add", "path": "/metadata/annotations", "value": {"k": "v"}}]
+    )
+    assert patched.metadata.annotations == {"k": "v"}
+    with pytest.raises(client.ApiException) as caught:
+        core.patch_namespaced_pod(
+            "a", "team-a", [{"op": "test", "path": "/metadata/name", "value": "b"}]
+        )
+    assert caught.value.status == 422
+
+
+def test_dict_patch_sent_as_json_patch_is_refused(sim: SimCluster) -> None:
+    """A JSON patch must be a list of operations; the client sends dicts as strategic merge."""
+    core = sim.core()
+    namespace(sim)
+    core.create_namespaced_pod("team-a", pod_body("a"))
+    code, status = raw(
+        sim,
+        "PATCH",
+        "/api/v1/namespaces/team-a/pods/a",
+        {"metadata": {"labels": {"x": "y"}}},
+        content_type="application/json-patch+json",
+    )
+    assert code == 400
+    assert status["reason"] == "BadRequest"
+    labels = core.patch_namespaced_pod(
+        "a", "team-a", {"metadata": {"labels": {"x": "y"}}}
+    ).metadata.labels
+    assert labels == {"x": "y"}
+
+
+def test_status_subresource_changes_only_status(sim: SimCluster) -> None:
+    core = sim.core()
+    namespace(sim)
+    core.create_namespaced_pod("team-a", pod_body("a"))
+    patched = core.patch_namespaced_pod_status(
+        "a",
+        "team-a",
+        {"status": {"phase": "Failed"}, "metadata": {"labels": {"x": "y"}}},
+        _content_type="application/merge-patch+json",
+    )
+    assert patched.status.phase == "Failed"
+    assert not patched.metadata.labels
+    # and the main resource ignores status
+    again = core.patch_namespaced_pod(
+        "a",
+        "team-a",
+        {"status": {"phase": "Running"}},
+        _content_type="application/merge-patch+json",
+    )
+    assert again.status.phase == "Failed"
+
+
+# --------------------------------------------------------------------- delete
+
+
+def _owned_pod(name: str, owner: Any, kind: str, api_version: str) -> dict[str, Any]:
+    body = pod_body(name)
+    body["metadata"]["ownerReferences"] = [
+        {
+            "apiVersion": api_version,
+            "kind": kind,
+            "name": owner.metadata.name,
+            "uid": owner.metadata.uid,
+            "controller": True,
+        }
+    ]
+    return body
+
+
+def _replicaset(sim: SimCluster, name: str = "web") -> Any:
+    return sim.apps().create_namespaced_replica_set(
+        "team-a",
+        {
+            "apiVersion": "apps/v1",
+            "kind": "ReplicaSet",
+            "metadata": {"name": name},
+            "spec": {
+                "selector": {"matchLabels": {"app": name}},
+                "template": {
+                    "metadata": {"labels": {"app": name}},
+                    "spec": {"containers": [{"name": "app", "image": "nginx:1.25"}]},
+                },
+            },
+        },
+    )
+
+
+def test_background_delete_removes_dependents(sim: SimCluster) -> None:
+    core = sim.core()
+    namespace(sim)
+    rs = _replicaset(sim)
+    core.create_namespaced_pod("team-a", _owned_pod("web-1", rs, "ReplicaSet", "apps/v1"))
+    sim.apps().delete_namespaced_replica_set("web", "team-a", propagation_policy="Background")
+    sim.wait_for(lambda: not core.list_namespaced_pod("team-a").items, what="dependent pod deleted")
+
+
+def test_orphan_delete_keeps_dependents_without_the_owner_reference(sim: SimCluster) -> None:
+    core = sim.core()
+    namespace(sim)
+    rs = _replicaset(sim)
+    core.create_namespaced_pod("team-a", _owned_pod("web-1", rs, "ReplicaSet", "apps/v1"))
+    sim.apps().delete_namespaced_replica_set("web", "team-a", propagation_policy="Orphan")
+    pod = core.read_namespaced_pod("web-1", "team-a")
+    assert not pod.metadata.owner_references
+
+
+def test_foreground_delete_keeps_the_owner_until_dependents_are_gone(sim: SimCluster) -> None:
+    core = sim.core()
+    namespace(sim)
+    rs = _replicaset(sim)
+    core.create_namespaced_pod("team-a", _owned_pod("web-1", rs, "ReplicaSet", "apps/v1"))
+    stream = watch.Watch().stream(
+        sim.apps().list_namespaced_replica_set,
+        "team-a",
+        resource_version=rs.metadata.resource_version,
+        timeout_seconds=5,
+    )
+    sim.apps().delete_namespaced_replica_set("web", "team-a", propagation_policy="Foreground")
+    events = []
+    for event in stream:
+        events.append((event["type"], event["object"].metadata.deletion_timestamp is not None))
+        if event["type"] == "DELETED":
+            break
+    assert events[0] == ("MODIFIED", True)
+    assert events[-1][0] == "DELETED"
+    assert not core.list_namespaced_pod("team-a").items
+
+
+def test_deleting_a_job_without_policy_orphans_its_pods_like_batch_v1(sim: SimCluster) -> None:
+    core = sim.core()
+    namespace(sim)
+    job = sim.batch().create_namespaced_job(
+        "team-a",
+        {
+            "apiVersion": "batch/v1",
+            "kind": "Job",
+            "metadata": {"name": "j"},
+            "spec": {
+                "suspend": True,
+                "template": {
+                    "spec": {
+                        "restartPolicy": "Never",
+                        "containers": [{"name": "c", "image": "x:1"}],
+                    }
+                },
+            },
+        },
+    )
+    secret = core.create_namespaced_secret(
+        "team-a",
+        client.V1Secret(
+            metadata=client.V1ObjectMeta(
+                name="cred",
+                owner_references=[
+                    client.V1OwnerReference(
+                        api_version="batch/v1", kind="Job", name="j", uid=job.metadata.uid
+                    )
+                ],
+            ),
+            string_data={"password": "x"},
+        ),
+    )
+    assert secret.metadata.owner_references[0].uid == job.metadata.uid
+    sim.batch().delete_namespaced_job("j", "team-a")
+    assert core.read_namespaced_secret("cred", "team-a").metadata.owner_references is None
+
+
+def test_secret_owned_by_a_job_goes_with_the_job(sim: SimCluster) -> None:
+    core = sim.core()
+    namespace(sim)
+    job = sim.batch().create_namespaced_job(
+        "team-a",
+        {
+            "apiVersion": "batch/v1",
+            "kind": "Job",
+            "metadata": {"name": "j"},
+            "spec": {
+                "suspend": True,
+                "template": {
+                    "spec": {
+                        "restartPolicy": "Never",
+                        "containers": [{"name": "c", "image": "x:1"}],
+                    }
+                },
+            },
+        },
+    )
+    core.create_namespaced_secret(
+        "team-a",
+        client.V1Secret(
+            metadata=client.V1ObjectMeta(
+                name="cred",
+                owner_references=[
+                    client.V1OwnerReference(
+                        api_version="batch/v1", kind="Job", name="j", uid=job.metadata.uid
+                    )
+                ],
+            ),
+            string_data={"password": "x"},
+        ),
+    )
+    sim.batch().delete_namespaced_job("j", "team-a", propagation_policy="Foreground")
+    sim.wait_for(
+        lambda: not core.list_namespaced_secret("team-a").items, what="owned secret deleted"
+    )
+    sim.wait_for(lambda: not sim.batch().list_namespaced_job("team-a").items, what="job deleted")
+
+
+def test_object_created_with_a_vanished_owner_is_collected(sim: SimCluster) -> None:
+    core = sim.core()
+    namespace(sim)
+    body = {
+        "metadata": {
+            "name": "cred",
+            "ownerReferences": [
+                {
+                    "apiVersion": "batch/v1",
+                    "kind": "Job",
+                    "name": "gone",
+                    "uid": "00000000-0000-0000-0000-000000000000",
+                }
+            ],
+        },
+        "stringData": {"password": "x"},
+    }
+    core.create_namespaced_secret("team-a", body)
+    sim.wait_for(
+        lambda: not core.list_namespaced_secret("team-a").items, what="orphan secret collected"
+    )
+
+
+def test_delete_collection_by_label(sim: SimCluster) -> None:
+    core = sim.core()
+    namespace(sim)
+    core.create_namespaced_secret(
+        "team-a", client.V1Secret(metadata=client.V1ObjectMeta(name="a", labels={"scan": "1"}))
+    )
+    core.create_namespaced_secret(
+        "team-a", client.V1Secret(metadata=client.V1ObjectMeta(name="b", labels={"scan": "2"}))
+    )
+    core.delete_collection_namespaced_secret("team-a", label_selector="scan=1")
+    assert [s.metadata.name for s in core.list_namespaced_secret("team-a").items] == ["b"]
+
+
+def test_deleting_a_namespace_deletes_its_contents(sim: SimCluster) -> None:
+    core = sim.core()
+    namespace(sim)
+    core.create_namespaced_secret("team-a", client.V1Secret(metadata=client.V1ObjectMeta(name="a")))
+    core.delete_namespace("team-a")
+    assert (
+        core.list_secret_for_all_namespaces(field_selector="metadata.namespace=team-a").items == []
+    )
+    with pytest.raises(client.ApiException) as caught:
+        core.read_namespace("team-a")
+    assert caught.value.status == 404
+
+
+# ---------------------------------------------------------------------- watch
+
+
+def test_watch_from_a_resource_version_sees_only_later_changes_and_ends_at_timeout(
+    sim: SimCluster,
+) -> None:
+    core = sim.core()
+    namespace(sim)
+    core.create_namespaced_pod("team-a", pod_body("before"))
+    listed = core.list_namespaced_pod("team-a")
+    core.create_namespaced_pod("team-a", pod_body("after"))
+    events = [
+        (e["type"], e["object"].metadata.name)
+        for e in watch.Watch().stream(
+            core.list_namespaced_pod,
+            "team-a",
+            resource_version=listed.metadata.resource_version,
+            timeout_seconds=1,
+        )
+    ]
+    assert ("ADDED", "after") in events
+    assert ("ADDED", "before") not in events
+
+
+def test_watch_without_resource_version_starts_with_the_current_objects(sim: SimCluster) -> None:
+    core = sim.core()
+    namespace(sim)
+    core.create_namespaced_secret("team-a", client.V1Secret(metadata=client.V1ObjectMeta(name="a")))
+    events = [
+        (e["type"], e["object"].metadata.name)
+        for e in watch.Watch().stream(core.list_namespaced_secret, "team-a", timeout_seconds=1)
+    ]
+    assert events == [("ADDED", "a")]
+
+
+def test_watch_sends_bookmarks_when_allowed(sim_factory: Any) -> None:
+    sim = sim_factory(bookmark_interval=0.2)
+    core = sim.core()
+    events = list(
+        watch.Watch().stream(
+            core.list_namespaced_secret, "default", allow_watch_bookmarks=True, timeout_seconds=1
+        )
+    )
+    bookmarks = [e for e in events if e["type"] == "BOOKMARK"]
+    assert bookmarks
+    assert (
+        int(bookmarks[-1]["raw_object"]["metadata"]["resourceVersion"])
+        == sim.cluster.resource_version
+    )
+
+
+def test_watch_from_a_compacted_resource_version_gets_410_gone(sim_factory: Any) -> None:
+    sim = sim_factory(history=3)
+    core = sim.core()
+    first = core.create_namespaced_secret(
+        "default", client.V1Secret(metadata=client.V1ObjectMeta(name="s0"))
+    )
+    for i in range(1, 10):
+        core.create_namespaced_secret(
+            "default", client.V1Secret(metadata=client.V1ObjectMeta(name=f"s{i}"))
+        )
+    sim.cluster.compact(3)
+    with pytest.raises(client.ApiException) as caught:
+        list(
+            watch.Watch().stream(
+                core.list_namespaced_secret,
+                "default",
+                resource_version=first.metadata.resource_version,
+                timeout_seconds=1,
+            )
+        )
+    assert caught.value.status == 410
+    assert "Expired" in str(caught.value.reason)
+
+
+def test_watch_with_a_selector_reports_objects_leaving_it_as_deleted(sim: SimCluster) -> None:
+    core = sim.core()
+    namespace(sim)
+    created = core.create_namespaced_secret(
+        "team-a", client.V1Secret(metadata=client.V1ObjectMeta(name="a", labels={"watched": "yes"}))
+    )
+    core.patch_namespaced_secret(
+        "a",
+        "team-a",
+        {"metadata": {"labels": {"watched": "no"}}},
+        _content_type="application/merge-patch+json",
+    )
+    events = [
+        (e["type"], e["object"].metadata.labels["watched"])
+        for e in watch.Watch().stream(
+            core.list_namespaced_secret,
+            "team-a",
+            label_selector="watched=yes",
+            resource_version=created.metadata.resource_version,
+            timeout_seconds=1,
+        )
+    ]
+    assert events == [("DELETED", "no")]
+
+
+def test_watch_on_the_wire_is_chunked_json_lines_and_ends_cleanly(sim: SimCluster) -> None:
+    request = urllib.request.Request(
+        sim.url
+        + "/api/v1/namespaces/default/secrets?watch=true&timeoutSeconds=1&allowWatchBookmarks=true"
+    )
+    with urllib.request.urlopen(request, timeout=10) as response:
+        assert response.headers["Transfer-Encoding"] == "chunked"
+        lines = [json.loads(line) for line in response.read().splitlines() if line.strip()]
+    assert lines[-1]["type"] == "BOOKMARK"
+    assert lines[-1]["object"]["kind"] == "Secret"
+
+
+# -------------------------------------------------------------------- secrets
+
+
+def test_secret_string_data_is_merged_into_base64_data(sim: SimCluster) -> None:
+    core = sim.core()
+    namespace(sim)
+    secret = core.create_namespaced_secret(
+        "team-a",
+        client.V1Secret(
+            metadata=client.V1ObjectMeta(name="s"),
+            data={"a": base64.b64encode(b"one").decode()},
+            string_data={"b": "two"},
+        ),
+    )
+    assert secret.string_data is None
+    assert secret.type == "Opaque"
+    assert {k: base64.b64decode(v) for k, v in secret.data.items()} == {"a": b"one", "b": b"two"}
+
+
+def test_dockerconfigjson_secret_needs_valid_json_under_its_key(sim: SimCluster) -> None:
+    core = sim.core()
+    namespace(sim)
+    canary = "canary-password-8d1f"
+    with pytest.raises(client.ApiException) as caught:
+        core.create_namespaced_secret(
+            "team-a",
+            client.V1Secret(
+                metadata=client.V1ObjectMeta(name="a"),
+                type="kubernetes.io/dockerconfigjson",
+                string_data={"config": "{}"},
+            ),
+        )
+    assert caught.value.status == 422
+    assert "data[.dockerconfigjson]: Required value" in status_of(caught.value)["message"]
+    with pytest.raises(client.ApiException) as caught:
+        core.create_namespaced_secret(
+            "team-a",
+            client.V1Secret(
+                metadata=client.V1ObjectMeta(name="b"),
+                type="kubernetes.io/dockerconfigjson",
+                string_data={".dockerconfigjson": '{"auths": {"r": {"password": "' + canary + '"}'},
+            ),
+        )
+    assert caught.value.status == 422
+    assert canary not in caught.value.body
+    good = core.create_namespaced_secret(
+        "team-a",
+        client.V1Secret(
+            metadata=client.V1ObjectMeta(name="c"),
+            type="kubernetes.io/dockerconfigjson",
+            string_data={".dockerconfigjson": '{"auths": {}}'},
+        ),
+    )
+    assert good.type == "kubernetes.io/dockerconfigjson"
+
+
+def test_immutable_secret_cannot_change_but_can_be_deleted(sim: SimCluster) -> None:
+    core = sim.core()
+    namespace(sim)
+    core.create_namespaced_secret(
+        "team-a",
+        client.V1Secret(
+            metadata=client.V1ObjectMeta(name="s"), immutable=True, string_data={"a": "1"}
+        ),
+    )
+    with pytest.raises(client.ApiException) as caught:
+        core.patch_namespaced_secret(
+            "s", "team-a", {"stringData": {"a": "2"}}, _content_type="application/merge-patch+json"
+        )
+    assert caught.value.status == 422
+    with pytest.raises(client.ApiException) as caught:
+        core.patch_namespaced_secret(
+            "s",
+            "team-a",
+            {"type": "kubernetes.io/basic-auth"},
+            _content_type="application/merge-patch+json",
+        )
+    assert caught.value.status == 422
+    core.delete_namespaced_secret("s", "team-a")
+    assert core.list_namespaced_secret("team-a").items == []
