@@ -101,7 +101,12 @@ class Refusal:
         return self.kind in TEMPORARY_KINDS
 
     def __str__(self) -> str:
-        who = "anonymous" if not self.username else f"user {self.username!r} for {self.registry}"
+        if not self.registry:
+            who = "anonymous"
+        elif self.username:
+            who = f"user {self.username!r} for {self.registry}"
+        else:
+            who = f"token for {self.registry}"
         return f"{self.source} ({who}): {self.detail}"
 
     def as_dict(self) -> dict[str, Any]:
@@ -189,8 +194,8 @@ class ChallengeError(ValueError):
 def parse_challenge(header: str) -> Challenge:
     """Parse one ``WWW-Authenticate`` value (``Basic realm=...`` or ``Bearer realm=...``).
 
-    Raises ``ValueError`` saying what is wrong when it is not a well-formed
-    Basic or Bearer challenge (Bearer needs an absolute ``realm`` URL).
+    Raises ``ChallengeError`` (a ``ValueError``) saying what is wrong when it is
+    not a well-formed Basic or Bearer challenge (Bearer needs an absolute ``realm`` URL).
     """
     text = header.strip()
     scheme, _, rest = text.partition(" ")
@@ -292,7 +297,7 @@ class _Response:
 
 
 class _AttemptError(Exception):
-    """An attempt ended without an HTTP answer worth classifying; becomes a ``Refusal``."""
+    """One candidate's attempt ended without a digest; its answer becomes a ``Refusal``."""
 
     def __init__(
         self,
@@ -404,6 +409,7 @@ class Client:
         self._lock = threading.Lock()
         self._endpoints: dict[str, tuple[_Endpoint, float]] = {}  # registry -> (it, expiry)
         self._tokens: dict[tuple[str, str, credentials.Credential | None], tuple[str, float]] = {}
+        self._tokens_fetched = 0  # grows with every token fetched from a realm
 
     def __enter__(self) -> Client:
         return self
@@ -523,8 +529,20 @@ class Client:
         reference = image.digest or image.tag or "latest"
         url = f"{endpoint.base}/v2/{repository}/manifests/{urllib.parse.quote(reference, safe=':')}"
         challenge = endpoint.challenge
+        tokens_fetched = self._tokens_fetched
         authorization = self._authorization(challenge, image, credential, api_host)
         response = self._manifest("HEAD", url, authorization, api_host, credential)
+        if (
+            response.status == 401
+            and challenge is not None
+            and challenge.scheme == "bearer"
+            and self._tokens_fetched == tokens_fetched
+            and not (credential is not None and _is_registry_token(credential))
+        ):
+            # the token came from the cache and is no longer taken (revoked, restarted
+            # registry, clock skew): fetch a new one, once
+            authorization = self._authorization(challenge, image, credential, api_host, fresh=True)
+            response = self._manifest("HEAD", url, authorization, api_host, credential)
         if response.status == 401 and authorization is None and challenge is None:
             # /v2/ was open but the repository is not: authenticate with its challenge
             challenge = self._challenge_of(response)
@@ -693,7 +711,10 @@ class Client:
         image: images.Reference,
         credential: credentials.Credential | None,
         api_host: _Origin,
+        *,
+        fresh: bool = False,
     ) -> str | None:
+        """The Authorization value for one attempt; ``fresh`` skips the token cache."""
         if challenge is None:
             return None
         if challenge.scheme == "basic":
@@ -706,14 +727,10 @@ class Client:
                 )
             pair = f"{credential.username}:{credential.password}".encode()
             return "Basic " + base64.b64encode(pair).decode()
-        if (
-            credential is not None
-            and credential.token
-            and getattr(credential, "token_kind", "") == "registrytoken"
-        ):
+        if credential is not None and _is_registry_token(credential):
             # a registry token is a bearer token for the registry itself (Docker's registrytoken)
             return "Bearer " + credential.token
-        return "Bearer " + self._token(challenge, image, credential, api_host)
+        return "Bearer " + self._token(challenge, image, credential, api_host, fresh=fresh)
 
     def _token(
         self,
@@ -721,6 +738,8 @@ class Client:
         image: images.Reference,
         credential: credentials.Credential | None,
         api_host: _Origin,
+        *,
+        fresh: bool = False,
     ) -> str:
         realm = challenge.params["realm"]
         realm_origin = _Origin.of(realm)
@@ -735,7 +754,7 @@ class Client:
         now = self._clock()
         with self._lock:
             cached = self._tokens.get(key)
-        if cached is not None and cached[1] > now:
+        if cached is not None and cached[1] > now and not fresh:
             return cached[0]
         service = challenge.params.get("service", "")
         if credential is not None and credential.token and not credential.password:
@@ -788,6 +807,7 @@ class Client:
         expires_at = now + max(expires_in, _TOKEN_DEFAULT_SECONDS) - _TOKEN_MARGIN_SECONDS
         with self._lock:
             self._tokens[key] = (token, expires_at)
+            self._tokens_fetched += 1
         return token
 
     def _refresh_token(
@@ -970,6 +990,11 @@ class Client:
             keys = list(self._tokens)
         for host, scope, credential in keys:
             yield host, scope, credential.source if credential else "anonymous"
+
+
+def _is_registry_token(credential: credentials.Credential) -> bool:
+    """A ``registrytoken``: a bearer token for the registry itself, not for a token realm."""
+    return bool(credential.token) and getattr(credential, "token_kind", "") == "registrytoken"
 
 
 def _loggable(url: str) -> str:

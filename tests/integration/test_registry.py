@@ -437,6 +437,28 @@ def test_expired_token_is_fetched_again(token_world: TokenWorld) -> None:
     assert [r["user"] for r in issuer.requests].count("ivy") == 2
 
 
+def test_cached_token_the_registry_no_longer_takes_is_fetched_again_once(
+    token_world: TokenWorld,
+) -> None:
+    digest = token_world.push("team/app", "1")
+    issuer, server = token_world.issuer, token_world.registry
+    issuer.users["lee"] = "lee-pw-1"
+    issuer.grants["lee"] = {"*": {"pull"}}
+    lee = credential(server.host, "lee", "lee-pw-1", "team-a/lee")
+    image = images.parse(f"{server.host}/team/app:1")
+
+    with registry.Client(settings=settings()) as client:
+        client.resolve(image, [lee])
+        # the registry now trusts only a new signing key: the cached token is refused
+        issuer.rotate_key()
+        server.stop()
+        server.start()
+        resolution = client.resolve(image, [lee])
+
+    assert (resolution.digest, resolution.credential) == (digest, lee)
+    assert [r["user"] for r in issuer.requests].count("lee") == 2
+
+
 def test_plain_http_token_realm_off_loopback_gets_no_credential(
     scripted_server: Callable[..., ScriptedServer],
 ) -> None:

@@ -122,12 +122,16 @@ class TokenIssuer:
     requests: list[dict[str, Any]] = dataclasses.field(default_factory=list)
     port: int = 0
 
-    def start(self) -> TokenIssuer:
+    def rotate_key(self) -> None:
+        """Sign with a new key and certificate (``cert_path`` rewritten; restart the registry)."""
         key, cert_pem, _ = self_signed(TOKEN_ISSUER)
         self._key = key
         self.cert_path.write_bytes(cert_pem)
         der = x509.load_pem_x509_certificate(cert_pem).public_bytes(serialization.Encoding.DER)
         self._x5c = [base64.b64encode(der).decode()]
+
+    def start(self) -> TokenIssuer:
+        self.rotate_key()
         issuer = self
 
         class Handler(BaseHTTPRequestHandler):

@@ -147,6 +147,8 @@ def test_refusal_names_source_user_and_answer_but_never_a_secret() -> None:
     anonymous = registry.Refusal("anonymous", "", "", "unreachable", None, "connection refused")
     assert str(anonymous) == "anonymous (anonymous): connection refused"
     assert anonymous.temporary
+    token = registry.Refusal("s", "r.example", "", "not-sent", None, "Basic registry")
+    assert str(token) == "s (token for r.example): Basic registry"
 
 
 def test_no_credential_accepted_is_permanent_and_unavailable_is_temporary() -> None:
