@@ -48,11 +48,13 @@ def _translated(func: Callable[_P, _R]) -> Callable[_P, _R]:
             raise
         except (psycopg.OperationalError, psycopg.InterfaceError, psycopg_pool.PoolTimeout) as e:
             raise errors.TemporaryError(
-                f"Postgres, in store.{func.__name__}: {type(e).__name__}: {_no_password(str(e))}"
+                f"Postgres, in store.{func.__name__}: {type(e).__name__}: "
+                + _no_password(" ".join(str(e).split()))
             ) from e
         except (psycopg.DataError, psycopg.IntegrityError, psycopg.ProgrammingError) as e:
             raise errors.PermanentError(
-                f"Postgres refused store.{func.__name__}: {type(e).__name__}: {e}"
+                f"Postgres refused store.{func.__name__}: {type(e).__name__}: "
+                + " ".join(str(e).split())
             ) from e
 
     return wrapper

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import threading
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -410,3 +411,68 @@ def test_lost_connection_is_a_temporary_error(database_url: str) -> None:
         conn.close()
         with pytest.raises(errors.TemporaryError, match=r"store\.last_scan"):
             store.last_scan(conn, DIGEST_A)
+
+
+def test_concurrent_deliveries_of_one_result_store_it_once(
+    database_url: str, trivy_reports: dict[str, reports.Report]
+) -> None:
+    report = trivy_reports["python-slim-debian-13"]
+    with store.connect(database_url) as conn:
+        _start(conn)
+    barrier = threading.Barrier(4)
+    failures: list[BaseException] = []
+
+    def deliver() -> None:
+        try:
+            with store.connect(database_url) as conn:
+                barrier.wait()
+                store.finish_scan(conn, scan_id="scan-1", report=report, finished_at=T0)
+        except BaseException as e:  # collected and asserted below
+            failures.append(e)
+
+    threads = [threading.Thread(target=deliver) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert failures == []
+    with store.connect(database_url) as conn:
+        assert conn.execute("SELECT count(*) FROM findings").fetchone() == (128,)
+
+
+def test_concurrent_ingests_sharing_advisories_do_not_deadlock(
+    database_url: str, trivy_reports: dict[str, reports.Report]
+) -> None:
+    # the same advisories, listed in opposite orders by two reports
+    forward = trivy_reports["python-debian-12-bom-crlf"]
+    backward = dataclasses.replace(
+        forward,
+        results=tuple(
+            dataclasses.replace(r, findings=r.findings[::-1]) for r in forward.results[::-1]
+        ),
+    )
+    chosen = [forward, backward]
+    barrier = threading.Barrier(4)
+    failures: list[BaseException] = []
+
+    def ingest(worker: int) -> None:
+        try:
+            with store.connect(database_url) as conn:
+                barrier.wait()
+                for i in range(5):
+                    digest = f"sha256:{worker:032x}{i:032x}"  # a new image each time
+                    _start(conn, f"w{worker}-{i}", digest=digest)
+                    store.finish_scan(
+                        conn, scan_id=f"w{worker}-{i}", report=chosen[worker % 2], finished_at=T0
+                    )
+        except BaseException as e:  # collected and asserted below
+            failures.append(e)
+
+    threads = [threading.Thread(target=ingest, args=(w,)) for w in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert failures == []
+    with store.connect(database_url) as conn:
+        assert conn.execute("SELECT count(*) FROM findings").fetchone() == (20 * 212,)
