@@ -9,7 +9,9 @@ that this command serves the API only with basic auth.
 from __future__ import annotations
 
 import base64
+import json
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -194,3 +196,100 @@ def test_watcher_is_healthy_while_its_metrics_answer() -> None:
     healthy, why = health.check(["scanqueue", "watch", f"--metrics-port={port}"])
     assert not healthy
     assert "unreachable" in why
+
+
+def _compose_command(service: str) -> list[str]:
+    compose = yaml.safe_load((ROOT / "compose.yaml").read_text(encoding="utf-8"))
+    command = list(compose["services"][service]["command"])
+    assert ops_commands.problems(command) == []
+    return command
+
+
+def _start(command: list[str], config_path: Path, log: Path) -> subprocess.Popen[bytes]:
+    with log.open("wb") as out:
+        return subprocess.Popen(
+            [sys.executable, "-m", *command],
+            env=_env(config_path),
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            cwd=config_path.parent,
+            start_new_session=True,
+        )
+
+
+def _stop(proc: subprocess.Popen[bytes]) -> None:
+    if proc.poll() is None:
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(30)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(10)
+
+
+def test_compose_worker_command_consumes_every_configured_queue(
+    tmp_path: Path, redis_url: str
+) -> None:
+    """compose.yaml's worker has no --queues: it must still serve scan.<cluster> and control."""
+    config_path = _settings(tmp_path, redis_url)
+    name = f"compose{services.unique_name('w')}"
+    command = [
+        f"--hostname={name}@%h" if a.startswith("--hostname=") else a
+        for a in _compose_command("worker")
+    ]
+    command = [a for a in command if not a.startswith("--concurrency=")] + ["--concurrency=1"]
+    proc = _start(command, config_path, tmp_path / "worker.log")
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            result = _health(config_path, *command)
+            if result.returncode == 0:
+                break
+            assert proc.poll() is None, (tmp_path / "worker.log").read_text()
+            assert time.monotonic() < deadline, (
+                result.stdout + (tmp_path / "worker.log").read_text()
+            )
+        probe = (
+            "import json, socket; from workers.app import app; "
+            f"r = app.control.inspect(destination=['{name}@' + socket.gethostname()], timeout=5)"
+            ".active_queues() or {}; "
+            "print(json.dumps(sorted(q['name'] for qs in r.values() for q in qs)))"
+        )
+        queues = subprocess.run(
+            [sys.executable, "-c", probe],
+            env=_env(config_path),
+            cwd=tmp_path,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=True,
+        )
+        assert json.loads(queues.stdout) == ["scan.alpha", "scanqueue.control"]
+    finally:
+        _stop(proc)
+
+
+def test_compose_beat_command_starts_with_its_schedule_on_tmp(
+    tmp_path: Path, redis_url: str
+) -> None:
+    config_path = _settings(tmp_path, redis_url)
+    command = _compose_command("beat")
+    schedule = next(a for a in command if a.startswith("--schedule=")).partition("=")[2]
+    command = [
+        f"--schedule={tmp_path / 'beat-schedule'}" if a.startswith("--schedule=") else a
+        for a in command
+    ]
+    assert schedule.startswith("/tmp/")
+    log = tmp_path / "beat.log"
+    proc = _start(command, config_path, log)
+    try:
+        deadline = time.monotonic() + 60
+        while "beat: Starting" not in log.read_text(errors="replace"):
+            assert proc.poll() is None, log.read_text()
+            assert time.monotonic() < deadline, log.read_text()
+            time.sleep(0.2)
+        result = _health(config_path, *command)
+        assert result.returncode == 0, result.stdout + result.stderr
+        assert proc.poll() is None, log.read_text()
+    finally:
+        _stop(proc)
