@@ -20,8 +20,9 @@ from typing import Any
 import pytest
 import yaml
 
-from scanqueue import config, errors, kube
+from scanqueue import config, errors, kube, manifests
 from tests.support import services
+from tests.support.sim_fixtures import SimCluster
 
 CANARY = "canary-pw-5b4a3c2d"
 
@@ -357,3 +358,357 @@ def test_delete_job_propagates_in_the_background_and_tolerates_absence(
     sent = json.loads(first.body) if first.body else {}
     propagation = sent.get("propagationPolicy") or first.query.get("propagationPolicy", [""])[0]
     assert propagation == "Background"
+
+
+# ------------------------------------------------------------------ against the emulator
+
+SCANS = "scanqueue-scans"
+
+
+@dataclasses.dataclass
+class World:
+    sim: SimCluster
+    cluster: config.ClusterSettings
+    scan: config.ScanSettings
+    api: kube.ApiClient
+    registry: services.Registry
+
+    @property
+    def user(self) -> tuple[str, str]:
+        return next(iter(self.registry.users.items()))
+
+    def spec(self, digest: str, **changes: Any) -> manifests.ScanSpec:
+        values: dict[str, Any] = {
+            "cluster": self.cluster,
+            "scan": self.scan,
+            "image": f"{self.registry.host}/team/app",
+            "digest": digest,
+            "mode": "registry",
+            "scan_id": "scan-1",
+            "attempt": 1,
+            "credential": "basic",
+        }
+        values.update(changes)
+        return manifests.ScanSpec(**values)
+
+    def finished(self, name: str) -> dict[str, Any]:
+        """Wait until the Job ``name`` is Complete or Failed; return it."""
+
+        def done() -> dict[str, Any] | None:
+            job = kube.read_job(api=self.api, namespace=SCANS, name=name)
+            conditions = (job.get("status") or {}).get("conditions") or []
+            if any(
+                c["type"] in ("Complete", "Failed") and c["status"] == "True" for c in conditions
+            ):
+                return job
+            return None
+
+        return self.sim.wait_for(done, timeout=60, what=f"job {name} finished")
+
+    def submit(
+        self, spec: manifests.ScanSpec, credential: Any | None
+    ) -> tuple[dict[str, Any], dict[str, Any] | None]:
+        """Create the Job suspended, its owned Secret, then resume it, as the workers do."""
+        job = kube.create_job(api=self.api, body=manifests.scan_job(spec))
+        secret = None
+        if credential is not None:
+            body = manifests.scan_secret(
+                spec, job_uid=job["metadata"]["uid"], credential=credential
+            )
+            secret = kube.create_secret(api=self.api, body=body)
+        kube.resume_job(api=self.api, namespace=SCANS, name=spec.job_name)
+        return job, secret
+
+
+@dataclasses.dataclass(frozen=True)
+class Basic:
+    username: str
+    password: str = dataclasses.field(repr=False)
+    token: str = ""
+
+
+def namespace(name: str) -> dict[str, Any]:
+    return {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name}}
+
+
+@pytest.fixture
+def world(sim: SimCluster, registry: services.Registry) -> Iterator[World]:
+    for name in (SCANS, "team-a"):
+        sim.create(namespace(name))
+    cluster = config.ClusterSettings(
+        name="sim", kubeconfig=str(sim.kubeconfig), scan_namespace=SCANS
+    )
+    scan = config.ScanSettings(
+        job_deadline_seconds=60, job_ttl_seconds=600, insecure_registries=(registry.host,)
+    )
+    api = kube.api_client(cluster)
+    yield World(sim, cluster, scan, api, registry)
+    api.close()
+
+
+def test_a_scan_job_runs_with_its_owned_secret_and_both_go_when_it_is_deleted(
+    world: World,
+) -> None:
+    digest = world.registry.push("team/app", "kube-1", content="kube-1")
+    spec = world.spec(digest)
+    user, password = world.user
+    job, secret = world.submit(spec, Basic(user, password))
+    assert job["spec"]["suspend"] is True
+    assert secret is not None
+    assert secret["metadata"]["ownerReferences"][0]["uid"] == job["metadata"]["uid"]
+
+    done = world.finished(spec.job_name)
+    assert done["status"].get("succeeded") == 1
+    [pod] = kube.pods_of_job(api=world.api, namespace=SCANS, name=spec.job_name)
+    log = kube.read_pod_log(
+        api=world.api, namespace=SCANS, name=pod["metadata"]["name"], container="trivy",
+        limit_bytes=10_000_000,
+    )  # fmt: skip
+    report = json.loads(log)
+    assert report["SchemaVersion"] == 2
+    assert password not in json.dumps([done, pod])
+
+    selector = manifests.cluster_selector("sim")
+    listed = kube.list_jobs(api=world.api, namespace=SCANS, label_selector=selector)
+    assert [j["metadata"]["name"] for j in listed] == [spec.job_name]
+
+    assert kube.delete_job(api=world.api, namespace=SCANS, name=spec.job_name) is True
+    world.sim.wait_for(
+        lambda: (
+            world.sim.get("Secret", SCANS, spec.secret_name) is None
+            and not world.sim.list("Pod", SCANS)
+        ),
+        what="secret and pod garbage-collected",
+    )
+    assert kube.list_jobs(api=world.api, namespace=SCANS, label_selector=selector) == []
+    assert kube.delete_job(api=world.api, namespace=SCANS, name=spec.job_name) is False
+    assert kube.delete_secret(api=world.api, namespace=SCANS, name=spec.secret_name) is False
+
+
+def test_a_suspended_job_starts_no_pod_until_resumed(world: World) -> None:
+    digest = world.registry.push("team/app", "kube-2", content="kube-2")
+    spec = world.spec(digest, credential=None)
+    kube.create_job(api=world.api, body=manifests.scan_job(spec))
+    assert kube.pods_of_job(api=world.api, namespace=SCANS, name=spec.job_name) == []
+    resumed = kube.resume_job(api=world.api, namespace=SCANS, name=spec.job_name)
+    assert resumed["spec"]["suspend"] is False
+    world.finished(spec.job_name)
+    assert len(kube.pods_of_job(api=world.api, namespace=SCANS, name=spec.job_name)) == 1
+
+
+def test_the_registry_refusing_the_credential_fails_the_job_with_trivys_message(
+    world: World,
+) -> None:
+    digest = world.registry.push("team/app", "kube-3", content="kube-3")
+    spec = world.spec(digest)
+    world.submit(spec, Basic(world.user[0], "wrong-password"))
+    done = world.finished(spec.job_name)
+    assert done["status"].get("failed") == 1
+    [pod] = kube.pods_of_job(api=world.api, namespace=SCANS, name=spec.job_name)
+    log = kube.read_pod_log(
+        api=world.api, namespace=SCANS, name=pod["metadata"]["name"], container="trivy",
+        limit_bytes=100_000,
+    )  # fmt: skip
+    assert "UNAUTHORIZED: authentication required" in log
+
+
+def test_creating_the_same_job_and_secret_again_adopts_them(world: World) -> None:
+    digest = world.registry.push("team/app", "kube-4", content="kube-4")
+    spec = world.spec(digest)
+    first = kube.create_job(api=world.api, body=manifests.scan_job(spec))
+    again = kube.create_job(api=world.api, body=manifests.scan_job(spec))
+    assert again["metadata"]["uid"] == first["metadata"]["uid"]
+    body = manifests.scan_secret(spec, job_uid=first["metadata"]["uid"], credential=Basic("a", "b"))
+    made = kube.create_secret(api=world.api, body=body)
+    adopted = kube.create_secret(api=world.api, body=body)
+    assert adopted["metadata"]["uid"] == made["metadata"]["uid"]
+    assert len(world.sim.list("Job", SCANS)) == 1
+    assert len(world.sim.list("Secret", SCANS)) == 1
+
+
+def test_a_secret_left_by_a_deleted_job_of_the_same_name_is_a_conflict(world: World) -> None:
+    digest = world.registry.push("team/app", "kube-5", content="kube-5")
+    spec = world.spec(digest)
+    job = kube.create_job(api=world.api, body=manifests.scan_job(spec))
+    body = manifests.scan_secret(spec, job_uid=job["metadata"]["uid"], credential=Basic("a", "b"))
+    kube.create_secret(api=world.api, body=body)
+    other = manifests.scan_secret(spec, job_uid="another-uid", credential=Basic("a", "b"))
+    with pytest.raises(kube.Conflict, match=f"create Secret {SCANS}/{spec.secret_name}"):
+        kube.create_secret(api=world.api, body=other)
+
+
+def test_node_mode_scans_an_image_a_pod_on_that_node_runs(world: World) -> None:
+    digest = world.registry.push("team/app", "kube-6", content="kube-6")
+    image = f"{world.registry.host}/team/app@{digest}"
+    world.sim.create(
+        {
+            "apiVersion": "v1",
+            "kind": "Pod",
+            "metadata": {"name": "app", "namespace": "team-a"},
+            "spec": {"nodeName": "node-1", "containers": [{"name": "app", "image": image}]},
+        }
+    )
+    world.sim.wait_for(
+        lambda: (
+            (world.sim.get("Pod", "team-a", "app") or {}).get("status", {}).get("phase")
+            == "Running"
+        ),
+        what="workload pod running",
+    )
+    spec = world.spec(digest, mode="node", credential=None, node_name="node-1")
+    world.submit(spec, None)
+    assert world.finished(spec.job_name)["status"].get("succeeded") == 1
+
+    elsewhere = world.spec("sha256:" + "0" * 64, mode="node", credential=None, node_name="node-1")
+    world.submit(elsewhere, None)
+
+    def never_pull() -> bool:
+        pods = kube.pods_of_job(api=world.api, namespace=SCANS, name=elsewhere.job_name)
+        statuses = [s for p in pods for s in (p.get("status") or {}).get("containerStatuses") or []]
+        return any((s.get("state") or {}).get("waiting", {}).get("reason") == "ErrImageNeverPull"
+                   for s in statuses)  # fmt: skip
+
+    world.sim.wait_for(never_pull, what="ErrImageNeverPull")
+
+
+def test_reads_return_wire_dicts_and_missing_objects_are_not_found(world: World) -> None:
+    world.sim.create(
+        {
+            "apiVersion": "v1",
+            "kind": "Secret",
+            "type": "kubernetes.io/dockerconfigjson",
+            "metadata": {"name": "regcred", "namespace": "team-a"},
+            "data": {".dockerconfigjson": "e30="},
+        }
+    )
+    world.sim.create(
+        {
+            "apiVersion": "v1",
+            "kind": "ServiceAccount",
+            "metadata": {"name": "builder", "namespace": "team-a"},
+            "imagePullSecrets": [{"name": "regcred"}],
+        }
+    )
+    secret = kube.read_secret(api=world.api, namespace="team-a", name="regcred")
+    assert secret["type"] == "kubernetes.io/dockerconfigjson"
+    assert secret["data"] == {".dockerconfigjson": "e30="}
+    account = kube.read_service_account(api=world.api, namespace="team-a", name="builder")
+    assert account["imagePullSecrets"] == [{"name": "regcred"}]
+    with pytest.raises(kube.NotFound, match="read Secret team-a/nope"):
+        kube.read_secret(api=world.api, namespace="team-a", name="nope")
+
+
+def test_read_owner_reads_replicasets_and_jobs(world: World) -> None:
+    template = {
+        "metadata": {"labels": {"app": "web"}},
+        "spec": {"containers": [{"name": "web", "image": "nginx:1.27"}]},
+    }
+    world.sim.create(
+        {
+            "apiVersion": "apps/v1",
+            "kind": "ReplicaSet",
+            "metadata": {"name": "web-abc", "namespace": "team-a", "labels": {"app": "web"}},
+            "spec": {
+                "replicas": 0,
+                "selector": {"matchLabels": {"app": "web"}},
+                "template": template,
+            },
+        }
+    )
+    rs = kube.read_owner(api=world.api, kind="ReplicaSet", namespace="team-a", name="web-abc")
+    assert (rs["kind"], rs["metadata"]["labels"]) == ("ReplicaSet", {"app": "web"})
+    digest = world.registry.push("team/app", "kube-7", content="kube-7")
+    spec = world.spec(digest, credential=None)
+    kube.create_job(api=world.api, body=manifests.scan_job(spec))
+    job = kube.read_owner(api=world.api, kind="Job", namespace=SCANS, name=spec.job_name)
+    assert job["kind"] == "Job"
+    with pytest.raises(kube.NotFound):
+        kube.read_owner(api=world.api, kind="Job", namespace=SCANS, name="missing")
+
+
+def pod(name: str, namespace: str = "team-a") -> dict[str, Any]:
+    return {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": name, "namespace": namespace},
+        "spec": {"containers": [{"name": "c", "image": "nginx:1.27"}]},
+    }
+
+
+def test_list_pods_pages_through_everything_and_a_watch_continues_from_it(world: World) -> None:
+    for i in range(23):
+        world.sim.create(pod(f"p{i:02d}", "team-a" if i % 2 else "default"))
+    items, version = kube.list_pods(api=world.api, namespace=None, page_size=5)
+    names = sorted(p["metadata"]["name"] for p in items)
+    assert names == [f"p{i:02d}" for i in range(23)]
+    assert world.sim.request_counts()[("list", "pods")] == 5
+    team, _ = kube.list_pods(api=world.api, namespace="team-a")
+    assert {p["metadata"]["namespace"] for p in team} == {"team-a"}
+
+    world.sim.create(pod("late"))
+    world.sim.delete("Pod", "team-a", "p01")
+    events = kube.watch_pods(
+        api=world.api, namespace=None, resource_version=version, timeout_seconds=5
+    )
+    seen: list[tuple[str, str]] = []
+    for kind, obj in events:
+        if kind != "BOOKMARK":
+            seen.append((kind, obj["metadata"]["name"]))
+        if ("DELETED", "p01") in seen:
+            break
+    assert ("ADDED", "late") in seen
+    assert ("DELETED", "p01") in seen
+
+
+def test_watch_ends_when_the_server_times_it_out_and_sends_bookmarks(
+    sim_factory: Callable[..., SimCluster],
+) -> None:
+    sim = sim_factory(bookmark_interval=0.2)
+    cluster = config.ClusterSettings(name="b", kubeconfig=str(sim.kubeconfig))
+    api = kube.api_client(cluster)
+    try:
+        _, version = kube.list_pods(api=api, namespace=None)
+        kinds = [k for k, _ in kube.watch_pods(
+            api=api, namespace="default", resource_version=version, timeout_seconds=1
+        )]  # fmt: skip
+        assert "BOOKMARK" in kinds
+        assert sim.request_counts()[("watch", "pods")] == 1
+    finally:
+        api.close()
+
+
+def test_an_expired_watch_raises_gone(world: World) -> None:
+    _, version = kube.list_pods(api=world.api, namespace=None)
+    world.sim.faults.expire_watches("pods")
+    with pytest.raises(kube.Gone):
+        list(
+            kube.watch_pods(
+                api=world.api, namespace=None, resource_version=version, timeout_seconds=5
+            )
+        )
+
+
+def test_a_watch_cut_by_the_network_is_temporary(world: World) -> None:
+    _, version = kube.list_pods(api=world.api, namespace=None)
+    events = kube.watch_pods(
+        api=world.api, namespace=None, resource_version=version, timeout_seconds=30
+    )
+    world.sim.create(pod("first"))
+    assert next(events)[1]["metadata"]["name"] == "first"
+    world.sim.faults.drop_watches()
+    with pytest.raises(errors.TemporaryError, match="watch Pod all namespaces"):
+        for _ in events:
+            pass
+
+
+def test_throttled_requests_to_the_emulator_carry_retry_after(world: World) -> None:
+    world.sim.faults.fail(429, verb="get", resource="secrets", retry_after=3)
+    with pytest.raises(errors.TemporaryError, match="read Secret team-a/x: HTTP 429") as caught:
+        kube.read_secret(api=world.api, namespace="team-a", name="x")
+    assert caught.value.delay == 3.0
+    world.sim.faults.fail(503, verb="create", resource="jobs")
+    spec = world.spec("sha256:" + "1" * 64, credential=None)
+    with pytest.raises(
+        errors.TemporaryError, match=f"create Job {SCANS}/{spec.job_name}: HTTP 503"
+    ):
+        kube.create_job(api=world.api, body=manifests.scan_job(spec))
