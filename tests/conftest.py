@@ -21,6 +21,8 @@ pytest_plugins: list[str] = [
     "tests.support.registry_fixtures",
     "tests.support.results_fixtures",
     "tests.support.sim_fixtures",
+    "tests.support.watcher_fixtures",
+    "tests.support.farm_fixtures",
 ]
 
 REGISTRY_USER = "alice"

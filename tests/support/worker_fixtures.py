@@ -26,6 +26,7 @@ class WorkerProcess:
     log: Path
     concurrency: int = 1
     env: dict[str, str] = dataclasses.field(default_factory=dict)
+    beat: bool = False  # embed celery beat (-B): collect and sweep run on their schedule
     proc: subprocess.Popen[bytes] | None = None
     name: str = ""
 
@@ -38,7 +39,8 @@ class WorkerProcess:
             [sys.executable, "-m", "celery", "-A", "workers.app", "worker",
              "-Q", ",".join(self.queues), "-c", str(self.concurrency), "--pool", "prefork",
              "-n", f"{self.name}@%h", "--without-gossip", "--without-mingle",
-             "-l", "INFO", "-E"],
+             "-l", "INFO", "-E",
+             *(["-B", "-s", str(self.log.with_suffix(".beat"))] if self.beat else [])],
             stdout=out, stderr=subprocess.STDOUT, env=env, start_new_session=True,
         )  # fmt: skip
         out.close()
@@ -76,9 +78,9 @@ def worker_factory(tmp_path: Path) -> Iterator[Callable[..., WorkerProcess]]:
     started: list[WorkerProcess] = []
 
     def start(config_path: Path, *, queues: Sequence[str], concurrency: int = 1,
-              env: dict[str, str] | None = None) -> WorkerProcess:  # fmt: skip
+              env: dict[str, str] | None = None, beat: bool = False) -> WorkerProcess:  # fmt: skip
         log = tmp_path / f"worker-{len(started)}.log"
-        worker = WorkerProcess(config_path, queues, log, concurrency, dict(env or {}))
+        worker = WorkerProcess(config_path, queues, log, concurrency, dict(env or {}), beat)
         started.append(worker)
         return worker.start()
 

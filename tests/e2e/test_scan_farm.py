@@ -1,0 +1,216 @@
+"""The farm end to end: emulator + real registry + watcher and worker processes + Redis + Postgres.
+
+Each private image is scanned with exactly one credential from the secret
+the kubelet would use, the result lands in Postgres with where the
+credential came from, nothing is left in the cluster, and a canary password
+planted in a pull secret appears nowhere else.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import subprocess
+import threading
+from pathlib import Path
+from typing import Any
+
+import redis
+
+from tests.conftest import REGISTRY_PASSWORD, REGISTRY_USER
+from tests.support import services
+from tests.support.farm_fixtures import SCAN_NAMESPACE, Farm
+
+REPORTS = Path(__file__).parents[1] / "data" / "trivy"
+CANARY_USER = "canary-user"
+CANARY = "Canary-Pw-7f3e9b21-do-not-leak"
+NS = "team-a"
+
+
+def _dockerconfig(host: str, user: str, password: str) -> dict[str, Any]:
+    return json.loads(services.dockerconfigjson(host, user, password))
+
+
+def _secret(name: str, config: dict[str, Any]) -> dict[str, Any]:
+    data = base64.b64encode(json.dumps(config).encode()).decode()
+    return {
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "metadata": {"name": name, "namespace": NS},
+        "type": "kubernetes.io/dockerconfigjson",
+        "data": {".dockerconfigjson": data},
+    }
+
+
+def _pod(name: str, image: str, *, secrets: list[str] = (), account: str = "default") -> dict:
+    spec: dict[str, Any] = {
+        "serviceAccountName": account,
+        "containers": [{"name": "app", "image": image}],
+    }
+    if secrets:
+        spec["imagePullSecrets"] = [{"name": s} for s in secrets]
+    return {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": name, "namespace": NS},
+        "spec": spec,
+    }
+
+
+def _run_pod(farm: Farm, name: str, image: str, digest: str, report: str, **kw: Any) -> None:
+    sim = farm.clusters["alpha"]
+    sim.set_digest(image, digest)
+    sim.set_report(digest, REPORTS / report)
+    sim.create(_pod(name, image, **kw))
+
+
+def _leftovers(farm: Farm) -> list[str]:
+    sim = farm.clusters["alpha"]
+    return [
+        f"{kind} {o['metadata']['name']}"
+        for kind in ("Job", "Secret")
+        for o in sim.list(kind, SCAN_NAMESPACE)
+    ]
+
+
+def test_each_image_is_scanned_with_the_credential_the_kubelet_would_use(
+    farm: Farm, registry_factory: Any
+) -> None:
+    registry = farm.registry
+    public = registry_factory(anonymous=True)
+    farm.insecure.append(public.host)
+    registry.set_password(CANARY_USER, CANARY)
+    sim = farm.clusters["alpha"]
+    host = registry.host
+    digests = {
+        "pod-secret": registry.push("team/pod-secret", "1", content="e2e pod secret"),
+        "sa-secret": registry.push("team/sa-secret", "1", content="e2e sa secret"),
+        "two-secrets": registry.push("team/two-secrets", "1", content="e2e two secrets"),
+        "node-only": registry.push("team/node-only", "1", content="e2e node only"),
+    }
+    public_digest = public.push("library/public", "1", content="e2e public")
+
+    sim.create({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": NS}})
+    sim.create(_secret("canary-cred", _dockerconfig(host, CANARY_USER, CANARY)))
+    sim.create(_secret("sa-cred", _dockerconfig(host, REGISTRY_USER, REGISTRY_PASSWORD)))
+    sim.create(_secret("wrong-cred", _dockerconfig(host, REGISTRY_USER, "not-the-password")))
+    sim.create(_secret("right-cred", _dockerconfig(host, REGISTRY_USER, REGISTRY_PASSWORD)))
+    sim.create(
+        {
+            "apiVersion": "v1",
+            "kind": "ServiceAccount",
+            "metadata": {"name": "builder", "namespace": NS},
+            "imagePullSecrets": [{"name": "sa-cred"}],
+        }
+    )
+    _run_pod(farm, "pod-secret", f"{host}/team/pod-secret:1", digests["pod-secret"],
+             "node-alpine-3.19.json", secrets=["canary-cred"])  # fmt: skip
+    _run_pod(farm, "sa-secret", f"{host}/team/sa-secret:1", digests["sa-secret"],
+             "ecr-private-alpine-3.19.json", account="builder")  # fmt: skip
+    _run_pod(farm, "two-secrets", f"{host}/team/two-secrets:1", digests["two-secrets"],
+             "python-slim-debian-13.json", secrets=["wrong-cred", "right-cred"])  # fmt: skip
+    _run_pod(farm, "public", f"{public.host}/library/public:1", public_digest,
+             "python-debian-12-bom-crlf.json")  # fmt: skip
+    _run_pod(farm, "node-only", f"{host}/team/node-only:1", digests["node-only"],
+             "node-alpine-3.19.json")  # fmt: skip
+
+    seen = SecretRecorder(sim)
+    farm.start()
+    scans = farm.wait_for(
+        lambda: (
+            (s := farm.scans()) and len(s) == 5 and all(v[0] != "running" for v in s.values()) and s
+        ),
+        timeout=120,
+        what="five finished scans",
+    )
+    assert scans["team/pod-secret"][:3] == ("succeeded", "registry", f"{NS}/canary-cred ({host})")
+    assert scans["team/pod-secret"][4] == 7
+    assert scans["team/sa-secret"][:3] == ("succeeded", "registry", f"{NS}/sa-cred ({host})")
+    assert scans["team/sa-secret"][4] == 29
+    assert scans["team/two-secrets"][:3] == ("succeeded", "registry", f"{NS}/right-cred ({host})")
+    assert scans["team/two-secrets"][4] == 128
+    assert scans["library/public"][:3] == ("succeeded", "anonymous", "anonymous")
+    assert scans["library/public"][4] == 212
+    assert scans["team/node-only"][:3] == ("succeeded", "node", "node")
+    assert scans["team/node-only"][4] == 7
+
+    farm.wait_for(lambda: not _leftovers(farm), timeout=30, what="no scan Job or Secret left")
+    seen.stop()
+    # one Secret per credentialed scan (3 of the 5), each holding exactly one credential and
+    # owned by its Job from its first moment
+    assert len(seen.secrets) == 3, seen.secrets
+    for secret in seen.secrets:
+        assert sorted(secret["data"]) == ["password", "username"]
+        assert secret["immutable"] is True
+        owners = secret["metadata"]["ownerReferences"]
+        assert [(o["kind"], o["controller"]) for o in owners] == [("Job", True)]
+    users = sorted(base64.b64decode(s["data"]["username"]).decode() for s in seen.secrets)
+    assert users == sorted([CANARY_USER, REGISTRY_USER, REGISTRY_USER])
+    _assert_canary_nowhere(farm)
+
+
+class SecretRecorder:
+    """Records every Secret created in the scan namespace, through a real watch."""
+
+    def __init__(self, sim: Any) -> None:
+        self.secrets: list[dict[str, Any]] = []
+        self._stop = threading.Event()
+        self._core = sim.core()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        from kubernetes import watch
+
+        version = self._core.list_namespaced_secret(SCAN_NAMESPACE).metadata.resource_version
+        while not self._stop.is_set():
+            w = watch.Watch()
+            for event in w.stream(
+                self._core.list_namespaced_secret,
+                SCAN_NAMESPACE,
+                resource_version=version,
+                timeout_seconds=1,
+                _preload_content=False,
+            ):
+                obj = event["raw_object"]
+                version = obj["metadata"]["resourceVersion"]
+                if event["type"] == "ADDED":
+                    self.secrets.append(obj)
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(10)
+
+
+def _assert_canary_nowhere(farm: Farm) -> None:
+    needles = [CANARY, base64.b64encode(f"{CANARY_USER}:{CANARY}".encode()).decode()]
+    farm.stop()
+    places: dict[str, str] = {"worker and watcher logs": farm.logs()}
+    client = redis.Redis.from_url(farm.redis_url)
+    dump = []
+    for key in client.scan_iter("*"):
+        kind = client.type(key)
+        if kind == b"string":
+            dump.append(client.get(key) or b"")
+        elif kind == b"list":
+            dump.extend(client.lrange(key, 0, -1))
+        elif kind == b"hash":
+            dump.extend(v for kv in client.hgetall(key).items() for v in kv)
+        elif kind == b"zset":
+            dump.extend(m for m, _ in client.zrange(key, 0, -1, withscores=True))
+        elif kind == b"set":
+            dump.extend(client.smembers(key))
+    client.close()
+    places["redis"] = b"\n".join(dump).decode(errors="replace")
+    pg_dump = subprocess.run(
+        [str(services._pg_bindir() / "pg_dump"), farm.database_url],
+        capture_output=True, text=True, check=True,
+    )  # fmt: skip
+    places["pg_dump"] = pg_dump.stdout
+    sim = farm.clusters["alpha"]
+    objects = [o for kind in ("Job", "Pod", "Event") for o in sim.list(kind)]
+    places["jobs, pods, events"] = json.dumps(objects)
+    for place, text in places.items():
+        for needle in needles:
+            assert needle not in text, f"canary credential found in {place}"
+    assert "CREATE TABLE" in places["pg_dump"]  # the dump really ran
