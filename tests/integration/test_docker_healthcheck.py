@@ -249,6 +249,7 @@ def test_compose_worker_command_consumes_every_configured_queue(
             assert time.monotonic() < deadline, (
                 result.stdout + (tmp_path / "worker.log").read_text()
             )
+            time.sleep(0.5)
         probe = (
             "import json, socket; from workers.app import app; "
             f"r = app.control.inspect(destination=['{name}@' + socket.gethostname()], timeout=5)"
