@@ -20,15 +20,22 @@ CANARY_B64 = base64.b64encode(f"alice:{CANARY}".encode()).decode()
 
 @pytest.fixture
 def stream() -> Iterator[io.StringIO]:
-    """Logs set up to a string buffer; the root logger restored afterwards."""
+    """A buffer to set logs up to; the root logger's handlers and level restored afterwards.
+
+    A handler that ``logs.setup`` installed earlier in the session (another test, a
+    command run in-process) is set aside for the test, so each test starts from none.
+    """
     root = logging.getLogger()
     saved_handlers, saved_level = list(root.handlers), root.level
-    buffer = io.StringIO()
-    yield buffer
+    for handler in saved_handlers:
+        if getattr(handler, "_scanqueue_handler", False):
+            root.removeHandler(handler)
+    yield io.StringIO()
     for handler in list(root.handlers):
         if handler not in saved_handlers:
             root.removeHandler(handler)
             handler.close()
+    root.handlers[:] = saved_handlers
     root.setLevel(saved_level)
 
 
