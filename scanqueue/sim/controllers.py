@@ -69,7 +69,8 @@ def is_scan_container(container: Mapping[str, Any]) -> bool:
 
 
 def image_id(image: str, digest: str) -> str:
-    return f"docker-pullable://{kubelet.repository(image)}@{digest}"
+    """containerd's form of status.containerStatuses[].imageID: "host/repo@sha256:..."."""
+    return f"{kubelet.repository(image)}@{digest}"
 
 
 class Controllers:

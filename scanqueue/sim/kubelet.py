@@ -100,7 +100,8 @@ class Reports:
     def report_for(self, image: str, digest: str | None, now: float) -> str:
         found = self.find(image, digest)
         if found is not None:
-            return found.decode("utf-8-sig" if found.startswith(b"\xef\xbb\xbf") else "utf-8")
+            # byte for byte, byte-order mark and CRLF included: the parser must cope
+            return found.decode("utf-8", errors="replace")
         return generated_report(image, digest, now)
 
 
@@ -207,15 +208,22 @@ def pull(target: ScanTarget, *, timeout: float = 60) -> Outcome:
 
 
 def resolve_digest(
-    image: str, *, username: str = "", password: str = "", insecure: bool = True
+    image: str,
+    *,
+    username: str = "",
+    password: str = "",
+    insecure: bool = True,
+    timeout: float = 15,
 ) -> str | None:
-    """The digest of ``image`` in its registry (``skopeo inspect``), or None when refused."""
+    """The digest of ``image`` in its registry (``skopeo inspect``), or None when not found."""
     skopeo = shutil.which("skopeo")
     if skopeo is None:
         return None
     host, _, _, digest = split_image(image)
     if digest:
         return digest
+    if host.split(":")[0].endswith(".invalid"):
+        return None  # RFC 2606: never resolves; do not wait for DNS to say so
     with tempfile.TemporaryDirectory(prefix="sq-sim-resolve-") as tmp:
         authfile = Path(tmp, "auth.json")
         auths: Mapping[str, object] = {}
@@ -229,7 +237,12 @@ def resolve_digest(
             cmd.append("--tls-verify=false")
         cmd.append(f"docker://{image}")
         env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": tmp}
-        done = subprocess.run(cmd, capture_output=True, text=True, timeout=60, env=env, check=False)
+        try:
+            done = subprocess.run(
+                cmd, capture_output=True, text=True, timeout=timeout, env=env, check=False
+            )
+        except subprocess.TimeoutExpired:
+            return None
     if done.returncode != 0:
         return None
     return str(json.loads(done.stdout).get("Digest") or "") or None
