@@ -110,6 +110,11 @@ class ScanSpec:
                 raise errors.PermanentError(f"{where}: node mode never uses a credential")
         elif self.node_name is not None:
             raise errors.PermanentError(f"{where}: registry mode is not pinned to a node")
+        if self.scan.job_ttl_seconds <= self.scan.collect_interval_seconds:
+            raise errors.PermanentError(
+                f"{where}: scan.job_ttl_seconds must exceed scan.collect_interval_seconds, "
+                "or the cluster deletes finished Jobs before they are collected"
+            )
         if self.credential not in (None, "basic", "token"):
             raise errors.PermanentError(f"{where}: credential kind must be basic, token or None")
 

@@ -166,6 +166,14 @@ def test_api_client_names_an_unknown_context(tmp_path: Path) -> None:
         kube.api_client(cluster)
 
 
+def test_in_cluster_client_outside_a_cluster_says_so(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("KUBERNETES_SERVICE_HOST", raising=False)
+    monkeypatch.delenv("KUBERNETES_SERVICE_PORT", raising=False)
+    cluster = config.ClusterSettings(name="here", in_cluster=True)
+    with pytest.raises(errors.ConfigError, match="cluster here: cannot load the in-cluster"):
+        kube.api_client(cluster)
+
+
 def test_clients_for_two_clusters_do_not_share_state(
     tmp_path: Path, scripted: Callable[..., Any]
 ) -> None:

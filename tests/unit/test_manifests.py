@@ -371,6 +371,7 @@ def test_secret_refuses_what_it_cannot_build(
         ({"mode": "node", "node_name": "n1"}, "never uses a credential"),
         ({"node_name": "n1"}, "not pinned"),
         ({"mode": "auto"}, "mode"),
+        ({"scan": dataclasses.replace(SCAN, job_ttl_seconds=5)}, "job_ttl_seconds must exceed"),
     ],
 )
 def test_spec_rejects_inconsistent_input_naming_the_field(
