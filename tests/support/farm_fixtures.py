@@ -35,6 +35,7 @@ def write_settings(
     clusters: Sequence[tuple[str, Path]],
     insecure: Sequence[str],
     scan: dict[str, Any] | None = None,
+    cluster_options: dict[str, Any] | None = None,
 ) -> Path:
     """A scanqueue.toml for tests: short timings, the given clusters (name, kubeconfig)."""
     values: dict[str, Any] = {
@@ -68,6 +69,7 @@ def write_settings(
             f'kubeconfig = "{kubeconfig}"',
             f'scan_namespace = "{SCAN_NAMESPACE}"',
             "max_inflight = 20",
+            *(f"{k} = {_toml(v)}" for k, v in (cluster_options or {}).items()),
         ]
     path.write_text("\n".join(lines) + "\n")
     return path
@@ -131,6 +133,7 @@ class Farm:
     start_worker: Callable[..., WorkerProcess]
     insecure: list[str]
     scan: dict[str, Any] = dataclasses.field(default_factory=dict)
+    cluster_options: dict[str, Any] = dataclasses.field(default_factory=dict)
     watchers: list[WatcherProcess] = dataclasses.field(default_factory=list)
     workers: list[WorkerProcess] = dataclasses.field(default_factory=list)
     config_path: Path | None = None
@@ -143,6 +146,7 @@ class Farm:
             clusters=[(name, sim.kubeconfig) for name, sim in self.clusters.items()],
             insecure=self.insecure,
             scan=self.scan,
+            cluster_options=self.cluster_options,
         )
         return self.config_path
 

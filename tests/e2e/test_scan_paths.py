@@ -1,0 +1,123 @@
+"""The farm's other paths, end to end: a Job refused by the registry moves to the next
+candidate, rotated credentials are read at scan time, and bad outcomes end as scan rows
+with a reason a person can act on — with nothing left behind in the cluster."""
+
+from __future__ import annotations
+
+import base64
+import json
+from pathlib import Path
+from typing import Any
+
+from tests.conftest import REGISTRY_PASSWORD, REGISTRY_USER
+from tests.e2e.test_scan_farm import NS, _dockerconfig, _leftovers, _pod, _secret
+from tests.support.farm_fixtures import Farm
+
+REPORTS = Path(__file__).parents[1] / "data" / "trivy"
+
+
+def _setup(farm: Farm) -> Any:
+    sim = farm.clusters["alpha"]
+    sim.create({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": NS}})
+    return sim
+
+
+def _finished(farm: Farm, count: int) -> Any:
+    return farm.wait_for(
+        lambda: (
+            (s := farm.scans())
+            and len(s) == count
+            and all(v[0] != "running" for v in s.values())
+            and s
+        ),
+        timeout=90,
+        what=f"{count} finished scan(s)",
+    )
+
+
+def test_job_refused_by_the_registry_is_retried_with_the_next_candidate_alone(farm: Farm) -> None:
+    """Without checking candidates from the farm, the cluster's refusal drives the order."""
+    farm.scan["verify_with_registry"] = False
+    sim = _setup(farm)
+    host = farm.registry.host
+    digest = farm.registry.push("team/refused-first", "1", content="refused first")
+    sim.create(_secret("wrong-cred", _dockerconfig(host, REGISTRY_USER, "wrong-password")))
+    sim.create(_secret("right-cred", _dockerconfig(host, REGISTRY_USER, REGISTRY_PASSWORD)))
+    image = f"{host}/team/refused-first:1"
+    sim.set_digest(image, digest)
+    sim.set_report(digest, REPORTS / "node-alpine-3.19.json")
+    sim.create(_pod("app", image, secrets=["wrong-cred", "right-cred"]))
+    farm.start()
+    scans = _finished(farm, 1)
+    assert scans["team/refused-first"][:3] == ("succeeded", "registry", f"{NS}/right-cred ({host})")
+    assert scans["team/refused-first"][4] == 7
+    (attempt,) = farm.query("SELECT attempt FROM scans")[0]
+    assert attempt == 2  # the first Job was refused (UNAUTHORIZED), the second one ran
+    farm.wait_for(lambda: not _leftovers(farm), timeout=30, what="no scan Job or Secret left")
+
+
+def test_rotated_pull_secret_is_used_by_the_next_scan(farm: Farm) -> None:
+    sim = _setup(farm)
+    registry = farm.registry
+    host = registry.host
+    user, old, new = "rotating-user", "rotate-old-pw-1", "rotate-new-pw-2"
+    registry.set_password(user, old)
+    sim.create(_secret("rotating", _dockerconfig(host, user, old)))
+    first = registry.push("team/rotating", "1", content="rotating v1")
+    sim.set_digest(f"{host}/team/rotating:1", first)
+    sim.create(_pod("v1", f"{host}/team/rotating:1", secrets=["rotating"]))
+    farm.start()
+    _finished(farm, 1)
+
+    registry.set_password(user, new)  # the registry refuses the old password from now on
+    secret = sim.get("Secret", NS, "rotating")
+    secret["data"] = {
+        ".dockerconfigjson": base64.b64encode(
+            json.dumps(_dockerconfig(host, user, new)).encode()
+        ).decode()
+    }
+    sim.replace(secret)
+    second = registry.push("team/rotating", "2", content="rotating v2")
+    sim.set_digest(f"{host}/team/rotating:2", second)
+    sim.create(_pod("v2", f"{host}/team/rotating:2", secrets=["rotating"]))
+    farm.wait_for(
+        lambda: (
+            farm.query("SELECT status FROM scans WHERE digest = %s", second) == [("succeeded",)]
+        ),
+        timeout=90,
+        what="the second version scanned with the rotated password",
+    )
+    farm.wait_for(lambda: not _leftovers(farm), timeout=30, what="no scan Job or Secret left")
+
+
+def test_report_that_is_not_json_ends_as_a_failed_scan_showing_its_first_bytes(
+    farm: Farm,
+) -> None:
+    sim = _setup(farm)
+    registry = farm.registry
+    host = registry.host
+    sim.create(_secret("right-cred", _dockerconfig(host, REGISTRY_USER, REGISTRY_PASSWORD)))
+    digest = registry.push("team/garbage", "1", content="garbage output")
+    sim.set_digest(f"{host}/team/garbage:1", digest)
+    sim.set_report(digest, b"panic: runtime error: index out of range\ngoroutine 1 [running]:")
+    sim.create(_pod("garbage", f"{host}/team/garbage:1", secrets=["right-cred"]))
+    farm.start()
+    status, _, _, error, findings = _finished(farm, 1)["team/garbage"]
+    assert (status, findings) == ("failed", 0)
+    assert "panic: runtime error" in error
+    farm.wait_for(lambda: not _leftovers(farm), timeout=30, what="no scan Job or Secret left")
+
+
+def test_missing_pull_secret_ends_as_a_refused_scan_naming_it(farm: Farm) -> None:
+    farm.scan["allow_anonymous"] = False
+    farm.cluster_options["scan_mode"] = "registry"  # no node-mode fallback
+    sim = _setup(farm)
+    host = farm.registry.host
+    digest = farm.registry.push("team/missing-secret", "1", content="missing secret")
+    sim.set_digest(f"{host}/team/missing-secret:1", digest)
+    sim.create(_pod("missing", f"{host}/team/missing-secret:1", secrets=["no-such-secret"]))
+    farm.start()
+    status, _, _, error, _ = _finished(farm, 1)["team/missing-secret"]
+    assert status == "refused"
+    assert f"pull secret {NS}/no-such-secret not found" in error
+    assert not _leftovers(farm)
