@@ -92,3 +92,32 @@ def load_healthcheck() -> types.ModuleType:
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
+
+
+def dockerfile() -> list[tuple[str, str]]:
+    """docker/Dockerfile as (INSTRUCTION, arguments); continuations joined, no comments."""
+    out: list[tuple[str, str]] = []
+    pending = ""
+    path = Path(__file__).resolve().parents[2] / "docker" / "Dockerfile"
+    for line in path.read_text(encoding="utf-8").splitlines():
+        stripped = line.strip()
+        if not stripped or stripped.startswith("#"):
+            continue
+        if stripped.endswith("\\"):
+            pending += stripped[:-1] + " "
+            continue
+        full = pending + stripped
+        pending = ""
+        instruction, _, args = full.partition(" ")
+        out.append((instruction.upper(), args.strip()))
+    return out
+
+
+def copy_sources() -> list[str]:
+    """The build-context paths the Dockerfile COPYs (relative to the repository root)."""
+    sources: list[str] = []
+    for instruction, args in dockerfile():
+        if instruction == "COPY":
+            *parts, _ = shlex.split(args)
+            sources += parts
+    return sources

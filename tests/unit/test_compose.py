@@ -26,25 +26,7 @@ FARM = ("migrate", "watcher", "worker", "beat", "flower")
 KUBE_TARGET = "/etc/scanqueue/kube"
 
 
-def _dockerfile() -> list[tuple[str, str]]:
-    """(INSTRUCTION, arguments) with continuation lines joined and comments dropped."""
-    out: list[tuple[str, str]] = []
-    pending = ""
-    for line in (ROOT / "docker" / "Dockerfile").read_text(encoding="utf-8").splitlines():
-        stripped = line.strip()
-        if not stripped or stripped.startswith("#"):
-            continue
-        if stripped.endswith("\\"):
-            pending += stripped[:-1] + " "
-            continue
-        full = pending + stripped
-        pending = ""
-        instruction, _, args = full.partition(" ")
-        out.append((instruction.upper(), args.strip()))
-    return out
-
-
-DOCKERFILE = _dockerfile()
+DOCKERFILE = ops_commands.dockerfile()
 
 
 def _all(instruction: str) -> list[str]:
