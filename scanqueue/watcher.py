@@ -128,6 +128,7 @@ class ClusterWatcher:
         self._checks: dict[str, discovery.ScanRequest] = {}
         self._oldest_pending: float | None = None
         self._decided: set[str] = set()  # digests claimed or found settled since the last pass
+        self._flushing = False
         self._threads: list[threading.Thread] = []
         self.ready = threading.Event()  # set after the first full inventory was written
         self._known_hits = metrics.DEDUPE_HITS.labels(self.name, "known")
@@ -354,6 +355,23 @@ class ClusterWatcher:
                 self._upserts, self._forgets = {}, {}
             checks, self._checks = self._checks, {}
             oldest, self._oldest_pending = self._oldest_pending, None
+            self._flushing = True
+        try:
+            self._flush(replace, pods, upserts, forgets, checks)
+        finally:
+            with self._lock:
+                self._flushing = False
+        if oldest is not None:
+            metrics.WATCH_LAG.labels(self.name).set(time.monotonic() - oldest)
+
+    def _flush(
+        self,
+        replace: bool,
+        pods: list[tuple[PodKey, _Pod]],
+        upserts: list[tuple[PodKey, _Pod]],
+        forgets: Mapping[PodKey, datetime],
+        checks: Mapping[str, discovery.ScanRequest],
+    ) -> None:
         now = self._clock()
         try:
             written = self._write_inventory(replace, pods, upserts, forgets, now)
@@ -371,8 +389,6 @@ class ClusterWatcher:
             with self._lock:
                 for digest, request in checks.items():
                     self._checks.setdefault(digest, request)
-        if oldest is not None:
-            metrics.WATCH_LAG.labels(self.name).set(time.monotonic() - oldest)
 
     def _write_inventory(
         self,
@@ -500,6 +516,19 @@ class ClusterWatcher:
         }
 
     # ------------------------------------------------------------------ inspection
+
+    def idle(self) -> bool:
+        """True when every scope was listed, the inventory written and nothing waits to be
+        flushed (events still on the wire are not known here)."""
+        with self._lock:
+            return (
+                self.ready.is_set()
+                and not self._flushing
+                and not self._replace_pending
+                and not self._upserts
+                and not self._forgets
+                and not self._checks
+            )
 
     def running(self) -> list[discovery.ScanRequest]:
         """What the watcher believes runs in the cluster now (for tests and ``explain``)."""
