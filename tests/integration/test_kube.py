@@ -720,3 +720,27 @@ def test_throttled_requests_to_the_emulator_carry_retry_after(world: World) -> N
         errors.TemporaryError, match=f"create Job {SCANS}/{spec.job_name}: HTTP 503"
     ):
         kube.create_job(api=world.api, body=manifests.scan_job(spec))
+
+
+def test_list_secrets_finds_scan_secrets_by_label_only(world: World) -> None:
+    digest = world.registry.push("team/app", "kube-8", content="kube-8")
+    spec = world.spec(digest)
+    job = kube.create_job(api=world.api, body=manifests.scan_job(spec))
+    body = manifests.scan_secret(spec, job_uid=job["metadata"]["uid"], credential=Basic("a", "b"))
+    kube.create_secret(api=world.api, body=body)
+    world.sim.create(
+        {
+            "apiVersion": "v1",
+            "kind": "Secret",
+            "metadata": {"name": "unrelated", "namespace": SCANS},
+            "data": {"x": "eA=="},
+        }
+    )
+    found = kube.list_secrets(
+        api=world.api, namespace=SCANS, label_selector=manifests.cluster_selector("sim")
+    )
+    assert [s["metadata"]["name"] for s in found] == [spec.secret_name]
+    other = kube.list_secrets(
+        api=world.api, namespace=SCANS, label_selector=manifests.cluster_selector("elsewhere")
+    )
+    assert other == []
