@@ -258,6 +258,14 @@ def _add_watch_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]
     p.add_argument("--metrics-address", default="127.0.0.1", help="address for --metrics-port")
     p.add_argument("--log-level", default="INFO", help="DEBUG, INFO, WARNING, ERROR")
     p.add_argument("--log-format", default="json", choices=["json", "kv"])
+    p.add_argument(
+        "--reevaluate-seconds",
+        type=float,
+        default=60.0,
+        metavar="S",
+        help="how often every running digest is checked again (rescans, other clusters' "
+        "failures); default 60",
+    )
     p.set_defaults(command=_cmd_watch)
 
     p = sub.add_parser(
@@ -289,7 +297,10 @@ def _cmd_watch(args: argparse.Namespace) -> int:
     signal.signal(signal.SIGINT, request_stop)
     if args.metrics_port is not None:
         metrics.serve(args.metrics_port, address=args.metrics_address)
-    watcher.run(settings, clusters=args.cluster, stop=stop)
+    if args.reevaluate_seconds <= 0:
+        raise errors.ConfigError("--reevaluate-seconds must be positive")
+    options = watcher.WatchOptions(reevaluate_interval_seconds=args.reevaluate_seconds)
+    watcher.run(settings, clusters=args.cluster, stop=stop, options=options)
     return 0
 
 
