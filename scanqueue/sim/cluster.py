@@ -16,7 +16,6 @@ hidden by the same bug here.
 from __future__ import annotations
 
 import bisect
-import copy
 import dataclasses
 import datetime
 import json
@@ -25,11 +24,12 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Iterable, Iterator, Mapping
-from typing import Any
+from typing import Any, TypeVar
 
 from scanqueue.sim import admission, patch, resources, selectors, validation
 
 Obj = dict[str, Any]
+_T = TypeVar("_T")
 ObjList = list[Obj]  # spelled out: inside Cluster, "list" is the method
 Key = tuple[str, str]  # (namespace, name); namespace "" for cluster-scoped
 _NAME_CHARS = "bcdfghjklmnpqrstvwxz2456789"
@@ -109,6 +109,15 @@ def invalid(res: resources.Resource, name: str, problems: list[validation.Proble
             ],
         },
     )
+
+
+def clone(value: _T) -> _T:
+    """A deep copy of JSON-shaped data (dicts, lists, scalars); much faster than deepcopy."""
+    if isinstance(value, dict):
+        return {k: clone(v) for k, v in value.items()}  # type: ignore[return-value]
+    if isinstance(value, list):
+        return [clone(v) for v in value]  # type: ignore[return-value]
+    return value
 
 
 def now_text(at: float | None = None) -> str:
@@ -321,7 +330,7 @@ class Cluster:
             raise bad_request(
                 f"the kind in the data ({kind}) does not match the expected kind ({res.kind})"
             )
-        obj = copy.deepcopy(_strip_type(body))
+        obj = clone(_strip_type(body))
         if not isinstance(obj.get("metadata", {}), dict):
             raise bad_request(f'{res.kind} in version "{res.version}" cannot be handled: metadata')
         obj.setdefault("metadata", {})

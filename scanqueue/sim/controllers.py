@@ -13,7 +13,6 @@ import base64
 import collections
 import concurrent.futures
 import contextlib
-import copy
 import heapq
 import itertools
 import logging
@@ -234,7 +233,7 @@ class Controllers:
         meta, spec = job["metadata"], job.get("spec") or {}
         if meta.get("deletionTimestamp"):
             return
-        status: Obj = copy.deepcopy(job.get("status") or {})
+        status: Obj = cluster_mod.clone(job.get("status") or {})
         now = self._now()
         stamp = cluster_mod.now_text(now)
         conditions = status.get("conditions")
@@ -430,7 +429,7 @@ class Controllers:
 
     def _create_pod(self, job: Obj) -> bool:
         meta = job["metadata"]
-        template = copy.deepcopy((job.get("spec") or {}).get("template") or {})
+        template = cluster_mod.clone((job.get("spec") or {}).get("template") or {})
         tmeta = template.get("metadata") or {}
         pod = {
             "metadata": {
@@ -513,7 +512,7 @@ class Controllers:
             ),
             key=lambda n: n["metadata"]["name"],
         )
-        status = copy.deepcopy(pod.get("status") or {})
+        status = cluster_mod.clone(pod.get("status") or {})
         stamp = cluster_mod.now_text(self._now())
         if not nodes:
             _set_condition(
@@ -637,7 +636,7 @@ class Controllers:
         spec = pod.get("spec") or {}
         uid = pod["metadata"]["uid"]
         stamp = cluster_mod.now_text(self._now())
-        status = copy.deepcopy(pod.get("status") or {})
+        status = cluster_mod.clone(pod.get("status") or {})
         status.setdefault("startTime", stamp)
         status["hostIP"] = "10.0.0.1"
         status["podIP"] = (
@@ -777,7 +776,7 @@ class Controllers:
             return
         pod = found[1]
         stamp = cluster_mod.now_text(self._now())
-        status = copy.deepcopy(pod.get("status") or {})
+        status = cluster_mod.clone(pod.get("status") or {})
         ok = outcome.exit_code == 0
         statuses = []
         for s in status.get("containerStatuses") or []:

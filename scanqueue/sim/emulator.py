@@ -12,7 +12,6 @@ pytest fixtures both build on this class.
 from __future__ import annotations
 
 import collections
-import copy
 import hashlib
 import threading
 import time
@@ -41,7 +40,7 @@ def resource(kind: str) -> resources.Resource:
 def to_dict(obj: Any) -> Obj:
     """A camelCase dict from a dict or a ``kubernetes`` client model."""
     if isinstance(obj, dict):
-        return copy.deepcopy(obj)
+        return cluster_mod.clone(obj)
     from kubernetes import client
 
     out = client.ApiClient().sanitize_for_serialization(obj)  # type: ignore[no-untyped-call]
@@ -204,20 +203,20 @@ class Emulator:
             )
         ns = namespace or (body.get("metadata") or {}).get("namespace") or ""
         created = self.cluster.create(res, ns, body, keep_status=keep_status)
-        return copy.deepcopy(cluster_mod.typed(res, created))
+        return cluster_mod.clone(cluster_mod.typed(res, created))
 
     def get(self, kind: str, namespace: str | None, name: str) -> Obj | None:
         """The object, or None when it does not exist."""
         res = resource(kind)
         found = self.cluster.lookup(res, namespace or "", name)
-        return None if found is None else copy.deepcopy(cluster_mod.typed(res, found))
+        return None if found is None else cluster_mod.clone(cluster_mod.typed(res, found))
 
     def list(
         self, kind: str, namespace: str | None = None, *, label_selector: str | None = None
     ) -> list[Obj]:
         res = resource(kind)
         found = self.cluster.list(res, namespace, label_selector=label_selector)
-        return [copy.deepcopy(cluster_mod.typed(res, o)) for o in found.items]
+        return [cluster_mod.clone(cluster_mod.typed(res, o)) for o in found.items]
 
     def delete(
         self, kind: str, namespace: str | None, name: str, *, propagation: str | None = None
@@ -229,7 +228,7 @@ class Emulator:
         res = resource(str(body.get("kind")))
         meta = body.get("metadata") or {}
         stored = self.cluster.replace(res, meta.get("namespace", ""), meta["name"], body)
-        return copy.deepcopy(cluster_mod.typed(res, stored))
+        return cluster_mod.clone(cluster_mod.typed(res, stored))
 
     def set_status(
         self, kind: str, namespace: str | None, name: str, status: Mapping[str, Any]
@@ -237,10 +236,10 @@ class Emulator:
         """Replace an object's status, as its controller or kubelet would."""
         res = resource(kind)
         current = self.cluster.get(res, namespace or "", name)
-        stored = self.cluster.write_status(res, current, copy.deepcopy(dict(status)))
+        stored = self.cluster.write_status(res, current, cluster_mod.clone(dict(status)))
         if stored is None:
             raise cluster_mod.not_found(res, name)
-        return copy.deepcopy(cluster_mod.typed(res, stored))
+        return cluster_mod.clone(cluster_mod.typed(res, stored))
 
     def pod_log(self, namespace: str, name: str, container: str | None = None) -> str | None:
         pod = self.cluster.lookup(resources.BY_KEY["pods"], namespace, name)

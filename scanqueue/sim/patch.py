@@ -8,7 +8,6 @@ function returns a new object and never mutates its inputs.
 
 from __future__ import annotations
 
-import copy
 from typing import Any
 
 JSON_PATCH = "application/json-patch+json"
@@ -49,11 +48,19 @@ MERGE_KEYS: dict[str, str] = {
 MERGE_SCALAR_LISTS = {"finalizers"}
 
 
+def _clone(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _clone(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_clone(v) for v in value]
+    return value
+
+
 def merge_patch(target: Any, patch: Any) -> Any:
     """RFC 7386 JSON merge patch."""
     if not isinstance(patch, dict):
-        return copy.deepcopy(patch)
-    result = copy.deepcopy(target) if isinstance(target, dict) else {}
+        return _clone(patch)
+    result = _clone(target) if isinstance(target, dict) else {}
     for key, value in patch.items():
         if value is None:
             result.pop(key, None)
@@ -65,12 +72,12 @@ def merge_patch(target: Any, patch: Any) -> Any:
 def strategic_merge_patch(target: Any, patch: Any) -> Any:
     """Strategic merge patch with the merge keys above and the ``$patch`` directive."""
     if not isinstance(patch, dict):
-        return copy.deepcopy(patch)
+        return _clone(patch)
     if patch.get("$patch") == "replace":
-        return {k: copy.deepcopy(v) for k, v in patch.items() if k != "$patch"}
+        return {k: _clone(v) for k, v in patch.items() if k != "$patch"}
     if patch.get("$patch") == "delete":
         return None
-    result = copy.deepcopy(target) if isinstance(target, dict) else {}
+    result = _clone(target) if isinstance(target, dict) else {}
     for key, value in patch.items():
         if key.startswith("$setElementOrder/") or key in ("$patch", "$retainKeys"):
             continue
@@ -93,7 +100,7 @@ def strategic_merge_patch(target: Any, patch: Any) -> Any:
 
 
 def _merge_list(current: list[Any], patch: list[Any], key: str) -> list[Any]:
-    out = [copy.deepcopy(item) for item in current]
+    out = [_clone(item) for item in current]
     for item in patch:
         if not isinstance(item, dict) or key not in item:
             raise PatchError(f"map: {item!r} does not contain declared merge key: {key}", code=400)
@@ -105,7 +112,7 @@ def _merge_list(current: list[Any], patch: list[Any], key: str) -> list[Any]:
             if index is not None:
                 del out[index]
         elif index is None:
-            out.append({k: copy.deepcopy(v) for k, v in item.items() if k != "$patch"})
+            out.append({k: _clone(v) for k, v in item.items() if k != "$patch"})
         else:
             out[index] = strategic_merge_patch(out[index], item)
     return out
@@ -184,21 +191,21 @@ def json_patch(target: Any, operations: Any) -> Any:
         raise PatchError(
             "json: cannot unmarshal object into Go value of type []handlers.jsonPatchOp", code=400
         )
-    doc = copy.deepcopy(target)
+    doc = _clone(target)
     for op in operations:
         if not isinstance(op, dict) or "op" not in op or "path" not in op:
             raise PatchError(f"invalid JSON patch operation {op!r}", code=400)
         name, path = op["op"], op["path"]
         if name == "add":
-            _add(doc, path, copy.deepcopy(op.get("value")))
+            _add(doc, path, _clone(op.get("value")))
         elif name == "remove":
             _remove(doc, path)
         elif name == "replace":
-            _add(doc, path, copy.deepcopy(op.get("value")), replace=True)
+            _add(doc, path, _clone(op.get("value")), replace=True)
         elif name == "move":
             _add(doc, path, _remove(doc, op["from"]))
         elif name == "copy":
-            _add(doc, path, copy.deepcopy(_get(doc, op["from"])))
+            _add(doc, path, _clone(_get(doc, op["from"])))
         elif name == "test":
             if _get(doc, path) != op.get("value"):
                 raise PatchError(f"testing value {path} failed: test failed")
