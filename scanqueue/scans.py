@@ -489,8 +489,18 @@ def collect(farm: Farm) -> list[Result]:
     results = []
     for job in jobs:
         state, reason = _state(job)
-        if state in ("complete", "failed"):
+        if state not in ("complete", "failed"):
+            continue
+        try:
             results.append(_collect_one(farm, job, state, reason))
+        except errors.TemporaryError as e:
+            # The Job stays; the next pass collects it again (storing and resubmitting
+            # are idempotent). One bad Job must not stop the pass for the others.
+            log.warning(
+                "collecting a scan Job failed; retried on the next pass: %s",
+                e,
+                extra={"cluster": farm.cluster.name, "job": job["metadata"]["name"]},
+            )
     return results
 
 
@@ -508,6 +518,20 @@ def _collect_one(farm: Farm, job: Mapping[str, Any], state: str, reason: str) ->
         return Result("failed", str((metadata.get("labels") or {}).get(manifests.LABEL_SCAN_ID)),
                       "", name, f"unreadable scan Job annotations: {e}")  # fmt: skip
     pod, log_text = _pod_and_log(farm, name)
+    with farm.db.connection() as conn:
+        # The submit that created this Job may have died before recording the scan; a
+        # redelivered submit adopts the Job, but the Job may finish first.
+        store.start_scan(
+            conn,
+            scan_id=request.scan_id,
+            cluster=request.cluster,
+            digest=request.digest or "",
+            image=f"{images.parse(request.image).name}@{request.digest}",
+            mode=_mode_of(job, annotations),
+            attempt=attempt,
+            credential_source=annotations.get(ANNOTATION_SOURCE) or None,
+            started_at=_created(job),
+        )
     if state == "complete":
         result = _store_report(farm, request, name, log_text, attempt)
     else:
@@ -523,6 +547,13 @@ def _collect_one(farm: Farm, job: Mapping[str, Any], state: str, reason: str) ->
         )
     _delete(farm, name)
     return result
+
+
+def _mode_of(job: Mapping[str, Any], annotations: Mapping[str, str]) -> str:
+    mode = (job["metadata"].get("labels") or {}).get(manifests.LABEL_MODE, "registry")
+    if mode == "registry" and annotations.get(ANNOTATION_SOURCE) == "anonymous":
+        return "anonymous"
+    return str(mode)
 
 
 def _pod_and_log(farm: Farm, job_name: str) -> tuple[Mapping[str, Any] | None, str]:
@@ -581,11 +612,15 @@ def _handle_failure(
     waiting = _waiting_reason(pod)
     last = _last_line(text)
     if _REFUSED.search(text):
+        # The next candidate gets its own Job (attempt + 1) before this one is deleted, so
+        # a failure to submit leaves this Job for the next pass to try again.
         history = [f"attempt {attempt}: the cluster's pull was refused: {last}"]
-        _delete(farm, job_name)
-        return submit(
-            farm, request, attempt=attempt + 1, start=next_start(step_index), history=history
-        )
+        try:
+            return submit(
+                farm, request, attempt=attempt + 1, start=next_start(step_index), history=history
+            )
+        except errors.PermanentError as e:
+            return _end(farm, request, status="failed", reason=str(e), attempt=attempt)
     if waiting == "CreateContainerConfigError":
         why = (f"scan Job {farm.namespace}/{job_name}: its credential Secret was missing when the "
                "pod started; the scan is retried on the next watcher pass")  # fmt: skip
