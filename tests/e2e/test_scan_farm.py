@@ -115,7 +115,7 @@ def test_each_image_is_scanned_with_the_credential_the_kubelet_would_use(
              "node-alpine-3.19.json")  # fmt: skip
 
     seen = SecretRecorder(sim)
-    farm.start()
+    farm.start(flower=True)
     scans = farm.wait_for(
         lambda: (
             (s := farm.scans()) and len(s) == 5 and all(v[0] != "running" for v in s.values()) and s
@@ -182,10 +182,29 @@ class SecretRecorder:
         self._thread.join(10)
 
 
+def _flower_views(farm: Farm) -> str:
+    """Flower's task list and every task's detail view, as an operator would see them."""
+    flower = farm.flower
+    assert flower is not None
+    assert flower.get("/api/tasks", auth=None) == 401  # no auth, no view
+    status, listing = flower.fetch("/api/tasks")
+    assert status == 200
+    tasks = json.loads(listing)
+    scan_tasks = [t for t in tasks.values() if t.get("name") == "scanqueue.scan"]
+    assert len(scan_tasks) == 5, "Flower saw every scan task"
+    views = [listing]
+    for task_id in tasks:
+        status, body = flower.fetch(f"/api/task/info/{task_id}")
+        assert status == 200
+        views.append(body)
+    return "\n".join(views)
+
+
 def _assert_canary_nowhere(farm: Farm) -> None:
     needles = [CANARY, base64.b64encode(f"{CANARY_USER}:{CANARY}".encode()).decode()]
+    flower_views = _flower_views(farm)
     farm.stop()
-    places: dict[str, str] = {"worker and watcher logs": farm.logs()}
+    places: dict[str, str] = {"worker and watcher logs": farm.logs(), "flower": flower_views}
     client = redis.Redis.from_url(farm.redis_url)
     dump = []
     for key in client.scan_iter("*"):

@@ -8,12 +8,15 @@ tears both down. Timings are short (collect every 0.3 s, Job deadline 8 s).
 
 from __future__ import annotations
 
+import base64
 import dataclasses
 import os
 import signal
 import subprocess
 import sys
 import time
+import urllib.error
+import urllib.request
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -121,6 +124,62 @@ class WatcherProcess:
         return self.log.read_text(errors="replace")
 
 
+FLOWER_AUTH = "ops:flower-pw-3d1c"
+
+
+@dataclasses.dataclass
+class FlowerProcess:
+    """Flower on the farm's broker, with basic auth, capturing task events from the start."""
+
+    config_path: Path
+    log: Path
+    port: int = 0
+    proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> FlowerProcess:
+        self.port = services.free_port()
+        out = self.log.open("ab")
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "celery", "-A", "workers.app", "flower",
+             "--address=127.0.0.1", f"--port={self.port}"],
+            stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
+            env={**os.environ, "SCANQUEUE_CONFIG": str(self.config_path),
+                 "FLOWER_BASIC_AUTH": FLOWER_AUTH},
+        )  # fmt: skip
+        out.close()
+        deadline = time.monotonic() + 60
+        while self.get("/healthcheck") != 200:
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"flower did not start:\n{self.log.read_text()}")
+            time.sleep(0.2)
+        return self
+
+    def get(self, path: str, *, auth: str | None = FLOWER_AUTH) -> int:
+        return self.fetch(path, auth=auth)[0]
+
+    def fetch(self, path: str, *, auth: str | None = FLOWER_AUTH) -> tuple[int, str]:
+        request = urllib.request.Request(f"http://127.0.0.1:{self.port}{path}")
+        if auth:
+            token = base64.b64encode(auth.encode()).decode()
+            request.add_header("Authorization", f"Basic {token}")
+        try:
+            with urllib.request.urlopen(request, timeout=10) as response:
+                return int(response.status), response.read().decode(errors="replace")
+        except urllib.error.HTTPError as e:
+            return int(e.code), ""
+        except OSError:
+            return 0, ""
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGTERM)
+            try:
+                self.proc.wait(20)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait()
+
+
 @dataclasses.dataclass
 class Farm:
     """Handles to every real part of one end-to-end test."""
@@ -136,6 +195,7 @@ class Farm:
     cluster_options: dict[str, Any] = dataclasses.field(default_factory=dict)
     watchers: list[WatcherProcess] = dataclasses.field(default_factory=list)
     workers: list[WorkerProcess] = dataclasses.field(default_factory=list)
+    flower: FlowerProcess | None = None
     config_path: Path | None = None
 
     def settings_file(self) -> Path:
@@ -150,8 +210,10 @@ class Farm:
         )
         return self.config_path
 
-    def start(self, *, watcher: bool = True, workers: int = 1) -> Farm:
+    def start(self, *, watcher: bool = True, workers: int = 1, flower: bool = False) -> Farm:
         path = self.settings_file()
+        if flower:
+            self.flower = FlowerProcess(path, self.directory / "flower.log").start()
         for sim in self.clusters.values():
             if sim.get("Namespace", None, SCAN_NAMESPACE) is None:
                 sim.create(
@@ -207,6 +269,8 @@ class Farm:
             watcher.stop()
         for worker in self.workers:
             worker.stop()
+        if self.flower is not None:
+            self.flower.stop()
 
 
 @pytest.fixture
