@@ -232,17 +232,25 @@ def list_pods(
     api: ApiClient,
     namespace: str | None,
     page_size: int = LIST_PAGE_SIZE,
+    label_selector: str | None = None,
 ) -> tuple[list[Object], str]:
     """Return every pod of ``namespace`` (``None``: all namespaces) and the list's resourceVersion.
 
     Pages with ``limit``/``continue``; a continue token that expired mid-list
     raises ``Gone`` (list again). Watch from the returned resourceVersion.
+    ``label_selector`` narrows the list (the collect pass lists all scan pods at once).
     """
     core = kubernetes.client.CoreV1Api(api)
+    selector: dict[str, Any] = {"label_selector": label_selector} if label_selector else {}
     if namespace is None:
-        return _list_all("Pod", None, core.list_pod_for_all_namespaces, page_size)
+        return _list_all(
+            "Pod", None, lambda **kw: core.list_pod_for_all_namespaces(**selector, **kw), page_size
+        )
     return _list_all(
-        "Pod", namespace, lambda **kw: core.list_namespaced_pod(namespace, **kw), page_size
+        "Pod",
+        namespace,
+        lambda **kw: core.list_namespaced_pod(namespace, **selector, **kw),
+        page_size,
     )
 
 

@@ -238,13 +238,19 @@ def submit(
         node_name=request.node if step.mode == "node" else None,
     )
     job_name = spec.job_name
-    existing = _existing_job(farm, job_name)
+    # One list answers both "is this Job there already?" and "is the cluster at its cap?".
+    jobs = kube.list_jobs(
+        api=farm.api,
+        namespace=farm.namespace,
+        label_selector=manifests.cluster_selector(farm.cluster.name),
+    )
+    existing = next((j for j in jobs if (j.get("metadata") or {}).get("name") == job_name), None)
     if existing is not None:
         owner = (existing.get("metadata", {}).get("labels") or {}).get(manifests.LABEL_SCAN_ID)
         if owner != request.scan_id:
             return Result("adopted", request.scan_id, digest, job_name, f"Job runs scan {owner}")
     else:
-        _check_capacity(farm)
+        _check_capacity(farm, jobs)
     body = manifests.scan_job(spec)
     annotations = body["metadata"].setdefault("annotations", {})
     annotations[ANNOTATION_REQUEST] = json.dumps(discovery.to_payload(request), sort_keys=True)
@@ -369,19 +375,8 @@ def _scan_mode(step: Step) -> str:
     return "registry" if step.credential is not None else "anonymous"
 
 
-def _existing_job(farm: Farm, name: str) -> dict[str, Any] | None:
-    try:
-        return kube.read_job(api=farm.api, namespace=farm.namespace, name=name)
-    except kube.NotFound:
-        return None
-
-
-def _check_capacity(farm: Farm) -> None:
-    jobs = kube.list_jobs(
-        api=farm.api,
-        namespace=farm.namespace,
-        label_selector=manifests.cluster_selector(farm.cluster.name),
-    )
+def _check_capacity(farm: Farm, jobs: Sequence[Mapping[str, Any]]) -> None:
+    """Raise ``Busy`` when ``jobs`` (this cluster's scan Jobs) hold ``max_inflight`` running."""
     running = sum(1 for job in jobs if _state(job)[0] == "running")
     if running >= farm.cluster.max_inflight:
         raise Busy(
@@ -486,13 +481,27 @@ def collect(farm: Farm) -> list[Result]:
         namespace=farm.namespace,
         label_selector=manifests.cluster_selector(farm.cluster.name),
     )
+    finished = [(job, *_state(job)) for job in jobs]
+    finished = [(job, state, reason) for job, state, reason in finished
+                if state in ("complete", "failed")]  # fmt: skip
+    if not finished:
+        return []
+    # The pods of every scan Job in one list per pass, not one list per Job.
+    pods, _ = kube.list_pods(
+        api=farm.api,
+        namespace=farm.namespace,
+        label_selector=manifests.cluster_selector(farm.cluster.name),
+    )
+    by_job: dict[str, list[Mapping[str, Any]]] = {}
+    for pod in pods:
+        owner = ((pod.get("metadata") or {}).get("labels") or {}).get(kube.JOB_NAME_LABEL)
+        if owner:
+            by_job.setdefault(str(owner), []).append(pod)
     results = []
-    for job in jobs:
-        state, reason = _state(job)
-        if state not in ("complete", "failed"):
-            continue
+    for job, state, reason in finished:
+        name = str(job["metadata"]["name"])
         try:
-            results.append(_collect_one(farm, job, state, reason))
+            results.append(_collect_one(farm, job, state, reason, pods=by_job.get(name, [])))
         except errors.TemporaryError as e:
             # The Job stays; the next pass collects it again (storing and resubmitting
             # are idempotent). One bad Job must not stop the pass for the others.
@@ -504,7 +513,15 @@ def collect(farm: Farm) -> list[Result]:
     return results
 
 
-def _collect_one(farm: Farm, job: Mapping[str, Any], state: str, reason: str) -> Result:
+def _collect_one(
+    farm: Farm,
+    job: Mapping[str, Any],
+    state: str,
+    reason: str,
+    *,
+    pods: Sequence[Mapping[str, Any]] | None = None,
+) -> Result:
+    """Store or hand on one finished Job; ``pods``: its pods when already listed (else read)."""
     metadata = job.get("metadata") or {}
     name = str(metadata.get("name"))
     annotations = metadata.get("annotations") or {}
@@ -517,7 +534,7 @@ def _collect_one(farm: Farm, job: Mapping[str, Any], state: str, reason: str) ->
         _delete(farm, name)
         return Result("failed", str((metadata.get("labels") or {}).get(manifests.LABEL_SCAN_ID)),
                       "", name, f"unreadable scan Job annotations: {e}")  # fmt: skip
-    pod, log_text = _pod_and_log(farm, name)
+    pod, log_text = _pod_and_log(farm, name, pods)
     with farm.db.connection() as conn:
         # The submit that created this Job may have died before recording the scan; a
         # redelivered submit adopts the Job, but the Job may finish first.
@@ -545,7 +562,9 @@ def _collect_one(farm: Farm, job: Mapping[str, Any], state: str, reason: str) ->
             step_index=step_index,
             attempt=attempt,
         )
-    _delete(farm, name)
+    # The Secret is owned by the Job: the garbage collector deletes it with the Job (and
+    # the sweep any that outlives its deadline), so no request of our own for it.
+    _delete(farm, name, secret=False)
     return result
 
 
@@ -556,8 +575,11 @@ def _mode_of(job: Mapping[str, Any], annotations: Mapping[str, str]) -> str:
     return str(mode)
 
 
-def _pod_and_log(farm: Farm, job_name: str) -> tuple[Mapping[str, Any] | None, str]:
-    pods = kube.pods_of_job(api=farm.api, namespace=farm.namespace, name=job_name)
+def _pod_and_log(
+    farm: Farm, job_name: str, pods: Sequence[Mapping[str, Any]] | None
+) -> tuple[Mapping[str, Any] | None, str]:
+    if pods is None:
+        pods = kube.pods_of_job(api=farm.api, namespace=farm.namespace, name=job_name)
     if not pods:
         return None, ""
     pod = pods[-1]
@@ -653,10 +675,14 @@ def _last_line(text: str, limit: int = 300) -> str:
     return lines[-1][:limit] if lines else ""
 
 
-def _delete(farm: Farm, job_name: str) -> None:
-    """Delete a scan Job (its pods and Secret follow by ownership) and its Secret explicitly."""
+def _delete(farm: Farm, job_name: str, *, secret: bool = True) -> None:
+    """Delete a scan Job (its pods and Secret follow by ownership); with ``secret``, delete its
+    Secret explicitly too (the sweep and unreadable Jobs: belt and braces where things broke)."""
     kube.delete_job(api=farm.api, namespace=farm.namespace, name=job_name)
-    kube.delete_secret(api=farm.api, namespace=farm.namespace, name=manifests.secret_name(job_name))
+    if secret:
+        kube.delete_secret(
+            api=farm.api, namespace=farm.namespace, name=manifests.secret_name(job_name)
+        )
 
 
 # ---------------------------------------------------------------- sweep
