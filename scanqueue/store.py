@@ -675,13 +675,27 @@ def _upsert_vulnerabilities(
         }
         for v in vulnerabilities
     ]
+    # Most advisories of a report are stored already and unchanged: filter those out before
+    # the upsert, which would otherwise lock (and so write) every one of their rows.
     conn.execute(
-        """INSERT INTO vulnerabilities AS v
+        """WITH r AS (
+               SELECT * FROM jsonb_to_recordset(%s::jsonb) AS r(
+                      id text, title text, severity text, url text, cvss_score numeric,
+                      cvss jsonb, published_at timestamptz, modified_at timestamptz)),
+           changed AS (
+               SELECT r.* FROM r LEFT JOIN vulnerabilities v ON v.id = r.id
+                WHERE v.id IS NULL
+                   OR ((v.title, v.severity, v.url, v.cvss_score, v.cvss, v.published_at,
+                        v.modified_at)
+                       IS DISTINCT FROM
+                       (r.title, r.severity, r.url, r.cvss_score, r.cvss, r.published_at,
+                        r.modified_at)
+                       AND (v.modified_at IS NULL OR r.modified_at IS NULL
+                            OR r.modified_at >= v.modified_at)))
+           INSERT INTO vulnerabilities AS v
                   (id, title, severity, url, cvss_score, cvss, published_at, modified_at)
            SELECT id, title, severity, url, cvss_score, cvss, published_at, modified_at
-             FROM jsonb_to_recordset(%s::jsonb) AS r(
-                  id text, title text, severity text, url text, cvss_score numeric,
-                  cvss jsonb, published_at timestamptz, modified_at timestamptz)
+             FROM changed
             ORDER BY id  -- one lock order for every report: concurrent ingests never deadlock
            ON CONFLICT (id) DO UPDATE SET
               title = EXCLUDED.title, severity = EXCLUDED.severity, url = EXCLUDED.url,
