@@ -14,6 +14,10 @@ holds names and references, never a credential value; JSON only.
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
+from typing import Any
+
 import celery
 import kombu.exceptions
 
@@ -42,12 +46,13 @@ class Publisher:
             broker_connection_retry_on_startup=True,
         )
 
-    def publish(self, request: discovery.ScanRequest) -> str:
+    def publish(self, request: discovery.ScanRequest, *, producer: Any = None) -> str:
         """Send the scan task for ``request`` on its cluster's queue; return the task id.
 
         The task id is the request's ``scan_id`` when it has one, so the scan,
         its in-flight key and its Celery task share one name. Raises
-        ``TemporaryError`` when the broker cannot be reached.
+        ``TemporaryError`` when the broker cannot be reached. ``producer`` is
+        one from ``batch()``, to send many tasks over one connection.
         """
         payload = discovery.to_payload(request)
         try:
@@ -56,6 +61,7 @@ class Publisher:
                 kwargs={"request": payload},
                 queue=queue_name(request.cluster),
                 task_id=request.scan_id or None,
+                producer=producer,
                 retry=True,
                 retry_policy={"max_retries": 2, "interval_start": 0.2, "interval_step": 0.5},
             )
@@ -65,6 +71,17 @@ class Publisher:
                 f"on queue {queue_name(request.cluster)}: {e}; is the broker (Redis) up?"
             ) from e
         return str(result.id)
+
+    @contextlib.contextmanager
+    def batch(self) -> Iterator[Any]:
+        """A producer (one broker connection) to pass to several ``publish`` calls."""
+        try:
+            with self._app.producer_or_acquire() as producer:
+                yield producer
+        except (kombu.exceptions.OperationalError, OSError) as e:
+            raise errors.TemporaryError(
+                f"cannot reach the broker to publish scan tasks: {e}; is Redis up?"
+            ) from e
 
     def close(self) -> None:
         """Release the broker connections."""

@@ -25,6 +25,8 @@ until ``stop`` is set.
 
 from __future__ import annotations
 
+import concurrent.futures
+import contextlib
 import dataclasses
 import logging
 import random
@@ -56,6 +58,7 @@ class WatchOptions:
     watch_timeout_seconds: int = 240  # server-side timeoutSeconds of one watch request
     backoff_initial_seconds: float = 0.5  # first wait after an error
     backoff_max_seconds: float = 30.0  # longest wait between attempts
+    owner_reads: int = 8  # ReplicaSets/Jobs read at once after a list
 
 
 class Backoff:
@@ -129,9 +132,11 @@ class ClusterWatcher:
         self._oldest_pending: float | None = None
         self._decided: set[str] = set()  # digests claimed or found settled since the last pass
         self._flushing = False
+        self._writer = concurrent.futures.ThreadPoolExecutor(1, f"inventory-{self.name}")
         self._threads: list[threading.Thread] = []
         self.ready = threading.Event()  # set after the first full inventory was written
         self._known_hits = metrics.DEDUPE_HITS.labels(self.name, "known")
+        self._published = metrics.TASKS_PUBLISHED.labels(self.name)
 
     # ------------------------------------------------------------------ running
 
@@ -162,6 +167,7 @@ class ClusterWatcher:
                 last_pass = time.monotonic()
             self._flush_safely()
         self._flush_safely()
+        self._writer.shutdown()
         log.info("stopped watching cluster %s", self.name, extra=self._ctx())
 
     def _describe_scopes(self) -> str:
@@ -293,6 +299,7 @@ class ClusterWatcher:
 
     def _relisted(self, scope: Scope, items: Sequence[Mapping[str, Any]]) -> None:
         """Replace the picture of ``scope`` with a full list of its pods."""
+        self._prefetch_owners(items)
         fresh: dict[PodKey, _Pod] = {}
         wanted: list[Running] = []
         listed = metrics.WATCH_EVENTS.labels(self.name, "LISTED")
@@ -318,6 +325,21 @@ class ClusterWatcher:
             for running in wanted:
                 self._want(running)
         self._wake.set()
+
+    def _prefetch_owners(self, items: Sequence[Mapping[str, Any]]) -> None:
+        """Read the owners a list needs (ReplicaSets without a template hash, Jobs) in parallel."""
+        needed: dict[tuple[str, str, str], Mapping[str, Any]] = {}
+        for pod in items:
+            key = self._owners.unresolved(pod)
+            if key is not None and key not in needed:
+                needed[key] = pod
+        if len(needed) < 2:
+            return
+        workers = max(1, min(self._options.owner_reads, len(needed)))
+        with concurrent.futures.ThreadPoolExecutor(workers, f"owners-{self.name}") as pool:
+            for future in [pool.submit(self._owners.workload, p) for p in needed.values()]:
+                with contextlib.suppress(errors.ScanqueueError):
+                    future.result()
 
     def reevaluate(self) -> None:
         """Check every digest the cluster runs again at the next flush (rescans, turns)."""
@@ -373,15 +395,9 @@ class ClusterWatcher:
         checks: Mapping[str, discovery.ScanRequest],
     ) -> None:
         now = self._clock()
-        try:
-            written = self._write_inventory(replace, pods, upserts, forgets, now)
-        except errors.ScanqueueError as e:
-            log.warning("cluster %s: inventory not written (%s); retrying", self.name, e)
-            with self._lock:  # the next flush writes the whole picture again
-                self._replace_pending = True
-            written = False
-        if replace and written:
-            self.ready.set()
+        # Postgres and Redis do not wait for each other: the inventory is written while
+        # the digests are decided and published.
+        inventory = self._writer.submit(self._write_inventory, replace, pods, upserts, forgets, now)
         try:
             self._decide(checks, now)
         except errors.ScanqueueError as e:
@@ -389,6 +405,15 @@ class ClusterWatcher:
             with self._lock:
                 for digest, request in checks.items():
                     self._checks.setdefault(digest, request)
+        try:
+            written = inventory.result()
+        except errors.ScanqueueError as e:
+            log.warning("cluster %s: inventory not written (%s); retrying", self.name, e)
+            with self._lock:  # the next flush writes the whole picture again
+                self._replace_pending = True
+            written = False
+        if replace and written:
+            self.ready.set()
 
     def _write_inventory(
         self,
@@ -403,7 +428,9 @@ class ClusterWatcher:
         try:
             with self._pool.connection() as conn:
                 if replace:
-                    rows = self._rows(pods)
+                    # Everything in the picture runs now: seen at ``now``, which also keeps
+                    # the store's "not in rows" check to the containers that are gone.
+                    rows = self._rows(pods, seen_at=now)
                     store.replace_cluster_inventory(conn, cluster=self.name, rows=rows, at=now)
                 else:
                     rows = self._rows(upserts)
@@ -423,7 +450,9 @@ class ClusterWatcher:
         metrics.INVENTORY_ROWS.labels(self.name).inc(len(rows))
         return True
 
-    def _rows(self, pods: Iterable[tuple[PodKey, _Pod]]) -> list[store.ContainerRow]:
+    def _rows(
+        self, pods: Iterable[tuple[PodKey, _Pod]], *, seen_at: datetime | None = None
+    ) -> list[store.ContainerRow]:
         return [
             store.ContainerRow(
                 cluster=self.name,
@@ -436,7 +465,7 @@ class ClusterWatcher:
                 image=r.image,
                 digest=r.digest,
                 node=r.node,
-                seen_at=entry.seen_at,
+                seen_at=seen_at or entry.seen_at,
             )
             for _, entry in pods
             for r in entry.requests
@@ -474,28 +503,36 @@ class ClusterWatcher:
         )
         decided = set(fresh)
         failed: dict[str, discovery.ScanRequest] = {}
+        claimed = []
         for decision in decisions:
-            if decision.status != "claimed":
+            if decision.status == "claimed":
+                claimed.append(decision)
+            else:
                 metrics.DEDUPE_HITS.labels(self.name, decision.status).inc()
                 decided.add(decision.digest)
-                continue
-            request = dataclasses.replace(checks[decision.digest], scan_id=decision.scan_id)
-            try:
-                self._publisher.publish(request)
-            except errors.ScanqueueError as e:
-                dedupe.release(self._redis, decision.digest, scan_id=decision.scan_id)
-                log.warning("cluster %s: %s", self.name, e, extra=self._ctx(request))
-                failed[decision.digest] = checks[decision.digest]
-                continue
-            metrics.TASKS_PUBLISHED.labels(self.name).inc()
-            decided.add(decision.digest)
-            log.info(
-                "published scan of %s for %s/%s",
-                request.digest,
-                request.namespace,
-                request.pod,
-                extra=self._ctx(request),
-            )
+        try:
+            if claimed:
+                with self._publisher.batch() as producer:
+                    for decision in claimed:
+                        request = dataclasses.replace(
+                            checks[decision.digest], scan_id=decision.scan_id
+                        )
+                        self._publisher.publish(request, producer=producer)
+                        decided.add(decision.digest)
+                        self._published.inc()
+                        log.info(
+                            "published scan of %s for %s/%s",
+                            request.digest,
+                            request.namespace,
+                            request.pod,
+                            extra=self._ctx(request),
+                        )
+        except errors.ScanqueueError as e:
+            log.warning("cluster %s: publishing stopped: %s", self.name, e)
+            for decision in claimed:
+                if decision.digest not in decided:  # hand the claim back; retried next flush
+                    dedupe.release(self._redis, decision.digest, scan_id=decision.scan_id)
+                    failed[decision.digest] = checks[decision.digest]
         with self._lock:
             self._decided |= decided
             for digest, request in failed.items():

@@ -22,7 +22,8 @@ def build_fleet(sim: sim_fixtures.SimCluster) -> Workloads:
     """200 pods in 40 workloads (Deployments, StatefulSets, DaemonSets, CronJobs), 10 images."""
     w = Workloads(sim)
     for i in range(30):
-        w.deployment(f"team-{'ab'[i % 2]}", f"web-{i}", IMAGES[i % 10], 5)
+        # a third of them without the template hash: their ReplicaSet is read
+        w.deployment(f"team-{'ab'[i % 2]}", f"web-{i}", IMAGES[i % 10], 5, template_hash=i % 3 > 0)
     for i in range(30, 34):
         w.statefulset("team-c", f"db-{i}", IMAGES[i % 10], 5)
     for i in range(34, 37):

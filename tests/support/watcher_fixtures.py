@@ -101,8 +101,13 @@ class Workloads:
         *,
         pull_secrets: Sequence[str] = (),
         revision: str = "1",
+        template_hash: bool = True,
     ) -> list[str]:
-        """A Deployment, its ReplicaSet ``<name>-<revision>`` and ``replicas`` pods."""
+        """A Deployment, its ReplicaSet ``<name>-<revision>`` and ``replicas`` pods.
+
+        As the Deployment controller does, the pods carry ``pod-template-hash=<revision>``
+        (unless ``template_hash`` is false: then finding the Deployment takes a read).
+        """
         self.namespace(namespace)
         template = _template(name, image, pull_secrets)
         selector = {"matchLabels": _labels(name)}
@@ -114,6 +119,9 @@ class Workloads:
             {"replicas": replicas, "selector": selector, "template": template},
         )
         rs_name = f"{name}-{revision}"
+        template = json.loads(json.dumps(template))
+        if template_hash:
+            template["metadata"]["labels"]["pod-template-hash"] = revision
         replicaset = self.sim.create(
             {
                 "apiVersion": "apps/v1",

@@ -159,6 +159,27 @@ def test_deployment_is_found_through_its_replicaset_with_one_read_for_many_pods(
     assert lookups.calls == [("ReplicaSet", "team-a", "web-7d9f")]
 
 
+def test_deployment_pod_with_its_template_hash_needs_no_read() -> None:
+    lookups = Lookups()
+    owners = discovery.OwnerResolver(lookups)
+    p = pod("web-5d8f7c9b4-x2x9q", owner=("ReplicaSet", "web-5d8f7c9b4"))
+    p["metadata"]["labels"]["pod-template-hash"] = "5d8f7c9b4"
+    assert owners.unresolved(p) is None
+    assert owners.workload(p) == discovery.Workload("Deployment", "web")
+    assert lookups.calls == []
+
+
+def test_replicaset_whose_name_does_not_carry_the_pods_hash_is_read() -> None:
+    lookups = Lookups(owned("ReplicaSet", "web-7d9f", None))
+    owners = discovery.OwnerResolver(lookups)
+    p = pod()
+    p["metadata"]["labels"]["pod-template-hash"] = "other"
+    assert owners.unresolved(p) == ("ReplicaSet", "team-a", "web-7d9f")
+    assert owners.workload(p) == discovery.Workload("ReplicaSet", "web-7d9f")
+    assert owners.unresolved(p) is None  # cached now
+    assert lookups.calls == [("ReplicaSet", "team-a", "web-7d9f")]
+
+
 def test_cronjob_is_found_through_its_job() -> None:
     owners = resolver(owned("Job", "backup-2890", ("CronJob", "backup")))
     p = pod("backup-2890-xyz", owner=("Job", "backup-2890"))
