@@ -9,6 +9,8 @@ Workers add their metrics here too.
 
 from __future__ import annotations
 
+from typing import Any
+
 import prometheus_client
 from prometheus_client import Counter, Gauge
 
@@ -60,9 +62,14 @@ INVENTORY_ROWS = Counter(
 )
 
 
-def serve(port: int, *, address: str = "127.0.0.1") -> None:
-    """Expose ``REGISTRY`` on ``http://address:port/metrics`` from a daemon thread."""
-    prometheus_client.start_http_server(port, addr=address, registry=REGISTRY)
+def serve(port: int, *, address: str = "127.0.0.1") -> Any:
+    """Expose ``REGISTRY`` on ``http://address:port/metrics`` from a daemon thread.
+
+    Returns the HTTP server (``shutdown()`` and ``server_close()`` stop it);
+    port 0 picks a free port (``server_address[1]``).
+    """
+    server, _thread = prometheus_client.start_http_server(port, addr=address, registry=REGISTRY)
+    return server
 
 
 def value(name: str, **labels: str) -> float:

@@ -361,3 +361,25 @@ def test_api_errors_are_retried_with_backoff(
     assert sim.faults.injected >= 2
     assert metrics.value("scanqueue_watch_restarts_total", cluster="eu", reason="error") >= 2
     assert {kind for _, kind, *_ in inventory} <= {"Deployment", "ReplicaSet"}
+
+
+def test_metrics_are_served_for_prometheus(sim: sim_fixtures.SimCluster, watch_farm: Farm) -> None:
+    import urllib.request
+
+    Workloads(sim).deployment("shop", "web", IMAGES[0], 2)
+    watcher = watch_farm.watch(sim, "metrics-eu")
+    watch_farm.settle(watcher, containers=2)
+    server = metrics.serve(0)
+    try:
+        port = server.server_address[1]
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as response:
+            text = response.read().decode()
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert 'scanqueue_tasks_published_total{cluster="metrics-eu"} 1.0' in text
+    assert 'scanqueue_watch_events_total{cluster="metrics-eu",type="LISTED"} 2.0' in text
+    assert 'scanqueue_inventory_rows_written_total{cluster="metrics-eu"} 2.0' in text
+    for name in ("scanqueue_dedupe_hits_total", "scanqueue_watch_restarts_total",
+                 "scanqueue_watch_gone_total", "scanqueue_watch_lag_seconds"):  # fmt: skip
+        assert f"# TYPE {name.removesuffix('_total')}" in text
