@@ -23,6 +23,8 @@ pytest_plugins: list[str] = [
     "tests.support.sim_fixtures",
     "tests.support.watcher_fixtures",
     "tests.support.farm_fixtures",
+    "tests.support.reliability_fixtures",
+    "tests.support.run_fixtures",
 ]
 
 REGISTRY_USER = "alice"
