@@ -35,6 +35,7 @@ NODES = resources.BY_KEY["nodes"]
 SECRETS = resources.BY_KEY["secrets"]
 CONFIGMAPS = resources.BY_KEY["configmaps"]
 EVENTS = resources.BY_KEY["events"]
+JOB_CONTROLLER = "kubernetes.io/job-controller"
 RETRY_SECONDS = 0.5  # kubelet and controllers retry a blocked pod or Job this often
 
 
@@ -233,6 +234,8 @@ class Controllers:
         meta, spec = job["metadata"], job.get("spec") or {}
         if meta.get("deletionTimestamp"):
             return
+        if spec.get("managedBy", JOB_CONTROLLER) != JOB_CONTROLLER:
+            return  # another controller (Kueue's MultiKueue...) owns this Job
         status: Obj = cluster_mod.clone(job.get("status") or {})
         now = self._now()
         stamp = cluster_mod.now_text(now)

@@ -88,7 +88,12 @@ def labels_match(requirements: tuple[Requirement, ...], obj: Mapping[str, Any]) 
     return all(r.matches(labels) for r in requirements)
 
 
+# field labels whose path in the object differs from their name
+_FIELD_PATHS = {"status.successful": "status.succeeded"}
+
+
 def _field_value(obj: Mapping[str, Any], path: str) -> str:
+    path = _FIELD_PATHS.get(path, path)
     value: Any = obj
     for part in path.split("."):
         if not isinstance(value, Mapping):

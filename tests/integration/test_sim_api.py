@@ -795,3 +795,162 @@ def test_immutable_secret_cannot_change_but_can_be_deleted(sim: SimCluster) -> N
     assert caught.value.status == 422
     core.delete_namespaced_secret("s", "team-a")
     assert core.list_namespaced_secret("team-a").items == []
+
+
+# ------------------------------------------------------------ other resources
+
+
+def _template(name: str) -> dict[str, Any]:
+    return {
+        "metadata": {"labels": {"app": name}},
+        "spec": {"containers": [{"name": "app", "image": "nginx:1.25"}]},
+    }
+
+
+def test_workload_resources_round_trip_through_their_apis(sim: SimCluster) -> None:
+    apps, batch = sim.apps(), sim.batch()
+    namespace(sim)
+    selector = {"matchLabels": {"app": "w"}}
+    apps.create_namespaced_deployment(
+        "team-a",
+        {
+            "apiVersion": "apps/v1",
+            "kind": "Deployment",
+            "metadata": {"name": "w"},
+            "spec": {"selector": selector, "template": _template("w")},
+        },
+    )
+    apps.create_namespaced_stateful_set(
+        "team-a",
+        {
+            "apiVersion": "apps/v1",
+            "kind": "StatefulSet",
+            "metadata": {"name": "w"},
+            "spec": {"selector": selector, "serviceName": "w", "template": _template("w")},
+        },
+    )
+    apps.create_namespaced_daemon_set(
+        "team-a",
+        {
+            "apiVersion": "apps/v1",
+            "kind": "DaemonSet",
+            "metadata": {"name": "w"},
+            "spec": {"selector": selector, "template": _template("w")},
+        },
+    )
+    cron = batch.create_namespaced_cron_job(
+        "team-a",
+        {
+            "apiVersion": "batch/v1",
+            "kind": "CronJob",
+            "metadata": {"name": "w"},
+            "spec": {
+                "schedule": "0 * * * *",
+                "jobTemplate": {
+                    "spec": {
+                        "template": {
+                            **_template("w"),
+                            "spec": {**_template("w")["spec"], "restartPolicy": "Never"},
+                        }
+                    }
+                },
+            },
+        },
+    )
+    assert cron.metadata.generation == 1
+    assert apps.read_namespaced_deployment("w", "team-a").spec.selector.match_labels == {"app": "w"}
+    assert apps.read_namespaced_stateful_set("w", "team-a").spec.service_name == "w"
+    assert [d.metadata.name for d in apps.list_daemon_set_for_all_namespaces().items] == ["w"]
+    assert batch.read_namespaced_cron_job("w", "team-a").spec.schedule == "0 * * * *"
+    patched = apps.patch_namespaced_deployment("w", "team-a", {"spec": {"replicas": 3}})
+    assert patched.metadata.generation == 2
+
+
+def test_events_nodes_and_service_accounts_are_served(sim: SimCluster) -> None:
+    core = sim.core()
+    namespace(sim)
+    core.create_namespaced_event(
+        "team-a",
+        {
+            "apiVersion": "v1",
+            "kind": "Event",
+            "metadata": {"name": "e1"},
+            "involvedObject": {"kind": "Pod", "name": "p", "namespace": "team-a"},
+            "reason": "Scanned",
+            "message": "scanned by scanqueue",
+            "type": "Normal",
+        },
+    )
+    assert [
+        e.reason
+        for e in core.list_namespaced_event("team-a", field_selector="involvedObject.name=p").items
+    ] == ["Scanned"]
+    nodes = core.list_node().items
+    assert [n.metadata.name for n in nodes] == ["node-1"]
+    assert nodes[0].status.conditions[0].type == "Ready"
+    # every namespace gets its "default" service account, as the controller does
+    assert [a.metadata.name for a in core.list_namespaced_service_account("team-a").items] == [
+        "default"
+    ]
+    assert core.read_namespace("team-a").status.phase == "Active"
+
+
+def test_dry_run_delete_keeps_the_object(sim: SimCluster) -> None:
+    core = sim.core()
+    core.create_namespaced_secret(
+        "default", client.V1Secret(metadata=client.V1ObjectMeta(name="s"))
+    )
+    core.delete_namespaced_secret("s", "default", dry_run="All")
+    assert core.read_namespaced_secret("s", "default").metadata.name == "s"
+
+
+def test_the_chosen_kubernetes_version_decides_which_fields_exist(sim_factory: Any) -> None:
+    """Job.spec.managedBy appeared in Kubernetes 1.30."""
+    job = {
+        "apiVersion": "batch/v1",
+        "kind": "Job",
+        "metadata": {"name": "j"},
+        "spec": {
+            "managedBy": "example.com/other-controller",
+            "template": {
+                "spec": {"restartPolicy": "Never", "containers": [{"name": "c", "image": "x:1"}]}
+            },
+        },
+    }
+    old = sim_factory(kube_version="1.29")
+    code, status = raw(old, "POST", "/apis/batch/v1/namespaces/default/jobs", job)
+    assert code == 422
+    assert status["details"]["causes"][0]["field"] == "spec.managedBy"
+    assert client.VersionApi(old.api_client()).get_code().minor == "29"
+    current = sim_factory(kube_version="1.30")
+    code, _ = raw(current, "POST", "/apis/batch/v1/namespaces/default/jobs", job)
+    assert code == 201
+
+
+def test_job_field_selector_status_successful(sim: SimCluster) -> None:
+    batch = sim.batch()
+    code, _ = raw(
+        sim,
+        "POST",
+        "/apis/batch/v1/namespaces/default/jobs",
+        {
+            "apiVersion": "batch/v1",
+            "kind": "Job",
+            "metadata": {"name": "j"},
+            "spec": {
+                "suspend": True,
+                "template": {
+                    "spec": {
+                        "restartPolicy": "Never",
+                        "containers": [{"name": "c", "image": "x:1"}],
+                    }
+                },
+            },
+        },
+    )
+    assert code == 201
+    assert [
+        j.metadata.name
+        for j in batch.list_namespaced_job("default", field_selector="status.successful!=1").items
+    ] == ["j"]
+    assert batch.list_namespaced_job("default", field_selector="status.successful=1").items == []

@@ -472,3 +472,41 @@ def test_node_mode_succeeds_only_on_the_node_that_runs_the_image(sim_factory: An
     assert sim.wait_for(waiting, what="ErrImageNeverPull") == "ErrImageNeverPull"
     done = finished(sim, "on-node-2")
     assert [c.reason for c in done.status.conditions if c.type == "Failed"] == ["DeadlineExceeded"]
+
+
+def test_failed_pods_are_retried_up_to_the_backoff_limit(
+    scans: SimCluster, pushed: tuple[str, str]
+) -> None:
+    sim = scans
+    target, _ = pushed
+    body = scan_job("scan-retry", target, secret="retry", suspend=False)
+    body["spec"]["backoffLimit"] = 1
+    job = sim.batch().create_namespaced_job(SCAN_NS, body)
+    sim.core().create_namespaced_secret(
+        SCAN_NS, credential_secret("retry", job, {"username": "nobody", "password": "wrong"})
+    )
+    done = finished(sim, "scan-retry")
+    assert done.status.failed == 2
+    assert [c.reason for c in done.status.conditions if c.type == "Failed"] == [
+        "BackoffLimitExceeded"
+    ]
+    pods = sim.core().list_namespaced_pod(SCAN_NS, label_selector="job-name=scan-retry").items
+    assert sorted(p.status.phase for p in pods) == ["Failed", "Failed"]
+
+
+def test_a_job_managed_by_another_controller_is_left_alone(sim_factory: Any) -> None:
+    sim = sim_factory(real_pull=False)
+    body = scan_job("elsewhere", "r.example.com/a@sha256:" + "2" * 64, suspend=False)
+    body["spec"]["managedBy"] = "example.com/multikueue"
+    sim.batch().create_namespaced_job("default", body)
+    sim.batch().create_namespaced_job(
+        "default", scan_job("here", "r.example.com/a@sha256:" + "2" * 64, suspend=False)
+    )
+    sim.wait_for(
+        lambda: sim.batch().read_namespaced_job("here", "default").status.succeeded,
+        what="here done",
+    )
+    assert (
+        sim.core().list_namespaced_pod("default", label_selector="job-name=elsewhere").items == []
+    )
+    assert not sim.batch().read_namespaced_job("elsewhere", "default").status.start_time
