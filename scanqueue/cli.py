@@ -69,6 +69,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     _add_watch_commands(sub)
     _add_sim_commands(sub)
+    _add_farm_commands(sub)
 
     return parser
 
@@ -626,6 +627,87 @@ def _cmd_sim_serve(args: argparse.Namespace) -> int:
     finally:
         emu.stop()
     return 0
+
+
+# --- run and demo (the whole farm as local processes) -------------------------------------
+
+
+def _add_farm_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--flower-address", default="127.0.0.1", help="default 127.0.0.1")
+    p.add_argument("--flower-port", type=int, default=5555, help="default 5555; 0: a free port")
+    p.add_argument(
+        "--flower-unauthenticated",
+        action="store_true",
+        help="run Flower without FLOWER_BASIC_AUTH (loopback only; for local use)",
+    )
+    p.add_argument("--concurrency", type=int, default=2, help="worker processes (default 2)")
+    p.add_argument("--state-dir", metavar="DIR", help="keep settings, logs and demo data here")
+    p.add_argument("--log-level", default="INFO", help="DEBUG, INFO, WARNING, ERROR")
+
+
+def _add_farm_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    p = sub.add_parser(
+        "run",
+        help="run the whole farm locally: migrations, watcher, worker + beat, Flower",
+        description=(
+            "Apply migrations, then run the watcher, a Celery worker with beat embedded and "
+            "Flower against the clusters of scanqueue.toml, until Ctrl-C. With no "
+            "scanqueue.toml and no kubeconfig, run the embedded default: the bundled demo "
+            "cluster on the Kubernetes API emulator and a local private registry. Flower "
+            "needs FLOWER_BASIC_AUTH=user:password (the embedded default generates one)."
+        ),
+    )
+    _add_farm_options(p)
+    p.add_argument("--demo", action="store_true", help="the embedded default, whatever exists")
+    p.set_defaults(command=_cmd_run, until_scanned=False)
+    p = sub.add_parser(
+        "demo",
+        help="the embedded default until the demo cluster is scanned; print the report",
+        description=(
+            "Start the embedded default of `scanqueue run`, wait until every image of the "
+            "demo cluster has a finished scan, print `scanqueue report`, stop everything. "
+            "Exit 0 when every image was scanned, 1 otherwise (with the reasons)."
+        ),
+    )
+    _add_farm_options(p)
+    p.add_argument(
+        "--timeout", type=float, default=600.0, metavar="S", help="give up after S seconds"
+    )
+    p.set_defaults(command=_cmd_run, until_scanned=True, demo=True)
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    import signal
+    import threading
+    from pathlib import Path
+
+    from scanqueue import farm
+
+    options = farm.Options(
+        demo=args.demo,
+        until_scanned=args.until_scanned,
+        timeout_seconds=getattr(args, "timeout", 600.0),
+        concurrency=args.concurrency,
+        flower_address=args.flower_address,
+        flower_port=args.flower_port,
+        flower_unauthenticated=args.flower_unauthenticated,
+        state_dir=Path(args.state_dir) if args.state_dir else None,
+        log_level=args.log_level,
+    )
+    stop = threading.Event()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, lambda *_: stop.set())
+    outcome = farm.run(options, stop=stop)
+    if args.until_scanned and outcome.cluster is not None:
+        if outcome.unfinished:
+            print("scanqueue: not every image of the demo cluster was scanned:", file=sys.stderr)
+            for line in outcome.unfinished:
+                print(f"  - {line}", file=sys.stderr)
+        code = main(
+            ["report", "--cluster", outcome.cluster, "--database-url", outcome.database_url]
+        )
+        return outcome.exit_code or code
+    return outcome.exit_code
 
 
 if __name__ == "__main__":

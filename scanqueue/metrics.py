@@ -3,16 +3,30 @@
 Every process (watcher, worker) exposes ``REGISTRY``; each metric is labelled
 by cluster. Defining a metric connects nowhere; ``serve`` starts the HTTP
 endpoint when a command asks for it. Label values are names (clusters, event
-types, reasons), never an image reference with credentials or a secret.
-Workers add their metrics here too.
+types, reasons, registry hosts), never an image reference with credentials or
+a secret.
+
+Workers run tasks in prefork pool processes, so their metrics use
+prometheus-client's multiprocess mode: with ``PROMETHEUS_MULTIPROC_DIR`` set
+(to an empty directory, before the worker starts) every pool process writes
+its samples there and ``serve_worker`` (in the worker's main process) adds
+them up at scrape time. Queue depth is read from Redis at scrape time too.
 """
 
 from __future__ import annotations
 
+import logging
+import os
+from collections.abc import Iterator, Mapping
 from typing import Any
 
 import prometheus_client
-from prometheus_client import Counter, Gauge
+import redis
+from prometheus_client import Counter, Gauge, Histogram
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.registry import Collector
+
+log = logging.getLogger(__name__)
 
 REGISTRY = prometheus_client.CollectorRegistry(auto_describe=True)
 
@@ -60,6 +74,118 @@ INVENTORY_ROWS = Counter(
     ["cluster"],
     registry=REGISTRY,
 )
+
+# --- the workers ----------------------------------------------------------------------------
+
+SCANS = Counter(
+    "scanqueue_scans",
+    "Scan task results by outcome: submitted, adopted, busy (cap reached), succeeded, "
+    "failed, timeout, refused",
+    ["cluster", "outcome"],
+    registry=REGISTRY,
+)
+SCAN_DURATION = Histogram(
+    "scanqueue_scan_duration_seconds",
+    "From a scan's start (Job submitted) to its stored result, successful or not",
+    ["cluster"],
+    buckets=(5, 10, 20, 30, 60, 120, 300, 600, 1200, float("inf")),
+    registry=REGISTRY,
+)
+JOBS_IN_FLIGHT = Gauge(
+    "scanqueue_jobs_in_flight",
+    "Scan Jobs not finished in the cluster's scan namespace, at the last collect pass",
+    ["cluster"],
+    multiprocess_mode="mostrecent",
+    registry=REGISTRY,
+)
+REGISTRY_REFUSALS = Counter(
+    "scanqueue_registry_refusals",
+    "Candidate credentials (or anonymous pulls) a registry refused while checking them",
+    ["cluster", "registry"],
+    registry=REGISTRY,
+)
+QUEUE_DEPTH = "scanqueue_queue_depth"  # read from Redis at scrape time, see QueueDepth
+
+# kombu's Redis transport keeps priorities 3, 6 and 9 of queue Q in lists "Q\x06\x16<n>"
+_PRIORITY_SUFFIXES = ("", "\x06\x163", "\x06\x166", "\x06\x169")
+
+
+class QueueDepth(Collector):
+    """``scanqueue_queue_depth{cluster, queue}``: tasks waiting in each cluster's queue (LLEN).
+
+    Read at scrape time; a Redis that does not answer gives no sample (and a
+    debug line), not a failed scrape.
+    """
+
+    def __init__(self, client: redis.Redis, queues: Mapping[str, str]) -> None:
+        self._client = client
+        self._queues = dict(queues)  # cluster -> queue name
+
+    def describe(self) -> list[Any]:
+        return []  # registering must not read Redis
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        family = GaugeMetricFamily(
+            QUEUE_DEPTH, "Scan tasks waiting in the cluster's queue", labels=["cluster", "queue"]
+        )
+        for cluster, queue in sorted(self._queues.items()):
+            try:
+                pipe = self._client.pipeline(transaction=False)
+                for suffix in _PRIORITY_SUFFIXES:
+                    pipe.llen(queue + suffix)
+                depth = sum(int(n) for n in pipe.execute())
+            except redis.RedisError as e:
+                log.debug("queue depth of %s not read: %s", queue, type(e).__name__)
+                continue
+            family.add_metric([cluster, queue], depth)
+        yield family
+
+
+def worker_registry(client: redis.Redis, queues: Mapping[str, str]) -> Any:
+    """The registry a worker serves: every pool process's samples plus queue depth.
+
+    In multiprocess mode (``PROMETHEUS_MULTIPROC_DIR`` set) the samples are
+    read from that directory; otherwise this process's ``REGISTRY`` is served
+    (right for the solo and threads pools only).
+    """
+    from prometheus_client import multiprocess
+
+    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        served = prometheus_client.CollectorRegistry()
+        multiprocess.MultiProcessCollector(served)  # type: ignore[no-untyped-call]
+    else:
+        served = prometheus_client.CollectorRegistry()
+        served.register(_Forward(REGISTRY))
+    served.register(QueueDepth(client, queues))
+    return served
+
+
+class _Forward(Collector):
+    def __init__(self, registry: prometheus_client.CollectorRegistry) -> None:
+        self._registry = registry
+
+    def describe(self) -> list[Any]:
+        return []
+
+    def collect(self) -> Iterator[Any]:
+        yield from self._registry.collect()
+
+
+def serve_worker(
+    port: int, *, address: str = "127.0.0.1", client: redis.Redis, queues: Mapping[str, str]
+) -> None:
+    """Expose ``worker_registry(...)`` on ``http://address:port/metrics`` from a daemon thread."""
+    prometheus_client.start_http_server(
+        port, addr=address, registry=worker_registry(client, queues)
+    )
+
+
+def process_exited(pid: int) -> None:
+    """Tell multiprocess mode that pool process ``pid`` is gone (its live gauges go with it)."""
+    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        from prometheus_client import multiprocess
+
+        multiprocess.mark_process_dead(pid)  # type: ignore[no-untyped-call]
 
 
 def serve(port: int, *, address: str = "127.0.0.1") -> Any:

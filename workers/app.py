@@ -17,16 +17,26 @@ Reliability, in one place:
 - ``worker_cancel_long_running_tasks_on_connection_loss``: after a broker
   connection loss the running late-ack tasks are cancelled; they are
   redelivered by the broker, not run twice at once.
+
+Operations, also here: every log line of a worker (main and pool processes,
+embedded beat) goes through ``scanqueue.logs`` (one JSON object per line,
+redacted), via Celery's ``setup_logging`` signal; ``celery -A workers.app
+worker --metrics-port PORT`` serves Prometheus metrics from the worker's main
+process, adding up every pool process's samples (prometheus-client
+multiprocess mode: set ``PROMETHEUS_MULTIPROC_DIR`` to an empty directory).
 """
 
 from __future__ import annotations
 
+import logging
+import os
 from typing import Any
 
-from celery import Celery
+import click
+from celery import Celery, bootsteps, signals
 from kombu.entity import Queue
 
-from scanqueue import config
+from scanqueue import config, logs
 
 SCAN_TASK = "scanqueue.scan"
 CONTROL_QUEUE = "scanqueue.control"
@@ -85,3 +95,77 @@ def settings_of(celery_app: Any) -> config.Settings:
     """The scanqueue settings the app was built with."""
     settings: config.Settings = celery_app.conf.scanqueue_settings
     return settings
+
+
+# --- logs: scanqueue.logs instead of Celery's own formatting -------------------------------
+
+LOG_FORMAT_VARIABLE = "SQ_LOG_FORMAT"  # json (default) or kv; not SCANQUEUE_*: not a setting
+
+
+@signals.setup_logging.connect
+def _setup_logging(loglevel: int | str | None = None, **_: Any) -> None:
+    """Celery calls this instead of configuring logging (main process and every pool process)."""
+    fmt = os.environ.get(LOG_FORMAT_VARIABLE, "json")
+    logs.setup(loglevel or "INFO", "kv" if fmt == "kv" else "json")
+    logging.captureWarnings(True)  # Celery's warnings (running as root...) become log lines too
+
+
+# --- metrics: --metrics-port on `celery worker` ---------------------------------------------
+
+app.user_options["worker"].add(
+    click.Option(
+        ["--metrics-port"],
+        type=int,
+        default=None,
+        help="Serve Prometheus metrics on this port (set PROMETHEUS_MULTIPROC_DIR for prefork).",
+    )
+)
+app.user_options["worker"].add(
+    click.Option(["--metrics-address"], default="127.0.0.1", help="Address for --metrics-port.")
+)
+
+
+class MetricsServer(bootsteps.StartStopStep):  # type: ignore[misc]
+    """Serves the worker's metrics from its main process when ``--metrics-port`` is given."""
+
+    def __init__(
+        self,
+        parent: Any,
+        metrics_port: int | None = None,
+        metrics_address: str = "127.0.0.1",
+        **options: Any,
+    ) -> None:
+        super().__init__(parent, **options)
+        self.port = metrics_port
+        self.address = metrics_address
+
+    def start(self, parent: Any) -> None:
+        if self.port is None:
+            return
+        from scanqueue import dedupe, metrics
+
+        settings = settings_of(app)
+        if not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+            logging.getLogger(__name__).warning(
+                "PROMETHEUS_MULTIPROC_DIR is not set: metrics recorded in pool processes "
+                "are not served; set it to an empty directory before starting the worker"
+            )
+        metrics.serve_worker(
+            self.port,
+            address=self.address,
+            client=dedupe.client(settings.broker.url),
+            queues={c.name: queue_name(c.name) for c in settings.clusters},
+        )
+        logging.getLogger(__name__).info(
+            "metrics served on http://%s:%d/metrics", self.address, self.port
+        )
+
+
+app.steps["worker"].add(MetricsServer)
+
+
+@signals.worker_process_shutdown.connect
+def _pool_process_gone(pid: int | None = None, **_: Any) -> None:
+    from scanqueue import metrics
+
+    metrics.process_exited(pid or os.getpid())

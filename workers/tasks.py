@@ -16,12 +16,13 @@ from __future__ import annotations
 import logging
 import random
 import threading
+from datetime import UTC, datetime
 from typing import Any
 
 from celery import Task
 from celery.exceptions import SoftTimeLimitExceeded
 
-from scanqueue import dedupe, discovery, errors, kube, registry, scans, store
+from scanqueue import dedupe, discovery, errors, images, kube, metrics, registry, scans, store
 from workers.app import app, queue_name, settings_of
 
 log = logging.getLogger(__name__)
@@ -29,6 +30,43 @@ log = logging.getLogger(__name__)
 MAX_TEMPORARY_RETRIES = 8  # then the scan fails with the last reason
 _farms: dict[str, scans.Farm] = {}
 _farms_lock = threading.Lock()
+
+
+class CountingRegistryClient(registry.Client):
+    """A registry client that counts the refusals it hears, per cluster and registry host."""
+
+    def __init__(self, *, cluster: str, settings: Any) -> None:
+        super().__init__(settings=settings)
+        self.cluster = cluster
+
+    def _count(self, image: images.Reference, refusals: Any) -> None:
+        refused = sum(1 for r in refusals if not r.temporary)
+        if refused:
+            metrics.REGISTRY_REFUSALS.labels(self.cluster, image.registry).inc(refused)
+
+    def resolve(self, image: images.Reference, candidates: Any) -> registry.Resolution:
+        try:
+            found = super().resolve(image, candidates)
+        except (registry.NoCredentialAccepted, registry.RegistryUnavailable) as e:
+            self._count(image, e.refusals)
+            raise
+        self._count(image, found.refusals)
+        return found
+
+
+def _record(cluster: str, results: list[scans.Result]) -> None:
+    """Scans by outcome; the duration of those that ended (from the scan row's times)."""
+    ended = [r for r in results if r.outcome in ("succeeded", "failed", "timeout", "refused")]
+    for result in results:
+        metrics.SCANS.labels(cluster, result.outcome).inc()
+    if not ended:
+        return
+    with farm(cluster).db.connection() as conn:
+        for result in ended:
+            row = store.get_scan(conn, result.scan_id)
+            if row is not None and row.finished_at is not None:
+                seconds = (row.finished_at - row.started_at).total_seconds()
+                metrics.SCAN_DURATION.labels(cluster).observe(max(0.0, seconds))
 
 
 def farm(cluster: str) -> scans.Farm:
@@ -39,7 +77,7 @@ def farm(cluster: str) -> scans.Farm:
             settings = settings_of(app)
             cluster_settings = settings.cluster(cluster)
             registry_client = (
-                registry.Client(settings=settings.scan)
+                CountingRegistryClient(cluster=cluster, settings=settings.scan)
                 if settings.scan.verify_with_registry
                 else None
             )
@@ -75,13 +113,18 @@ def scan(self: Task, request: dict[str, Any]) -> dict[str, str]:
         return {"outcome": "failed", "detail": str(e)}
     where = farm(parsed.cluster)
     try:
-        return scans.submit(where, parsed).as_dict()
+        result = scans.submit(where, parsed)
+        _record(parsed.cluster, [result])
+        return result.as_dict()
     except scans.Busy as e:
+        metrics.SCANS.labels(parsed.cluster, "busy").inc()
         raise self.retry(countdown=_backoff(0, e.delay), max_retries=None) from None
     except errors.TemporaryError as e:
         if self.request.retries >= MAX_TEMPORARY_RETRIES:
             reason = f"gave up after {self.request.retries} retries: {e}"
-            return scans.fail(where, parsed, reason=reason).as_dict()
+            result = scans.fail(where, parsed, reason=reason)
+            _record(parsed.cluster, [result])
+            return result.as_dict()
         log.warning(
             "scan submit will be retried: %s",
             e,
@@ -89,7 +132,9 @@ def scan(self: Task, request: dict[str, Any]) -> dict[str, str]:
         )
         raise self.retry(countdown=_backoff(self.request.retries, e.delay)) from None
     except errors.PermanentError as e:
-        return scans.fail(where, parsed, reason=str(e)).as_dict()
+        result = scans.fail(where, parsed, reason=str(e))
+        _record(parsed.cluster, [result])
+        return result.as_dict()
     except SoftTimeLimitExceeded:
         # late ack + idempotent submit: the next delivery picks up where this one stopped
         raise self.retry(countdown=5) from None
@@ -106,12 +151,22 @@ def collect(cluster: str) -> list[dict[str, str]]:
     if not lock.acquire():
         return []
     try:
-        return [r.as_dict() for r in scans.collect(farm(cluster))]
+        results = scans.collect(farm(cluster))
+        _record(cluster, results)
+        _jobs_in_flight(cluster)
+        return [r.as_dict() for r in results]
     except errors.TemporaryError as e:
         log.warning("collect pass of %s stopped: %s", cluster, e, extra={"cluster": cluster})
         return []
     finally:
         lock.release()
+
+
+def _jobs_in_flight(cluster: str) -> None:
+    """Scans recorded as running (one scan Job each) in ``cluster``, after a collect pass."""
+    with farm(cluster).db.connection() as conn:
+        running = store.running_scans(conn, cluster=cluster, before=datetime.now(UTC))
+    metrics.JOBS_IN_FLIGHT.labels(cluster).set(len(running))
 
 
 @app.task(name="scanqueue.sweep", acks_late=True)

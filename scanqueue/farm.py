@@ -1,0 +1,514 @@
+"""``scanqueue run`` and ``scanqueue demo``: the whole farm as local processes, one command.
+
+Why: ``make run`` must start everything a farm is (migrations, the watcher, a
+Celery worker with beat embedded, Flower) against the clusters of
+``scanqueue.toml``, or, when there is no configuration and no kubeconfig, on
+the embedded default (``demo_env``: the demo scenario on the emulator plus a
+private registry), and say which in its first line.
+
+How: migrations run in this process; every other role is a subprocess started
+by its ordinary command line (``python -m scanqueue.cli watch``, ``python -m
+celery -A workers.app worker|flower``), each in its own process group with its
+log in the state directory. ``run`` supervises them until ``stop`` is set (the
+CLI sets it on SIGINT/SIGTERM) or, for the demo, until every digest of the
+demo cluster has a finished scan; then it stops them all, group by group
+(SIGTERM, then SIGKILL), so no process outlives it.
+
+What it must never do:
+- import Celery or the workers package (it starts them by command line);
+- start Flower without basic auth, unless the caller explicitly allowed it
+  for local use (loopback only);
+- print a credential: the banner names where Flower's password is, not the
+  password; database and broker URLs are shown without their password.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import dataclasses
+import os
+import secrets
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import IO, Literal
+
+from scanqueue import config, errors
+
+FLOWER_USER = "scanqueue"  # user of the Flower password generated for the embedded default
+LOOPBACK = ("127.0.0.1", "localhost", "::1")
+Mode = Literal["configured", "embedded"]
+
+
+@dataclasses.dataclass(frozen=True)
+class Options:
+    """How ``run`` starts the farm (the CLI flags)."""
+
+    demo: bool = False  # embedded default even when a configuration exists
+    until_scanned: bool = False  # stop once every digest of the demo cluster has a finished scan
+    timeout_seconds: float = 600.0  # until_scanned: give up after this long
+    concurrency: int = 2  # Celery worker processes
+    flower_address: str = "127.0.0.1"  # Flower listens here
+    flower_port: int = 5555  # 0: a free port
+    flower_unauthenticated: bool = False  # allow Flower without basic auth (loopback only)
+    worker_metrics_port: int = 0  # 0: a free port
+    watcher_metrics_port: int = 0  # 0: a free port
+    state_dir: Path | None = None  # kept; None: a temporary directory removed at the end
+    log_level: str = "INFO"
+
+
+@dataclasses.dataclass(frozen=True)
+class Outcome:
+    """What ``run`` ended with."""
+
+    exit_code: int
+    database_url: str  # where the results are (for ``scanqueue report``)
+    cluster: str | None  # the demo cluster's name in embedded mode
+    scanned: int = 0  # demo: digests with a successful scan
+    unfinished: tuple[str, ...] = ()  # demo: digests without one, with why
+
+
+def mode(
+    settings: config.Settings, *, environ: Mapping[str, str], home: Path | None = None
+) -> tuple[Mode, str]:
+    """Which farm to run, and the reason in words for the banner's first line.
+
+    ``configured`` when the settings name clusters; ``embedded`` when there is
+    no configuration file and no kubeconfig. A kubeconfig without a
+    configuration is an error: scanning someone's cluster is never a default.
+    """
+    if settings.clusters:
+        names = ", ".join(c.name for c in settings.clusters)
+        return "configured", f"the clusters of {settings.source}: {names}"
+    if settings.source != "defaults":
+        raise errors.ConfigError(
+            f"{settings.source} names no cluster; add a [[clusters]] table "
+            "(docs/configuration.md) or run `scanqueue demo`"
+        )
+    kubeconfig = _kubeconfig(environ, home if home is not None else Path.home())
+    if kubeconfig is not None:
+        raise errors.ConfigError(
+            f"no scanqueue.toml, but a kubeconfig exists ({kubeconfig}); the farm does not scan "
+            "a cluster it was not told to. Write scanqueue.toml with [[clusters]] "
+            f'kubeconfig = "{kubeconfig}" (docs/configuration.md), or pass --demo'
+        )
+    return "embedded", (
+        "no scanqueue.toml and no kubeconfig: running the embedded default "
+        "(the bundled demo cluster on the Kubernetes API emulator, a local private registry)"
+    )
+
+
+def _kubeconfig(environ: Mapping[str, str], home: Path) -> Path | None:
+    for item in environ.get("KUBECONFIG", "").split(os.pathsep):
+        if item and Path(item).is_file():
+            return Path(item)
+    default = home / ".kube" / "config"
+    return default if default.is_file() else None
+
+
+def flower_auth(
+    environ: Mapping[str, str], *, embedded: bool, unauthenticated: bool, address: str
+) -> tuple[str | None, str]:
+    """Flower's ``user:password`` (None: no auth) and how a person logs in, for the banner.
+
+    ``FLOWER_BASIC_AUTH`` wins. Without it: the embedded default generates a
+    password (the caller stores it in a 0600 file); ``unauthenticated`` (or
+    ``SQ_FLOWER_UNAUTHENTICATED=1``) runs Flower open, on loopback only;
+    otherwise ``ConfigError``.
+    """
+    given = environ.get("FLOWER_BASIC_AUTH", "")
+    if given:
+        users = [pair.partition(":")[0] for pair in given.split(",")]
+        if not all(users) or any(":" not in pair for pair in given.split(",")):
+            raise errors.ConfigError("FLOWER_BASIC_AUTH must be user:password[,user2:password2]")
+        return given, f"basic auth, users from FLOWER_BASIC_AUTH ({', '.join(users)})"
+    allowed = unauthenticated or environ.get("SQ_FLOWER_UNAUTHENTICATED", "") in ("1", "true")
+    if allowed:
+        if address not in LOOPBACK:
+            raise errors.ConfigError(
+                f"Flower without authentication may listen on loopback only, not {address}; "
+                "set FLOWER_BASIC_AUTH=user:password"
+            )
+        return None, "NO authentication (allowed for local use); anyone on this machine sees it"
+    if embedded:
+        return f"{FLOWER_USER}:{secrets.token_urlsafe(18)}", "generated"
+    raise errors.ConfigError(
+        "FLOWER_BASIC_AUTH is not set: Flower shows every task to whoever reaches it. "
+        "Set FLOWER_BASIC_AUTH=user:password, or pass --flower-unauthenticated "
+        "(SQ_FLOWER_UNAUTHENTICATED=1) for local use on 127.0.0.1"
+    )
+
+
+# ------------------------------------------------------------------------ processes
+
+
+def _die_with_parent() -> None:  # pragma: no cover - runs in the child between fork and exec
+    """Ask Linux to SIGTERM this child when the launcher dies, even by SIGKILL."""
+    os.setsid()
+    with contextlib.suppress(Exception):
+        libc = ctypes.CDLL("libc.so.6", use_errno=True)
+        libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+
+
+@dataclasses.dataclass
+class Process:
+    """One role of the farm: a subprocess in its own process group, output in ``log``."""
+
+    name: str
+    argv: Sequence[str]
+    env: Mapping[str, str] = dataclasses.field(repr=False)
+    log: Path
+    proc: subprocess.Popen[bytes] | None = dataclasses.field(default=None, repr=False)
+
+    def start(self) -> Process:
+        with self.log.open("ab") as out:
+            self.proc = subprocess.Popen(
+                list(self.argv),
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                env=dict(self.env),
+                preexec_fn=_die_with_parent,  # noqa: PLW1509 - no threads touch state before exec
+            )
+        return self
+
+    @property
+    def running(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def output(self) -> str:
+        try:
+            return self.log.read_text(errors="replace")
+        except OSError:
+            return ""
+
+    def tail(self, lines: int = 20) -> str:
+        return "\n".join(self.output().splitlines()[-lines:])
+
+    def stop(self, timeout: float = 30.0) -> None:
+        """SIGTERM the process group, SIGKILL what is left after ``timeout``; reap."""
+        if self.proc is None:
+            return
+        group = self.proc.pid  # setsid: the group id is the leader's pid
+        if self.proc.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(group, signal.SIGTERM)
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                self.proc.wait(timeout)
+        # pool children, a beat thread's helpers: nothing of the group survives its leader
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(group, signal.SIGKILL)
+        self.proc.wait()
+
+
+def _python() -> str:
+    return sys.executable
+
+
+def commands(
+    *,
+    settings: config.Settings,
+    state: Path,
+    options: Options,
+    flower_port: int,
+    worker_metrics_port: int,
+    watcher_metrics_port: int,
+) -> dict[str, list[str]]:
+    """The command line of each role, by name: worker (beat embedded), watcher, flower."""
+    queues = [f"scan.{c.name}" for c in settings.clusters] + ["scanqueue.control"]
+    return {
+        "worker": [
+            _python(), "-m", "celery", "-A", "workers.app", "--quiet", "worker",
+            "-Q", ",".join(queues), "-c", str(options.concurrency), "--pool", "prefork",
+            "-n", f"scanqueue-{os.getpid()}@%h", "-E", "-l", options.log_level,
+            "--without-gossip", "--without-mingle",
+            "-B", "-s", str(state / "beat-schedule"),
+            "--metrics-port", str(worker_metrics_port), "--metrics-address", "127.0.0.1",
+        ],
+        "watcher": [
+            _python(), "-m", "scanqueue.cli", "watch", "--log-level", options.log_level,
+            "--metrics-port", str(watcher_metrics_port), "--metrics-address", "127.0.0.1",
+        ],
+        "flower": [
+            _python(), "-m", "celery", "-A", "workers.app", "flower",
+            f"--address={options.flower_address}", f"--port={flower_port}",
+        ],
+    }  # fmt: skip
+
+
+def _importable_workers(env: dict[str, str]) -> None:
+    """Make sure the subprocesses can import ``workers`` (a source checkout run from elsewhere)."""
+    import importlib.util
+
+    if importlib.util.find_spec("workers") is not None:
+        return
+    checkout = Path(__file__).resolve().parents[1]
+    if (checkout / "workers" / "app.py").is_file():
+        env["PYTHONPATH"] = os.pathsep.join(p for p in (str(checkout), env.get("PYTHONPATH")) if p)
+
+
+def _port(wanted: int) -> int:
+    from scanqueue import demo_env
+
+    return wanted or demo_env.free_port()
+
+
+def _wait(check: Callable[[], bool], process: Process, *, what: str, timeout: float = 90.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not check():
+        if not process.running:
+            raise errors.PermanentError(
+                f"{process.name} exited while starting ({what}); its log ({process.log}):\n"
+                f"{process.tail()}"
+            )
+        if time.monotonic() > deadline:
+            raise errors.TemporaryError(
+                f"{process.name} did not become ready within {timeout:.0f}s ({what}); "
+                f"its log ({process.log}):\n{process.tail()}"
+            )
+        time.sleep(0.2)
+
+
+def _http_ok(url: str) -> bool:
+    try:
+        with urllib.request.urlopen(url, timeout=2) as response:  # noqa: S310 - our http URL
+            return int(response.status) == 200
+    except (urllib.error.URLError, OSError):
+        return False
+
+
+# ------------------------------------------------------------------------------ run
+
+
+def run(
+    options: Options,
+    *,
+    stop: threading.Event,
+    environ: Mapping[str, str] | None = None,
+    out: IO[str] | None = None,
+) -> Outcome:
+    """Start the farm, supervise it until ``stop`` (or the demo is scanned), stop it all.
+
+    Prints the banner to ``out`` (default stdout): the mode in the first line,
+    then where Flower is and how to log in, the metrics endpoints, the logs,
+    and how to run ``scanqueue report``. Raises ``ConfigError`` for settings
+    that cannot run (no cluster, Flower without auth), ``PermanentError`` when
+    a role exits while starting.
+    """
+    env = dict(os.environ if environ is None else environ)
+    stream = out if out is not None else sys.stdout
+
+    def say(line: str) -> None:
+        print(line, file=stream, flush=True)
+
+    settings = config.load(environ=env)
+    if options.demo:
+        which: Mode = "embedded"
+        reason = (
+            f"{'demo' if options.until_scanned else '--demo'}: running the embedded default "
+            "(the bundled demo cluster on the Kubernetes API emulator, a local private registry)"
+        )
+        settings = dataclasses.replace(settings, clusters=())
+    else:
+        which, reason = mode(settings, environ=env)
+    if options.until_scanned and which != "embedded":
+        raise errors.ConfigError("waiting until scanned is for the demo cluster only")
+    auth, how = flower_auth(
+        env,
+        embedded=which == "embedded",
+        unauthenticated=options.flower_unauthenticated,
+        address=options.flower_address,
+    )
+    say(f"scanqueue: {reason}")
+    state = options.state_dir or Path(tempfile.mkdtemp(prefix="scanqueue-run-"))
+    state.mkdir(parents=True, exist_ok=True)
+    # a private Postgres runs as another user: it may enter, not list
+    os.chmod(state, 0o711)  # noqa: S103
+    world = None
+    processes: list[Process] = []
+    try:
+        if which == "embedded":
+            from scanqueue import demo_env
+
+            world = demo_env.start(state, settings=settings, say=say)
+            env.update(demo_env.environment(world))
+            for name in ("SCANQUEUE_DATABASE_URL", "SCANQUEUE_BROKER_URL"):
+                env.pop(name, None)  # the settings file says which, started or found
+            settings = config.load(world.settings_path, environ={})
+        _check_services(settings)
+        _migrate(settings, say)
+        if auth is not None and how == "generated":
+            secret_file = state / "flower-password"
+            secret_file.touch(0o600)
+            secret_file.write_text(auth.partition(":")[2] + "\n")
+            how = f"basic auth: user {FLOWER_USER}, password in {secret_file}"
+        flower_port = _port(options.flower_port)
+        ports = {"worker": _port(options.worker_metrics_port),
+                 "watcher": _port(options.watcher_metrics_port)}  # fmt: skip
+        argv = commands(
+            settings=settings,
+            state=state,
+            options=options,
+            flower_port=flower_port,
+            worker_metrics_port=ports["worker"],
+            watcher_metrics_port=ports["watcher"],
+        )
+        logs = state / "logs"
+        logs.mkdir(exist_ok=True)
+        metrics_dir = state / "worker-metrics"
+        shutil.rmtree(metrics_dir, ignore_errors=True)
+        metrics_dir.mkdir()
+        base_env = {k: v for k, v in env.items() if k not in ("FLOWER_BASIC_AUTH",)}
+        base_env.setdefault("PYTHONUNBUFFERED", "1")
+        _importable_workers(base_env)
+        envs = {
+            "worker": {**base_env, "PROMETHEUS_MULTIPROC_DIR": str(metrics_dir)},
+            "watcher": base_env,
+            "flower": {**base_env, **_flower_env(auth)},
+        }
+        for name in ("worker", "watcher", "flower"):
+            process = Process(name, argv[name], envs[name], logs / f"{name}.log").start()
+            processes.append(process)
+        worker, _watcher, flower = processes
+        _wait(lambda: " ready." in worker.output(), worker, what="waiting for 'ready.'")
+        flower_url = f"http://{_url_host(options.flower_address)}:{flower_port}"
+        _wait(lambda: _http_ok(f"{flower_url}/healthcheck"), flower, what="/healthcheck")
+        say(f"  flower       {flower_url}  ({how})")
+        say(f"  metrics      worker http://127.0.0.1:{ports['worker']}/metrics, "
+            f"watcher http://127.0.0.1:{ports['watcher']}/metrics")  # fmt: skip
+        say(f"  logs         {logs}/{{worker,watcher,flower}}.log")
+        say(f"  report       SCANQUEUE_CONFIG={_config_path(settings, env)} scanqueue report"
+            "   (also: --by image, --format csv)")  # fmt: skip
+        say("  stop         Ctrl-C" if not options.until_scanned else
+            "  until        every image of the demo cluster has a finished scan")  # fmt: skip
+        return _supervise(
+            options, settings=settings, processes=processes, world=world, stop=stop, say=say
+        )
+    finally:
+        for process in reversed(processes):
+            process.stop()
+        if world is not None:
+            world.stop()
+        if options.state_dir is None:
+            shutil.rmtree(state, ignore_errors=True)
+
+
+def _url_host(address: str) -> str:
+    if address in ("0.0.0.0", ""):  # noqa: S104 - mapping "all" to a URL one can open
+        return "127.0.0.1"
+    return f"[{address}]" if ":" in address else address
+
+
+def _config_path(settings: config.Settings, env: Mapping[str, str]) -> str:
+    return env.get("SCANQUEUE_CONFIG") or settings.source
+
+
+def _flower_env(auth: str | None) -> dict[str, str]:
+    if auth is None:
+        # Flower 2 refuses its API without auth unless told; the caller allowed local use
+        return {"FLOWER_UNAUTHENTICATED_API": "true"}
+    return {"FLOWER_BASIC_AUTH": auth}
+
+
+def _check_services(settings: config.Settings) -> None:
+    from scanqueue import demo_env
+
+    if not demo_env.redis_answers(settings.broker.url):
+        raise errors.TemporaryError(
+            f"Redis does not answer at broker.url ({demo_env._no_password(settings.broker.url)}, "
+            f"from {settings.source}); start it (make services) or fix the URL"
+        )
+
+
+def _migrate(settings: config.Settings, say: Callable[[str], None]) -> None:
+    from scanqueue import store
+
+    with store.connect(settings.database.url) as conn:
+        applied = store.migrate(conn)
+        conn.commit()
+        versions = store.applied_versions(conn)
+    done = f"applied {len(applied)}" if applied else "up to date"
+    say(f"  migrations   {done}, schema version {versions[-1] if versions else 0}")
+
+
+def _supervise(
+    options: Options,
+    *,
+    settings: config.Settings,
+    processes: Sequence[Process],
+    world: object,
+    stop: threading.Event,
+    say: Callable[[str], None],
+) -> Outcome:
+    digests: set[str] = set()
+    cluster = None
+    if world is not None:
+        from scanqueue import demo_env
+
+        assert isinstance(world, demo_env.World)
+        digests = set(world.digests.values())
+        cluster = demo_env.CLUSTER
+    deadline = time.monotonic() + options.timeout_seconds
+    last = ""
+    while not stop.wait(1.0):
+        for process in processes:
+            if not process.running:
+                code = process.proc.returncode if process.proc is not None else None
+                say(f"scanqueue: {process.name} exited with {code}; stopping the farm. "
+                    f"Its log ({process.log}):\n{process.tail()}")  # fmt: skip
+                return Outcome(1, settings.database.url, cluster)
+        if not digests:
+            continue
+        done, failed, pending = _progress(settings.database.url, digests)
+        line = f"  progress     {len(done)}/{len(digests)} images scanned" + (
+            f", {len(failed)} failed" if failed else ""
+        )
+        if line != last:
+            say(line)
+            last = line
+        if not options.until_scanned:
+            continue
+        if not pending:
+            code = 0 if not failed else 1
+            return Outcome(code, settings.database.url, cluster, len(done), tuple(failed))
+        if time.monotonic() > deadline:
+            waiting = tuple(f"{d}: no finished scan yet" for d in pending)
+            say(
+                f"scanqueue: the demo cluster was not scanned within {options.timeout_seconds:.0f}s"
+            )
+            return Outcome(1, settings.database.url, cluster, len(done), (*failed, *waiting))
+    say("scanqueue: stopping")
+    return Outcome(0, settings.database.url, cluster)
+
+
+def _progress(url: str, digests: set[str]) -> tuple[set[str], list[str], set[str]]:
+    """(succeeded digests, "digest: status: why" of failed ones, digests not finished yet)."""
+    from scanqueue import store
+
+    succeeded: set[str] = set()
+    failed: dict[str, str] = {}
+    try:
+        with store.connect(url) as conn:
+            rows = conn.execute(
+                """SELECT DISTINCT ON (digest) digest, status, error FROM scans
+                    WHERE digest = ANY(%s)
+                    ORDER BY digest, coalesce(finished_at, started_at) DESC, id DESC""",
+                (sorted(digests),),
+            ).fetchall()
+    except errors.TemporaryError:
+        return succeeded, [], set(digests)
+    for digest, status, error in rows:
+        if status == "succeeded":
+            succeeded.add(str(digest))
+        elif status in ("failed", "timeout", "refused"):
+            failed[str(digest)] = f"{digest}: {status}: {error}"
+    return succeeded, sorted(failed.values()), digests - succeeded - set(failed)
