@@ -271,10 +271,17 @@ class Cluster:
         uid = meta.get("uid", "")
         if old is not None:
             for ref in (old.get("metadata") or {}).get("ownerReferences") or []:
-                self._owned.get(ref.get("uid", ""), set()).discard((res.key, key))
+                owner_uid = ref.get("uid", "")
+                dependents = self._owned.get(owner_uid)
+                if dependents is not None:
+                    dependents.discard((res.key, key))
+                    if not dependents and owner_uid not in self._uids:
+                        del self._owned[owner_uid]
         if kind == "DELETED":
             table.pop(key, None)
             self._uids.pop(uid, None)
+            if not self._owned.get(uid):
+                self._owned.pop(uid, None)
             if res.plural == "pods":
                 self.logs.pop(uid, None)
         else:

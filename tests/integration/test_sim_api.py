@@ -954,3 +954,23 @@ def test_job_field_selector_status_successful(sim: SimCluster) -> None:
         for j in batch.list_namespaced_job("default", field_selector="status.successful!=1").items
     ] == ["j"]
     assert batch.list_namespaced_job("default", field_selector="status.successful=1").items == []
+
+
+def test_an_object_with_a_finalizer_waits_for_it_before_going(sim: SimCluster) -> None:
+    core = sim.core()
+    core.create_namespaced_secret(
+        "default",
+        client.V1Secret(metadata=client.V1ObjectMeta(name="s", finalizers=["example.com/keep"])),
+    )
+    core.delete_namespaced_secret("s", "default")
+    held = core.read_namespaced_secret("s", "default")
+    assert held.metadata.deletion_timestamp is not None
+    core.patch_namespaced_secret(
+        "s",
+        "default",
+        {"metadata": {"finalizers": None}},
+        _content_type="application/merge-patch+json",
+    )
+    with pytest.raises(client.ApiException) as caught:
+        core.read_namespaced_secret("s", "default")
+    assert caught.value.status == 404
