@@ -25,6 +25,9 @@ DOCKER_HUB_LEGACY = "index.docker.io"
 OFFICIAL_REPO_PREFIX = "library/"
 #: ``NameTotalLengthMax`` in reference.go.
 NAME_TOTAL_LENGTH_MAX = 255
+# name + ":" + 128-character tag + "@" + a long digest fits well within this; longer text is
+# refused before it is quoted in full in an error message (and a scan row)
+REFERENCE_LENGTH_MAX = 1024
 
 # The grammar of distribution/reference regexp.go, piece by piece.
 _ALPHANUMERIC = r"[a-z0-9]+"
@@ -101,6 +104,11 @@ def parse(text: str) -> Reference:
     """
     if not isinstance(text, str) or not text:
         raise InvalidReference(f"image reference {text!r} is empty")
+    if len(text) > REFERENCE_LENGTH_MAX:
+        raise InvalidReference(
+            f"image reference {text[:80]!r}... is {len(text)} characters long; "
+            f"no valid reference is longer than {REFERENCE_LENGTH_MAX}"
+        )
     if text != text.strip():
         raise InvalidReference(f"image reference {text!r} has leading or trailing whitespace")
     # ParseNormalizedNamed: a bare image ID is refused, not read as a Docker Hub name.

@@ -584,6 +584,16 @@ class Client:
         said = f" ({summary})" if summary else ""
         if status == 200:
             header = response.headers.get("docker-content-digest", "").strip()
+            kind = response.headers.get("content-type", "").split(";")[0].strip().lower()
+            if not header and kind and "json" not in kind and "prettyjws" not in kind:
+                # a web page (a proxy's error page, a captive portal, a UI on the wrong port)
+                # would otherwise be hashed into a made-up digest
+                raise _AttemptError(
+                    "error",
+                    f"registry answered 200 with {kind[:60]}, not an image manifest; "
+                    "is this host an OCI registry (check the image's registry name and port)?",
+                    status=200,
+                )
             if response.body:
                 computed = "sha256:" + hashlib.sha256(response.body).hexdigest()
                 if header and header.startswith("sha256:") and header != computed:
