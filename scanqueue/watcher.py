@@ -46,6 +46,7 @@ PodKey = tuple[str, str]  # (namespace, name)
 Running = tuple[discovery.ScanRequest, ...]  # containers of a pod that have a digest
 Scope = str | None  # a namespace, or None for all namespaces
 FRESH_HINT_SECONDS = 600  # Postgres said fresh: Redis remembers it this long at most
+POOL_WAIT_SECONDS = 5.0  # a flush waits this long for a Postgres connection, then retries later
 
 
 @dataclasses.dataclass(frozen=True)
@@ -132,6 +133,8 @@ class ClusterWatcher:
         self._oldest_pending: float | None = None
         self._decided: set[str] = set()  # digests claimed or found settled since the last pass
         self._flushing = False
+        self._decide_backoff = Backoff(options.backoff_initial_seconds, options.backoff_max_seconds)
+        self._decide_after = 0.0  # monotonic time before which digests are not decided
         self._writer = concurrent.futures.ThreadPoolExecutor(1, f"inventory-{self.name}")
         self._threads: list[threading.Thread] = []
         self.ready = threading.Event()  # set after the first full inventory was written
@@ -375,7 +378,10 @@ class ClusterWatcher:
                 upserts = list(self._upserts.items())
                 forgets = self._forgets
                 self._upserts, self._forgets = {}, {}
-            checks, self._checks = self._checks, {}
+            if time.monotonic() >= self._decide_after:
+                checks, self._checks = self._checks, {}
+            else:  # Redis or the broker failed lately: wait for the backoff to pass
+                checks = {}
             oldest, self._oldest_pending = self._oldest_pending, None
             self._flushing = True
         try:
@@ -399,12 +405,15 @@ class ClusterWatcher:
         # the digests are decided and published.
         inventory = self._writer.submit(self._write_inventory, replace, pods, upserts, forgets, now)
         try:
-            self._decide(checks, now)
+            if self._decide(checks, now):
+                self._decide_backoff.reset()
+            else:
+                self._decide_failed("publishing stopped")
         except errors.ScanqueueError as e:
-            log.warning("cluster %s: scans not decided (%s); retrying", self.name, e)
             with self._lock:
                 for digest, request in checks.items():
                     self._checks.setdefault(digest, request)
+            self._decide_failed(str(e))
         try:
             written = inventory.result()
         except errors.ScanqueueError as e:
@@ -414,6 +423,11 @@ class ClusterWatcher:
             written = False
         if replace and written:
             self.ready.set()
+
+    def _decide_failed(self, why: str) -> None:
+        delay = self._decide_backoff.next()
+        self._decide_after = time.monotonic() + delay
+        log.warning("cluster %s: scans not decided (%s); again in %.1fs", self.name, why, delay)
 
     def _write_inventory(
         self,
@@ -426,7 +440,7 @@ class ClusterWatcher:
         if not replace and not upserts and not forgets:
             return False
         try:
-            with self._pool.connection() as conn:
+            with self._pool.connection(timeout=POOL_WAIT_SECONDS) as conn:
                 if replace:
                     # Everything in the picture runs now: seen at ``now``, which also keeps
                     # the store's "not in rows" check to the containers that are gone.
@@ -471,17 +485,20 @@ class ClusterWatcher:
             for r in entry.requests
         ]
 
-    def _decide(self, checks: Mapping[str, discovery.ScanRequest], now: datetime) -> None:
-        """Claim what needs a scan farm-wide and publish it; count the rest as dedupe hits."""
+    def _decide(self, checks: Mapping[str, discovery.ScanRequest], now: datetime) -> bool:
+        """Claim what needs a scan farm-wide and publish it; count the rest as dedupe hits.
+
+        Returns False when publishing stopped part-way (those digests wait for the next try).
+        """
         if not checks:
-            return
+            return True
         digests = list(checks)
         interval = self._scan.rescan_interval_seconds
         unknown = dedupe.unsettled(self._redis, cluster=self.name, digests=digests)
         fresh: set[str] = set()
         if unknown:  # Redis may have lost its keys (restart): Postgres remembers scans
             try:
-                with self._pool.connection() as conn:
+                with self._pool.connection(timeout=POOL_WAIT_SECONDS) as conn:
                     fresh = store.fresh_digests(
                         conn, unknown, since=now - timedelta(seconds=interval)
                     )
@@ -528,7 +545,7 @@ class ClusterWatcher:
                             extra=self._ctx(request),
                         )
         except errors.ScanqueueError as e:
-            log.warning("cluster %s: publishing stopped: %s", self.name, e)
+            log.warning("cluster %s: publishing stopped: %s", self.name, e, extra=self._ctx())
             for decision in claimed:
                 if decision.digest not in decided:  # hand the claim back; retried next flush
                     dedupe.release(self._redis, decision.digest, scan_id=decision.scan_id)
@@ -537,6 +554,7 @@ class ClusterWatcher:
             self._decided |= decided
             for digest, request in failed.items():
                 self._checks.setdefault(digest, request)
+        return not failed
 
     def _ctx(self, request: discovery.ScanRequest | None = None) -> dict[str, Any]:
         if request is None:

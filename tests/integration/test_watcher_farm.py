@@ -383,3 +383,57 @@ def test_metrics_are_served_for_prometheus(sim: sim_fixtures.SimCluster, watch_f
     for name in ("scanqueue_dedupe_hits_total", "scanqueue_watch_restarts_total",
                  "scanqueue_watch_gone_total", "scanqueue_watch_lag_seconds"):  # fmt: skip
         assert f"# TYPE {name.removesuffix('_total')}" in text
+
+
+def test_redis_outage_delays_tasks_but_loses_none(
+    sim: sim_fixtures.SimCluster, watch_farm: Farm, redis_server: Any
+) -> None:
+    w = Workloads(sim)
+    w.deployment("shop", "web", IMAGES[0], 2)
+    watcher = watch_farm.watch(sim, "eu")
+    watch_farm.settle(watcher, containers=2)
+    assert len(watch_farm.queued("eu")) == 1
+
+    redis_server.stop()
+    try:
+        w.deployment("shop", "api", IMAGES[1], 2)
+        wait_for(  # the inventory goes on without Redis
+            lambda: len(watch_farm.inventory("eu")) == 4, what="four containers"
+        )
+        wait_for(
+            lambda: (
+                metrics.value("scanqueue_tasks_published_total", cluster="eu") == 1
+                and not watcher.idle()
+            ),
+            what="the new digest waiting for Redis",
+        )
+    finally:
+        redis_server.start()
+    # Redis came back empty (no persistence): the waiting digest is claimed and published
+    wait_for(lambda: watch_farm.queued("eu"), what="the task published after the outage")
+    assert [r.digest for r in watch_farm.requests("eu")] == [sim.digest_of(IMAGES[1])]
+
+
+def test_postgres_outage_delays_the_inventory_but_loses_none(
+    sim: sim_fixtures.SimCluster, watch_farm: Farm, postgres_server: Any
+) -> None:
+    w = Workloads(sim)
+    w.deployment("shop", "web", IMAGES[0], 2)
+    watcher = watch_farm.watch(sim, "eu")
+    watch_farm.settle(watcher, containers=2)
+
+    postgres_server.stop("immediate")
+    try:
+        w.deployment("shop", "api", IMAGES[1], 3)
+        sim.delete("Pod", "shop", "web-1-p0000")
+        wait_for(lambda: len(watcher.running()) == 4, what="the watcher's picture updated")
+    finally:
+        postgres_server.start()
+    inventory = watch_farm.settle(watcher, containers=4)
+    assert sorted(pod for _, _, _, pod, *_ in inventory) == [
+        "api-1-p0000",
+        "api-1-p0001",
+        "api-1-p0002",
+        "web-1-p0001",
+    ]
+    assert len(watch_farm.queued("eu")) == 2
