@@ -149,9 +149,14 @@ class Registry:
             f"storage:\n  filesystem:\n    rootdirectory: {self.directory / 'data'}\n"
             f"http:\n  addr: 127.0.0.1:{self.port}\n" + auth
         )
+        from scanqueue import farm
+
         with self.log.open("ab") as log:
             self.proc = subprocess.Popen(
-                [binary, "serve", str(settings)], stdout=log, stderr=log, start_new_session=True
+                [binary, "serve", str(settings)],
+                stdout=log,
+                stderr=log,
+                preexec_fn=farm.die_with_parent,  # noqa: PLW1509 - exec follows at once
             )
         _wait_port(self.port, self.proc, self.log, "docker-registry")
         return self
@@ -235,10 +240,13 @@ class Redis:
         self.directory.mkdir(parents=True, exist_ok=True)
         self.port = free_port()
         log = self.directory / "redis.log"
+        from scanqueue import farm
+
         self.proc = subprocess.Popen(
             [binary, "--bind", "127.0.0.1", "--port", str(self.port), "--save", "",
              "--appendonly", "no", "--dir", str(self.directory), "--logfile", str(log)],
-            stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT, start_new_session=True,
+            stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT,
+            preexec_fn=farm.die_with_parent,  # noqa: PLW1509 - exec follows at once
         )  # fmt: skip
         _wait_port(self.port, self.proc, log, "redis-server")
         return self

@@ -127,8 +127,9 @@ def flower_auth(
     """
     given = environ.get("FLOWER_BASIC_AUTH", "")
     if given:
-        users = [pair.partition(":")[0] for pair in given.split(",")]
-        if not all(users) or any(":" not in pair for pair in given.split(",")):
+        pairs = [pair.partition(":") for pair in given.split(",")]
+        users = [user for user, _, _ in pairs]
+        if not all(user and sep and password for user, sep, password in pairs):
             raise errors.ConfigError("FLOWER_BASIC_AUTH must be user:password[,user2:password2]")
         return given, f"basic auth, users from FLOWER_BASIC_AUTH ({', '.join(users)})"
     allowed = unauthenticated or environ.get("SQ_FLOWER_UNAUTHENTICATED", "") in ("1", "true")
@@ -151,12 +152,26 @@ def flower_auth(
 # ------------------------------------------------------------------------ processes
 
 
-def _die_with_parent() -> None:  # pragma: no cover - runs in the child between fork and exec
-    """Ask Linux to SIGTERM this child when the launcher dies, even by SIGKILL."""
+def _prctl() -> Callable[..., int] | None:
+    """libc's prctl, loaded in the parent: dlopen after fork (with threads running) may hang."""
+    try:
+        prctl: Callable[..., int] = ctypes.CDLL(None, use_errno=True).prctl
+        return prctl
+    except (OSError, AttributeError):
+        return None
+
+
+_PRCTL = _prctl() if sys.platform == "linux" else None
+_PR_SET_PDEATHSIG = 1
+
+
+def die_with_parent() -> None:  # pragma: no cover - runs in the child between fork and exec
+    """A ``preexec_fn``: a new session, and (Linux) SIGTERM when the launcher dies, even by
+    SIGKILL, so that no role outlives the command that started it. Only async-signal-safe
+    work here: the parent may run threads (the emulator)."""
     os.setsid()
-    with contextlib.suppress(Exception):
-        libc = ctypes.CDLL("libc.so.6", use_errno=True)
-        libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    if _PRCTL is not None:
+        _PRCTL(_PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
 @dataclasses.dataclass
@@ -177,7 +192,7 @@ class Process:
                 stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL,
                 env=dict(self.env),
-                preexec_fn=_die_with_parent,  # noqa: PLW1509 - no threads touch state before exec
+                preexec_fn=die_with_parent,  # noqa: PLW1509 - setsid and prctl only
             )
         return self
 

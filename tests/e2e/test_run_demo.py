@@ -17,6 +17,7 @@ import signal
 import stat
 import subprocess
 import sys
+import time
 import urllib.error
 import urllib.request
 from collections.abc import Callable
@@ -24,6 +25,9 @@ from pathlib import Path
 
 import psycopg
 
+from tests.conftest import REGISTRY_PASSWORD, REGISTRY_USER
+from tests.support import services, sim_fixtures
+from tests.support.farm_fixtures import SCAN_NAMESPACE, write_settings
 from tests.support.run_fixtures import FarmCommand, labels, processes_mentioning, scrape
 
 FLOWER_USER = "ops"
@@ -172,3 +176,67 @@ def worker_log_records(path: Path) -> list[dict[str, object]]:
             assert not line.startswith("[20"), line
     assert records
     return records
+
+
+def test_run_sigkilled_takes_its_processes_with_it(
+    farm_command: Callable[..., FarmCommand],
+) -> None:
+    command = farm_command("run", env={"FLOWER_BASIC_AUTH": f"{FLOWER_USER}:{FLOWER_CANARY}"})
+    command.wait_line(r"^\s+flower\s+http://")
+    assert processes_mentioning(str(command.state)), "the roles should be running"
+    command.proc.kill()  # no chance to clean up: the roles must notice their parent is gone
+    command.wait(30)
+    deadline = time.monotonic() + 60
+    while (left := processes_mentioning(str(command.state))) and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert left == []
+
+
+def test_run_uses_the_clusters_of_the_configuration(
+    farm_command: Callable[..., FarmCommand],
+    sim: sim_fixtures.SimCluster,
+    registry: services.Registry,
+    redis_url: str,
+    database_url: str,
+    tmp_path: Path,
+) -> None:
+    digest = registry.push("team/configured", "1", content="run: configured farm")
+    image = f"{registry.host}/team/configured:1"
+    for name in ("team-a", SCAN_NAMESPACE):
+        sim.create({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name}})
+    config = json.dumps({"auths": {registry.host: {"auth": base64.b64encode(
+        f"{REGISTRY_USER}:{REGISTRY_PASSWORD}".encode()).decode()}}})  # fmt: skip
+    sim.create({"apiVersion": "v1", "kind": "Secret", "type": "kubernetes.io/dockerconfigjson",
+                "metadata": {"name": "regcred", "namespace": "team-a"},
+                "stringData": {".dockerconfigjson": config}})  # fmt: skip
+    sim.set_digest(image, digest)
+    sim.create({"apiVersion": "v1", "kind": "Pod",
+                "metadata": {"name": "app", "namespace": "team-a"},
+                "spec": {"containers": [{"name": "app", "image": image}],
+                         "imagePullSecrets": [{"name": "regcred"}]}})  # fmt: skip
+    settings = write_settings(
+        tmp_path / "scanqueue.toml",
+        database_url=database_url,
+        redis_url=redis_url,
+        clusters=[("alpha", sim.kubeconfig)],
+        insecure=[registry.host],
+    )
+    refused = farm_command("run", env={"SCANQUEUE_CONFIG": str(settings)})
+    assert refused.wait(60) == 2
+    assert "FLOWER_BASIC_AUTH is not set" in refused.errors()
+    assert processes_mentioning(str(refused.state)) == []
+
+    command = farm_command(
+        "run",
+        env={"SCANQUEUE_CONFIG": str(settings), "FLOWER_BASIC_AUTH": f"{FLOWER_USER}:x-pw-1"},
+    )
+    assert command.wait_line(r"^scanqueue: ").group(0)
+    assert command.lines[0] == f"scanqueue: the clusters of {settings}: alpha"
+    command.wait_line(r"^\s+flower\s+http://")
+    deadline = time.monotonic() + 120
+    while scans(database_url) != [("succeeded", "registry")]:
+        assert time.monotonic() < deadline, f"no scan:\n{command.output()}"
+        time.sleep(0.5)
+    command.proc.send_signal(signal.SIGINT)  # Ctrl-C
+    assert command.wait(90) == 0
+    assert processes_mentioning(str(command.state)) == []
