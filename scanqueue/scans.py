@@ -562,9 +562,11 @@ def _collect_one(
             step_index=step_index,
             attempt=attempt,
         )
-    # The Secret is owned by the Job: the garbage collector deletes it with the Job (and
-    # the sweep any that outlives its deadline), so no request of our own for it.
-    _delete(farm, name, secret=False)
+    # The Secret is owned by the Job and goes with it (background propagation); it is also
+    # deleted explicitly, so that a credential never waits on a slow garbage collector.
+    # Anonymous and node-mode scans have no Secret: no request for them.
+    has_secret = annotations.get(ANNOTATION_SOURCE) not in ("anonymous", "node")
+    _delete(farm, name, secret=has_secret)
     return result
 
 
