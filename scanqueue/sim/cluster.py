@@ -31,6 +31,7 @@ from scanqueue.sim import admission, patch, resources, selectors, validation
 Obj = dict[str, Any]
 _T = TypeVar("_T")
 ObjList = list[Obj]  # spelled out: inside Cluster, "list" is the method
+Warnings = list[str]
 Key = tuple[str, str]  # (namespace, name); namespace "" for cluster-scoped
 _NAME_CHARS = "bcdfghjklmnpqrstvwxz2456789"
 
@@ -131,6 +132,20 @@ def parse_time(text: str) -> float:
         .replace(tzinfo=datetime.UTC)
         .timestamp()
     )
+
+
+FIELD_VALIDATION = ("Strict", "Warn", "Ignore")
+
+
+def _drop(obj: Any, path: tuple[str | int, ...]) -> None:
+    """Remove the field at ``path`` (dict keys and list indexes) from ``obj``, if there."""
+    for part in path[:-1]:
+        try:
+            obj = obj[part]
+        except (KeyError, IndexError, TypeError):
+            return
+    if isinstance(obj, dict):
+        obj.pop(path[-1], None)
 
 
 def typed(res: resources.Resource, obj: Mapping[str, Any]) -> Obj:
@@ -300,14 +315,41 @@ class Cluster:
 
     # ---------------------------------------------------------- validation
 
-    def _check(self, res: resources.Resource, obj: Obj, old: Obj | None) -> None:
+    def _check(
+        self,
+        res: resources.Resource,
+        obj: Obj,
+        old: Obj | None,
+        *,
+        field_validation: str = "Strict",
+        warnings: list[str] | None = None,
+    ) -> bool:
+        """Refuse ``obj`` with the Status a server gives; return whether fields were dropped.
+
+        ``field_validation`` is the request's ``fieldValidation``: Strict (the emulator's
+        default) refuses unknown fields; Warn and Ignore drop them, Warn with a warning.
+        """
+        if field_validation not in FIELD_VALIDATION:
+            raise bad_request(
+                f"fieldValidation must be one of {', '.join(FIELD_VALIDATION)}, "
+                f"not {field_validation!r}"
+            )
         name = (obj.get("metadata") or {}).get("name", "")
         problems: list[validation.Problem] = []
+        pruned = False
         if self.validate:
             try:
                 problems += validation.validate(typed(res, obj), self.kube_version)
             except validation.UnknownKindError as e:
                 raise bad_request(str(e)) from e
+            if field_validation != "Strict":
+                for problem in [p for p in problems if p.unknown is not None]:
+                    assert problem.unknown is not None
+                    _drop(obj, problem.unknown)
+                    pruned = True
+                    if field_validation == "Warn" and warnings is not None:
+                        warnings.append(f'unknown field "{problem.field}"')
+                problems = [p for p in problems if p.unknown is None]
         if not any(p.code == 400 for p in problems):
             try:
                 problems += admission.problems(res, obj)
@@ -320,6 +362,7 @@ class Cluster:
                 ) from e
         if problems:
             raise invalid(res, name, problems)
+        return pruned
 
     def _decode(self, res: resources.Resource, body: Any) -> Obj:
         if not isinstance(body, dict):
@@ -394,6 +437,8 @@ class Cluster:
         *,
         dry_run: bool = False,
         keep_status: bool = False,
+        field_validation: str = "Strict",
+        warnings: list[str] | None = None,
     ) -> Obj:
         """Create an object; ``keep_status`` (in-process callers only) keeps a given status."""
         obj = self._decode(res, body)
@@ -449,7 +494,7 @@ class Cluster:
             if "status" in res.subresources and not keep_status:
                 obj.pop("status", None)
             self._prepare_create(res, obj)
-            self._check(res, obj, None)
+            self._check(res, obj, None, field_validation=field_validation, warnings=warnings)
             if dry_run:
                 return obj
             stored = self._commit(res, "ADDED", obj, None)
@@ -581,6 +626,8 @@ class Cluster:
         *,
         subresource: str | None = None,
         dry_run: bool = False,
+        field_validation: str = "Strict",
+        warnings: Warnings | None = None,
     ) -> Obj:
         obj = self._decode(res, body)
         meta = obj["metadata"]
@@ -645,7 +692,11 @@ class Cluster:
             new = {**new, "metadata": new_meta}
             if new == old:
                 return old  # a no-op update does not bump the resourceVersion
-            self._check(res, new, old)
+            pruned = self._check(
+                res, new, old, field_validation=field_validation, warnings=warnings
+            )
+            if pruned and new == old:
+                return old
             if dry_run:
                 return new
             if new_meta.get("deletionTimestamp") and not new_meta.get("finalizers"):
@@ -663,6 +714,8 @@ class Cluster:
         *,
         subresource: str | None = None,
         dry_run: bool = False,
+        field_validation: str = "Strict",
+        warnings: Warnings | None = None,
     ) -> Obj:
         with self.lock:
             current = typed(res, self.get(res, namespace, name))
@@ -672,7 +725,14 @@ class Cluster:
                 reason = {400: "BadRequest", 415: "UnsupportedMediaType"}.get(e.code, "Invalid")
                 raise ApiError(e.code, reason, str(e)) from e
             return self.replace(
-                res, namespace, name, patched, subresource=subresource, dry_run=dry_run
+                res,
+                namespace,
+                name,
+                patched,
+                subresource=subresource,
+                dry_run=dry_run,
+                field_validation=field_validation,
+                warnings=warnings,
             )
 
     # ---------------------------------------------------------------- delete

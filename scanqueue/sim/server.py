@@ -255,10 +255,13 @@ class Handler(BaseHTTPRequestHandler):
         ns = namespace or ""
         warnings: list[str] = []
         # the emulator's default is Strict (a real server's is Warn): typos fail tests
-        writing: dict[str, Any] = {
-            "field_validation": query.get("fieldValidation") or "Strict",
-            "warnings": warnings,
-        }
+        field_validation = query.get("fieldValidation") or "Strict"
+        if field_validation not in cluster_mod.FIELD_VALIDATION:
+            raise cluster_mod.bad_request(
+                f"fieldValidation must be one of {', '.join(cluster_mod.FIELD_VALIDATION)}, "
+                f"not {field_validation!r}"
+            )
+        writing: dict[str, Any] = {"field_validation": field_validation, "warnings": warnings}
         if verb == "list":
             self._list(res, namespace, query)
         elif verb == "get" and sub == "log":

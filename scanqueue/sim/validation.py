@@ -30,6 +30,7 @@ class Problem:
     reason: str  # FieldValueRequired, FieldValueInvalid, FieldValueNotSupported, ...
     message: str  # "Required value", 'Unsupported value: "x"'
     code: int  # 422 for invalid values, 400 for a wrong JSON type
+    unknown: tuple[str | int, ...] | None = None  # path of an unknown field, for pruning
 
 
 class UnknownKindError(LookupError):
@@ -107,6 +108,7 @@ def _problems(error: jsonschema.ValidationError) -> list[Problem]:
                 "FieldValueInvalid",
                 f'unknown field "{path_text([*where, name])}"',
                 422,
+                unknown=(*where, name),
             )
             for name in instance
             if name not in known

@@ -974,3 +974,26 @@ def test_an_object_with_a_finalizer_waits_for_it_before_going(sim: SimCluster) -
     with pytest.raises(client.ApiException) as caught:
         core.read_namespaced_secret("s", "default")
     assert caught.value.status == 404
+
+
+def test_explicit_field_validation_warn_or_ignore_drops_unknown_fields(sim: SimCluster) -> None:
+    body = pod_body("a")
+    body["spec"]["containers"][0]["imagePullPolicyy"] = "Always"
+    request = urllib.request.Request(
+        sim.url + "/api/v1/namespaces/default/pods?fieldValidation=Warn",
+        data=json.dumps(body).encode(),
+        method="POST",
+        headers={"Content-Type": "application/json"},
+    )
+    with urllib.request.urlopen(request, timeout=10) as response:
+        assert response.status == 201
+        warning = response.headers["Warning"]
+        assert warning == "299 - \"unknown field 'spec.containers[0].imagePullPolicyy'\""
+        created = json.loads(response.read())
+    assert "imagePullPolicyy" not in created["spec"]["containers"][0]
+    body["metadata"]["name"] = "b"
+    code, created = raw(sim, "POST", "/api/v1/namespaces/default/pods?fieldValidation=Ignore", body)
+    assert code == 201
+    assert "imagePullPolicyy" not in created["spec"]["containers"][0]
+    code, _ = raw(sim, "POST", "/api/v1/namespaces/default/pods?fieldValidation=Sometimes", body)
+    assert code == 400
