@@ -642,6 +642,11 @@ def _add_farm_options(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--concurrency", type=int, default=2, help="worker processes (default 2)")
     p.add_argument("--state-dir", metavar="DIR", help="keep settings, logs and demo data here")
+    p.add_argument(
+        "--private-services",
+        action="store_true",
+        help="embedded default: start its own Redis and PostgreSQL even if others answer",
+    )
     p.add_argument("--log-level", default="INFO", help="DEBUG, INFO, WARNING, ERROR")
 
 
@@ -692,22 +697,29 @@ def _cmd_run(args: argparse.Namespace) -> int:
         flower_port=args.flower_port,
         flower_unauthenticated=args.flower_unauthenticated,
         state_dir=Path(args.state_dir) if args.state_dir else None,
+        private_services=args.private_services,
         log_level=args.log_level,
     )
     stop = threading.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda *_: stop.set())
-    outcome = farm.run(options, stop=stop)
-    if args.until_scanned and outcome.cluster is not None:
+    report_codes: list[int] = []
+
+    def report(outcome: farm.Outcome) -> None:
+        """The demo's report, printed while its database (maybe its own) still runs."""
+        if not args.until_scanned or outcome.cluster is None:
+            return
         if outcome.unfinished:
             print("scanqueue: not every image of the demo cluster was scanned:", file=sys.stderr)
             for line in outcome.unfinished:
                 print(f"  - {line}", file=sys.stderr)
-        code = main(
-            ["report", "--cluster", outcome.cluster, "--database-url", outcome.database_url]
+        sys.stdout.flush()
+        report_codes.append(
+            main(["report", "--cluster", outcome.cluster, "--database-url", outcome.database_url])
         )
-        return outcome.exit_code or code
-    return outcome.exit_code
+
+    outcome = farm.run(options, stop=stop, before_stop=report)
+    return outcome.exit_code or max(report_codes, default=0)
 
 
 if __name__ == "__main__":

@@ -409,12 +409,19 @@ def write_settings(
     return path
 
 
-def start(directory: Path, *, settings: config.Settings, say: Any = print) -> World:
+def start(
+    directory: Path,
+    *,
+    settings: config.Settings,
+    private_services: bool = False,
+    say: Any = print,
+) -> World:
     """Start the demo world in ``directory``; ``say(line)`` reports each step.
 
     Redis and Postgres: the ones of ``settings`` when they answer; when they do
     not and the URLs are the defaults, private ones in ``directory``; when the
     URLs were set explicitly (``SCANQUEUE_*``), their failure is an error.
+    ``private_services``: always private ones, whatever answers.
     Raises ``DemoError`` (or ``TemporaryError`` for an explicit URL that does
     not answer); whatever started before the failure is stopped.
     """
@@ -423,7 +430,9 @@ def start(directory: Path, *, settings: config.Settings, say: Any = print) -> Wo
 
     started: list[Any] = []
     try:
-        redis_url, database_url = _services(directory, settings, started, say)
+        redis_url, database_url = _services(
+            directory, settings, started, say, private=private_services
+        )
         registry = Registry(
             directory / "registry", user=REGISTRY_USER, password=secrets.token_urlsafe(18)
         ).start()
@@ -489,12 +498,14 @@ def _services(
     settings: config.Settings,
     started: list[Any],
     say: Any,
+    *,
+    private: bool,
 ) -> tuple[str, str]:
     defaults = config.Settings()
     redis_url = settings.broker.url
-    if redis_answers(redis_url):
+    if not private and redis_answers(redis_url):
         say(f"  redis        {_no_password(redis_url)} (already running)")
-    elif redis_url != defaults.broker.url:
+    elif not private and redis_url != defaults.broker.url:
         raise errors.TemporaryError(
             f"Redis at {_no_password(redis_url)} (SCANQUEUE_BROKER_URL) does not answer; "
             "start it or unset the variable to let the demo start its own"
@@ -503,12 +514,13 @@ def _services(
         redis = Redis(directory / "redis").start()
         started.append(redis)
         redis_url = redis.url
-        say(f"  redis        {redis_url} (started for this run: none on {defaults.broker.url})")
+        why = "private services asked for" if private else f"none on {defaults.broker.url}"
+        say(f"  redis        {redis_url} (started for this run: {why})")
     database_url = settings.database.url
-    problem = postgres_problem(database_url)
+    problem = "private services asked for" if private else postgres_problem(database_url)
     if problem is None:
         say(f"  postgres     {_no_password(database_url)} (already running)")
-    elif database_url != defaults.database.url:
+    elif not private and database_url != defaults.database.url:
         raise errors.TemporaryError(
             f"PostgreSQL at {_no_password(database_url)} (SCANQUEUE_DATABASE_URL) is not "
             f"usable: {problem}"

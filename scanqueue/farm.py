@@ -63,6 +63,7 @@ class Options:
     worker_metrics_port: int = 0  # 0: a free port
     watcher_metrics_port: int = 0  # 0: a free port
     state_dir: Path | None = None  # kept; None: a temporary directory removed at the end
+    private_services: bool = False  # embedded default: own Redis and Postgres, whatever answers
     log_level: str = "INFO"
 
 
@@ -310,12 +311,15 @@ def run(
     stop: threading.Event,
     environ: Mapping[str, str] | None = None,
     out: IO[str] | None = None,
+    before_stop: Callable[[Outcome], None] | None = None,
 ) -> Outcome:
     """Start the farm, supervise it until ``stop`` (or the demo is scanned), stop it all.
 
     Prints the banner to ``out`` (default stdout): the mode in the first line,
     then where Flower is and how to log in, the metrics endpoints, the logs,
-    and how to run ``scanqueue report``. Raises ``ConfigError`` for settings
+    and how to run ``scanqueue report``. ``before_stop(outcome)`` runs while
+    everything still runs (the demo prints its report from the demo's own
+    database). Raises ``ConfigError`` for settings
     that cannot run (no cluster, Flower without auth), ``PermanentError`` when
     a role exits while starting.
     """
@@ -354,7 +358,9 @@ def run(
         if which == "embedded":
             from scanqueue import demo_env
 
-            world = demo_env.start(state, settings=settings, say=say)
+            world = demo_env.start(
+                state, settings=settings, private_services=options.private_services, say=say
+            )
             env.update(demo_env.environment(world))
             for name in ("SCANQUEUE_DATABASE_URL", "SCANQUEUE_BROKER_URL"):
                 env.pop(name, None)  # the settings file says which, started or found
@@ -405,9 +411,12 @@ def run(
             "   (also: --by image, --format csv)")  # fmt: skip
         say("  stop         Ctrl-C" if not options.until_scanned else
             "  until        every image of the demo cluster has a finished scan")  # fmt: skip
-        return _supervise(
+        outcome = _supervise(
             options, settings=settings, processes=processes, world=world, stop=stop, say=say
         )
+        if before_stop is not None:
+            before_stop(outcome)
+        return outcome
     finally:
         for process in reversed(processes):
             process.stop()
