@@ -997,3 +997,54 @@ def test_explicit_field_validation_warn_or_ignore_drops_unknown_fields(sim: SimC
     assert "imagePullPolicyy" not in created["spec"]["containers"][0]
     code, _ = raw(sim, "POST", "/api/v1/namespaces/default/pods?fieldValidation=Sometimes", body)
     assert code == 400
+
+
+@pytest.mark.slow
+def test_ten_thousand_pods_list_in_pages_and_stream_in_one_watch(sim_factory: Any) -> None:
+    sim = sim_factory(real_pull=False)
+    for i in range(10_000):
+        sim.create(
+            {
+                "apiVersion": "v1",
+                "kind": "Pod",
+                "metadata": {
+                    "name": f"p{i:05d}",
+                    "namespace": "default",
+                    "labels": {"app": f"a{i % 10}"},
+                },
+                "spec": {
+                    "nodeName": "node-1",
+                    "containers": [{"name": "c", "image": f"r.example.com/app{i % 50}:1"}],
+                },
+                "status": {"phase": "Running"},
+            },
+            keep_status=True,
+        )
+    core = sim.core()
+    names: list[str] = []
+    token = None
+    while True:
+        page = core.list_namespaced_pod(
+            "default", limit=500, _continue=token, _preload_content=False
+        )
+        body = json.loads(page.data)
+        names += [p["metadata"]["name"] for p in body["items"]]
+        token = body["metadata"].get("continue")
+        if not token:
+            break
+    assert names == [f"p{i:05d}" for i in range(10_000)]
+    events = list(
+        watch.Watch().stream(
+            core.list_namespaced_pod, "default", timeout_seconds=2, deserialize=False
+        )
+    )
+    assert len(events) == 10_000
+    assert {e["type"] for e in events} == {"ADDED"}
+    assert (
+        len(
+            core.list_namespaced_pod(
+                "default", label_selector="app=a3", _preload_content=False
+            ).data
+        )
+        > 0
+    )

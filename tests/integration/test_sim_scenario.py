@@ -267,3 +267,24 @@ def test_sim_serve_prints_its_url_and_writes_a_kubeconfig_for_the_official_clien
     assert len(pods) == 10
     for pod in pods:
         assert "@sha256:" in pod.status.container_statuses[0].image_id
+
+
+def test_raw_objects_and_variables_with_defaults(sim: SimCluster) -> None:
+    text = """
+namespaces: [team-a]
+objects:
+  - apiVersion: v1
+    kind: ConfigMap
+    metadata: {name: settings, namespace: team-a}
+    data: {mode: "${MODE:-strict}", region: "${REGION}"}
+"""
+    scenario.apply(sim.emulator, scenario.load(text=text, variables={"REGION": "eu"}))
+    data = sim.core().read_namespaced_config_map("settings", "team-a").data
+    assert data == {"mode": "strict", "region": "eu"}
+
+
+def test_sim_serve_refuses_a_malformed_var(capsys: pytest.CaptureFixture[str]) -> None:
+    from scanqueue import cli
+
+    assert cli.main(["sim", "serve", "--var", "NO_EQUALS_SIGN"]) == 2
+    assert "NAME=VALUE" in capsys.readouterr().err
