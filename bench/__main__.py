@@ -23,7 +23,10 @@ def main(argv: list[str]) -> int:
     names = argv or sorted(
         m.name for m in pkgutil.iter_modules(bench.__path__) if not m.name.startswith("_")
     )
+    # A partial run (names given) updates those entries and keeps the others.
     results: dict[str, object] = {}
+    if argv and RESULTS.exists():
+        results = json.loads(RESULTS.read_text())
     failed = False
     for name in names:
         module = importlib.import_module(f"bench.{name}")

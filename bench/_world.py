@@ -319,6 +319,17 @@ def watch_and_scan(svc: Services, shape: Shape, *, timeout: float = 120.0) -> Fa
                 if result.outcome != "submitted":
                     raise RuntimeError(f"scan {request.scan_id}: {result.outcome} {result.detail}")
             submit_requests = _counts(sim)
+            # Collect once every Job is done, so that passes finding nothing to collect
+            # (which depend on timing) are not counted against the scans.
+            wait_for(
+                lambda: all(
+                    any(c.get("type") == "Complete" and c.get("status") == "True"
+                        for c in (j.get("status") or {}).get("conditions") or [])
+                    for j in sim.list("Job", SCAN_NAMESPACE)
+                ),
+                timeout=timeout,
+                what="every scan Job complete",
+            )  # fmt: skip
             stored = _collect_all(farm, {r.scan_id for r in requests}, timeout=timeout)
             scan_seconds = time.perf_counter() - started
             collect_requests = _counts(sim)
