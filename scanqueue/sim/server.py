@@ -375,7 +375,9 @@ class Handler(BaseHTTPRequestHandler):
                 status["details"]["group"] = res.group
             self._send(200, status, headers=headers)
         else:
-            self._send(200 if gone else 202, cluster_mod.typed(res, obj), headers=headers)
+            # kube-apiserver answers 202 only to a deferred delete with orphanDependents=false
+            accepted = not gone and orphan is not None and str(orphan).lower() == "false"
+            self._send(202 if accepted else 200, cluster_mod.typed(res, obj), headers=headers)
 
     # ------------------------------------------------------------------ log
 
