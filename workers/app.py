@@ -164,6 +164,16 @@ class MetricsServer(bootsteps.StartStopStep):  # type: ignore[misc]
 app.steps["worker"].add(MetricsServer)
 
 
+@signals.worker_init.connect
+def _fresh_metrics_directory(**_: Any) -> None:
+    """Before the pool starts: drop samples a previous run of this worker left behind."""
+    directory = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
+    if directory and os.path.isdir(directory):
+        for name in os.listdir(directory):
+            if name.endswith(".db"):
+                os.remove(os.path.join(directory, name))
+
+
 @signals.worker_process_shutdown.connect
 def _pool_process_gone(pid: int | None = None, **_: Any) -> None:
     from scanqueue import metrics

@@ -76,6 +76,11 @@ def _celery(args: list[str]) -> list[str]:
         known = {f"--{o}" for o in flower_options._options}
     else:
         known = {o for p in command.params for o in (*p.opts, *p.secondary_opts)}
+        # options the app adds to Celery's commands (workers/app.py: worker --metrics-port)
+        from workers.app import app as celery_app
+
+        extra = celery_app.user_options.get(name, ())
+        known |= {o for p in extra for o in (*p.opts, *p.secondary_opts)}
     for option in options:
         if option.startswith("-"):
             flag = option.partition("=")[0]
