@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import select
 import socket
 import threading
 import time
@@ -492,9 +493,12 @@ class Handler(BaseHTTPRequestHandler):
                         if (
                             bookmarks
                             and time.monotonic() - last_bookmark >= emulator.bookmark_interval
-                        ):
+                        ) or self._client_gone():
                             break
                         events = cluster.events_since(cursor)
+                if self._client_gone():
+                    self.close_connection = True
+                    return  # the client hung up: free this thread now, not at the timeout
                 if emulator.faults.watch_generation != generation:
                     # a dropped connection: no terminating chunk, the socket just closes
                     self.close_connection = True
@@ -534,6 +538,14 @@ class Handler(BaseHTTPRequestHandler):
             self._chunk(b"")
         except (BrokenPipeError, ConnectionResetError, OSError):
             self.close_connection = True
+
+    def _client_gone(self) -> bool:
+        """Whether the client closed its end (readable with nothing to read)."""
+        try:
+            readable, _, _ = select.select([self.connection], [], [], 0)
+            return bool(readable) and self.connection.recv(1, socket.MSG_PEEK) == b""
+        except OSError:
+            return True
 
     @staticmethod
     def _bookmark(res: resources.Resource, rv: int) -> dict[str, Any]:
