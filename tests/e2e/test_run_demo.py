@@ -78,6 +78,11 @@ def assert_flower_requires_basic_auth(url: str, user: str, password: str) -> Non
     assert http_status(f"{url}/api/workers")[0] == 401
     assert http_status(f"{url}/api/workers", auth=(user, password + "x"))[0] == 401
     assert http_status(f"{url}/api/tasks")[0] == 401
+    # every queue is declared: Flower shows the demo cluster's queue and the control queue
+    status, body = http_status(f"{url}/api/queues/length", auth=(user, password))
+    assert status == 200
+    names = {q["name"] for q in json.loads(body)["active_queues"]}
+    assert {"scan.demo", "scanqueue.control"} <= names
 
 
 def files_containing(directory: Path, needle: str) -> list[str]:
