@@ -396,13 +396,18 @@ def run(
             "watcher": base_env,
             "flower": {**base_env, **_flower_env(auth)},
         }
-        for name in ("worker", "watcher", "flower"):
+        # consumers first: the watcher publishes only once a worker and Flower are up
+        for name in ("worker", "flower"):
             process = Process(name, argv[name], envs[name], logs / f"{name}.log").start()
             processes.append(process)
-        worker, _watcher, flower = processes
+        worker, flower = processes
         _wait(lambda: " ready." in worker.output(), worker, what="waiting for 'ready.'")
         flower_url = f"http://{_url_host(options.flower_address)}:{flower_port}"
         _wait(lambda: _http_ok(f"{flower_url}/healthcheck"), flower, what="/healthcheck")
+        watcher = Process("watcher", argv["watcher"], envs["watcher"], logs / "watcher.log")
+        processes.append(watcher.start())
+        watcher_url = f"http://127.0.0.1:{ports['watcher']}/metrics"
+        _wait(lambda: _http_ok(watcher_url), watcher, what="its metrics endpoint")
         say(f"  flower       {flower_url}  ({how})")
         say(f"  metrics      worker http://127.0.0.1:{ports['worker']}/metrics, "
             f"watcher http://127.0.0.1:{ports['watcher']}/metrics")  # fmt: skip

@@ -186,8 +186,9 @@ def worker_log_records(path: Path) -> list[dict[str, object]]:
 def test_run_sigkilled_takes_its_processes_with_it(
     farm_command: Callable[..., FarmCommand],
 ) -> None:
-    command = farm_command("run", env={"FLOWER_BASIC_AUTH": f"{FLOWER_USER}:{FLOWER_CANARY}"})
-    command.wait_line(r"^\s+flower\s+http://")
+    command = farm_command("run", "--flower-unauthenticated")
+    flower = command.wait_line(r"^\s+flower\s+(http://\S+)\s+\(NO authentication").group(1)
+    assert http_status(f"{flower}/api/workers")[0] == 200  # explicitly allowed: open on loopback
     assert processes_mentioning(str(command.state)), "the roles should be running"
     command.proc.kill()  # no chance to clean up: the roles must notice their parent is gone
     command.wait(30)
