@@ -169,19 +169,21 @@ class Registry:
         layer = work / f"{repository.replace('/', '_')}-{tag}.tar"
         layer.write_bytes(_layer(content))
         digest_file = work / "digest"
-        env = dict(os.environ)
         command = [skopeo, "copy", "--quiet", "--dest-tls-verify=false",
                    "--digestfile", str(digest_file)]  # fmt: skip
+        authfile = work / "auth.json"
         if self.user:
-            # an auth file (0600) rather than --dest-creds: argv is visible to every user
-            authfile = work / "auth.json"
+            # an auth file (0600, removed right after) rather than --dest-creds: argv is
+            # visible to every user of the machine
             authfile.touch(0o600)
             authfile.write_text(json.dumps({"auths": {self.host: {"auth": _basic(self)}}}))
             command += ["--dest-authfile", str(authfile)]
         command += [f"tarball:{layer}", f"docker://{self.host}/{repository}:{tag}"]
-        done = subprocess.run(
-            command, capture_output=True, text=True, timeout=120, check=False, env=env
-        )
+        try:
+            done = subprocess.run(command, capture_output=True, text=True, timeout=120, check=False)
+        finally:
+            authfile.unlink(missing_ok=True)
+            layer.unlink(missing_ok=True)
         if done.returncode != 0:
             raise DemoError(f"skopeo copy to {self.host}/{repository}:{tag} failed: "
                             f"{done.stderr.strip()[-300:]}")  # fmt: skip

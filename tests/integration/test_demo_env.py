@@ -72,9 +72,25 @@ def test_demo_world_on_private_services_serves_the_pushed_images_and_stops_clean
 
         shown = "\n".join(said) + repr(world) + repr(world.registry)
         assert world.registry.password not in shown
+        basic = base64.b64encode(f"{world.registry.user}:{world.registry.password}".encode())
+        on_disk = [
+            str(p)
+            for p in directory.rglob("*")
+            if p.is_file() and not p.is_symlink() and p.stat().st_size < 10_000_000
+            for content in [_read(p)]
+            if world.registry.password.encode() in content or basic in content
+        ]
+        assert on_disk == []
     finally:
         world.stop()
     assert processes_mentioning(str(directory)) == []
+
+
+def _read(path: Path) -> bytes:
+    try:
+        return path.read_bytes()
+    except OSError:  # the private PostgreSQL's files belong to another user
+        return b""
 
 
 def _status(url: str, auth: tuple[str, str] | None = None) -> int:
