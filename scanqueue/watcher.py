@@ -185,6 +185,7 @@ class ClusterWatcher:
         backoff = Backoff(self._options.backoff_initial_seconds, self._options.backoff_max_seconds)
         version: str | None = None
         where = scope or "all namespaces"
+        bookmarks = metrics.WATCH_EVENTS.labels(self.name, "BOOKMARK")
         while not self._stop.is_set():
             try:
                 if version is None:
@@ -200,7 +201,9 @@ class ClusterWatcher:
                     if self._stop.is_set():
                         return
                     version = (obj.get("metadata") or {}).get("resourceVersion") or version
-                    if kind != "BOOKMARK":
+                    if kind == "BOOKMARK":  # only a newer resourceVersion to resume from
+                        bookmarks.inc()
+                    else:
                         self._apply(kind, obj)
                 backoff.reset()
                 metrics.WATCH_RESTARTS.labels(self.name, "timeout").inc()

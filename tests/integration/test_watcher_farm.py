@@ -439,3 +439,31 @@ def test_postgres_outage_delays_the_inventory_but_loses_none(
         "web-1-p0001",
     ]
     assert len(watch_farm.queued("eu")) == 2
+
+
+def test_bookmarks_let_a_dropped_watch_resume_after_the_history_was_compacted(
+    sim_factory: Callable[..., sim_fixtures.SimCluster], watch_farm: Farm
+) -> None:
+    sim = sim_factory(bookmark_interval=0.1)
+    w = Workloads(sim)
+    w.deployment("shop", "web", IMAGES[0], 2)
+    watcher = watch_farm.watch(sim, "bm")
+    watch_farm.settle(watcher, containers=2)
+    for i in range(5):  # other objects move the cluster's resourceVersion past the list's
+        w.pull_secret("shop", f"unrelated-{i}", {})
+    seen = metrics.value("scanqueue_watch_events_total", cluster="bm", type="BOOKMARK")
+    wait_for(
+        lambda: (
+            metrics.value("scanqueue_watch_events_total", cluster="bm", type="BOOKMARK") >= seen + 2
+        ),
+        what="bookmarks after the unrelated changes",
+    )
+    listed = metrics.value("scanqueue_watch_events_total", cluster="bm", type="LISTED")
+    gone = metrics.value("scanqueue_watch_gone_total", cluster="bm")
+
+    sim.cluster.compact()  # the list's resourceVersion is too old to resume from now
+    sim.faults.drop_watches()
+    w.scale("shop", "web", 3)
+    watch_farm.settle(watcher, containers=3)
+    assert metrics.value("scanqueue_watch_gone_total", cluster="bm") == gone
+    assert metrics.value("scanqueue_watch_events_total", cluster="bm", type="LISTED") == listed
