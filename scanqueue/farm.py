@@ -347,6 +347,7 @@ def run(
         unauthenticated=options.flower_unauthenticated,
         address=options.flower_address,
     )
+    _check_port_free(options.flower_address, options.flower_port)
     say(f"scanqueue: {reason}")
     state = options.state_dir or Path(tempfile.mkdtemp(prefix="scanqueue-run-"))
     state.mkdir(parents=True, exist_ok=True)
@@ -429,6 +430,23 @@ def run(
             world.stop()
         if options.state_dir is None:
             shutil.rmtree(state, ignore_errors=True)
+
+
+def _check_port_free(address: str, port: int) -> None:
+    """Refuse early, with the way out, when Flower's port is taken (0 always works)."""
+    if port == 0:
+        return
+    import socket
+
+    family = socket.AF_INET6 if ":" in address else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as probe:
+        try:
+            probe.bind((address, port))
+        except OSError as e:
+            raise errors.ConfigError(
+                f"Flower cannot listen on {address}:{port} ({e.strerror}); pass "
+                "--flower-port with another port, or 0 for a free one"
+            ) from None
 
 
 def _url_host(address: str) -> str:

@@ -110,3 +110,17 @@ def test_commands_consume_every_cluster_queue_and_embed_beat(tmp_path: Path) -> 
     assert worker[worker.index("--metrics-port") + 1] == "9101"
     assert argv["watcher"][2:4] == ["scanqueue.cli", "watch"]
     assert "--port=5555" in argv["flower"]
+
+
+def test_a_taken_flower_port_is_refused_before_anything_starts(tmp_path: Path) -> None:
+    import socket
+    import threading
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        options = farm.Options(demo=True, flower_port=port, state_dir=tmp_path / "state")
+        with pytest.raises(errors.ConfigError, match=rf"127\.0\.0\.1:{port}.*--flower-port"):
+            farm.run(options, stop=threading.Event(), environ={"HOME": str(tmp_path)})
+    assert not (tmp_path / "state").exists()
