@@ -467,3 +467,38 @@ def test_bookmarks_let_a_dropped_watch_resume_after_the_history_was_compacted(
     watch_farm.settle(watcher, containers=3)
     assert metrics.value("scanqueue_watch_gone_total", cluster="bm") == gone
     assert metrics.value("scanqueue_watch_events_total", cluster="bm", type="LISTED") == listed
+
+
+def test_a_broken_cluster_does_not_hold_up_another(
+    sim_factory: Callable[..., sim_fixtures.SimCluster], watch_farm: Farm
+) -> None:
+    broken, healthy = sim_factory(name="broken"), sim_factory(name="healthy")
+    Workloads(broken).deployment("shop", "web", IMAGES[0], 2)
+    Workloads(healthy).deployment("shop", "web", IMAGES[1], 2)
+    broken.faults.fail(503, count=-1, retry_after=None)  # every request, until cleared
+    stuck = watch_farm.watch(broken, "broken")
+    fine = watch_farm.watch(healthy, "healthy")
+    watch_farm.settle(fine, containers=2)
+    assert [r.digest for r in watch_farm.requests("healthy")] == [healthy.digest_of(IMAGES[1])]
+    assert not stuck.ready.is_set()
+
+    broken.faults.clear()
+    watch_farm.settle(stuck, containers=2)
+    assert [r.digest for r in watch_farm.requests("broken")] == [broken.digest_of(IMAGES[0])]
+
+
+def test_digest_is_scanned_again_when_its_rescan_interval_ended(
+    sim: sim_fixtures.SimCluster, watch_farm: Farm
+) -> None:
+    Workloads(sim).deployment("shop", "web", IMAGES[0], 1)
+    watcher = watch_farm.watch(sim, "eu")
+    watch_farm.settle(watcher, containers=1)
+    digest = sim.digest_of(IMAGES[0])
+    dedupe.mark_fresh(watch_farm.redis, digest, ttl_seconds=1)  # the worker's success
+    watcher.reevaluate()
+    wait_for(watcher.idle, what="idle")
+    assert len(watch_farm.queued("eu")) == 1  # fresh: nothing to do
+
+    wait_for(lambda: not dedupe.is_fresh(watch_farm.redis, digest), what="the interval's end")
+    watcher.reevaluate()
+    wait_for(lambda: len(watch_farm.queued("eu")) == 2, what="the rescan")
