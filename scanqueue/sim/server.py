@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import select
 import socket
 import threading
@@ -26,6 +27,7 @@ if TYPE_CHECKING:
     from scanqueue.sim import emulator as emulator_mod
 
 ApiError = cluster_mod.ApiError
+log = logging.getLogger(__name__)
 JOB_ORPHAN_WARNING = (
     '299 - "child pods are preserved by default when jobs are deleted; set '
     "propagationPolicy=Background to remove them or set propagationPolicy=Orphan to suppress "
@@ -158,6 +160,10 @@ class Handler(BaseHTTPRequestHandler):
             self._error(e)
         except (BrokenPipeError, ConnectionResetError):
             self.close_connection = True
+        except Exception as e:  # an emulator bug: answer like a server would, and say so
+            log.exception("emulator error on %s %s", method, url.path)
+            with contextlib.suppress(OSError):
+                self._error(ApiError(500, "InternalError", f"emulator error: {type(e).__name__}"))
 
     def _discovery(self, method: str, parts: list[str]) -> bool:
         if method != "GET":
