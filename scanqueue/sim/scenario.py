@@ -16,6 +16,32 @@ else a stable made-up one (listed in ``Applied.unresolved``).
 
 Everything goes through the emulator's own create path, so a scenario is
 validated like any other client's objects.
+
+The format (``data/demo.yaml`` is a complete example)::
+
+    nodes: [node-1, {name: node-2, labels: {zone: b}}]
+    namespaces: [team-a, {name: scans, labels: {...}}]
+    secrets:                      # type/data/stringData as in a Secret, or:
+      - {namespace: team-a, name: regcred,
+         dockerconfigjson: {registry: HOST, username: U, password: P}}  # or a list;
+                                  # dockercfg: the same, legacy .dockercfg format
+    serviceAccounts:
+      - {namespace: team-a, name: builder, imagePullSecrets: [regcred]}
+    workloads:
+      - kind: Deployment          # Deployment | StatefulSet | DaemonSet | CronJob | Job | Pod
+        namespace: team-a
+        name: web
+        replicas: 2               # not for DaemonSet (one pod per node) or Job/CronJob/Pod
+        nodes: [node-1]           # or node: node-1; default: every node, round robin
+        imagePullSecrets: [regcred]
+        serviceAccount: builder
+        labels: {tier: front}     # app=<name> is always set
+        schedule: "0 2 * * *"     # CronJob only
+        initContainers: [...]     # like containers
+        containers:
+          - {name: web, image: HOST/team-a/web:1.0, imageID: sha256:...}  # imageID optional
+    objects: [<any manifest the emulator serves>]
+    reports: {HOST/team-a/web: reports/node-alpine-3.19.json, "sha256:...": FILE}
 """
 
 from __future__ import annotations
