@@ -1048,3 +1048,22 @@ def test_ten_thousand_pods_list_in_pages_and_stream_in_one_watch(sim_factory: An
         )
         > 0
     )
+
+
+def test_a_continue_token_older_than_the_retained_window_is_410(sim_factory: Any) -> None:
+    sim = sim_factory(history=2)
+    core = sim.core()
+    for i in range(4):
+        core.create_namespaced_secret(
+            "default", client.V1Secret(metadata=client.V1ObjectMeta(name=f"s{i}"))
+        )
+    page = core.list_namespaced_secret("default", limit=2)
+    for i in range(4, 8):
+        core.create_namespaced_secret(
+            "default", client.V1Secret(metadata=client.V1ObjectMeta(name=f"s{i}"))
+        )
+    sim.cluster.compact(2)
+    with pytest.raises(client.ApiException) as caught:
+        core.list_namespaced_secret("default", limit=2, _continue=page.metadata._continue)
+    assert caught.value.status == 410
+    assert status_of(caught.value)["reason"] == "Expired"
