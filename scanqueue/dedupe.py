@@ -101,9 +101,20 @@ def failed_key(digest: str, cluster: str) -> str:
     return f"{PREFIX}failed:{digest}:{cluster}"
 
 
+SOCKET_TIMEOUT_SECONDS = 10.0  # longest wait for one Redis command or connection
+
+
 def client(url: str) -> redis.Redis:
     """A Redis client for ``url`` (strings decoded). Connects lazily, on the first command."""
-    return redis.Redis.from_url(url, decode_responses=True, health_check_interval=30)
+    # Timeouts: a command on a connection Redis will never answer (a restart caught
+    # half-way) raises TimeoutError, a TemporaryError to callers, instead of hanging.
+    return redis.Redis.from_url(
+        url,
+        decode_responses=True,
+        health_check_interval=30,
+        socket_timeout=SOCKET_TIMEOUT_SECONDS,
+        socket_connect_timeout=SOCKET_TIMEOUT_SECONDS,
+    )
 
 
 def new_scan_id() -> str:

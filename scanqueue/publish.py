@@ -44,6 +44,8 @@ class Publisher:
             accept_content=["json"],
             task_create_missing_queues=True,
             broker_connection_retry_on_startup=True,
+            # without these a publish on a connection Redis never answers waits forever
+            broker_transport_options={"socket_timeout": 10.0, "socket_connect_timeout": 10.0},
         )
 
     def publish(self, request: discovery.ScanRequest, *, producer: Any = None) -> str:

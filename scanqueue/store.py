@@ -155,6 +155,28 @@ def _no_password(message: str) -> str:
 # ------------------------------------------------------------------ connections
 
 
+class Pool(psycopg_pool.ConnectionPool[Any]):
+    """A connection pool whose ``connection()`` raises ``TemporaryError`` when Postgres is gone.
+
+    psycopg_pool raises its own ``PoolTimeout`` (no connection within the pool's
+    timeout) and psycopg ``OperationalError`` (a connection lost at commit)
+    outside any ``store`` function; callers such as the Celery tasks retry only
+    ``TemporaryError``, so a Postgres restart would otherwise fail a scan task.
+    """
+
+    @contextmanager
+    def connection(self, timeout: float | None = None) -> Iterator[Any]:
+        try:
+            with super().connection(timeout) as conn:
+                yield conn
+        except (psycopg_pool.PoolTimeout, psycopg.OperationalError, psycopg.InterfaceError) as e:
+            raise errors.TemporaryError(
+                f"Postgres connection of pool {self.name}: {type(e).__name__}: "
+                + _no_password(" ".join(str(e).split()))
+                + "; is Postgres up? retried"
+            ) from e
+
+
 def pool(
     url: str, *, min_size: int = 1, max_size: int = 4, timeout: float = 15.0
 ) -> psycopg_pool.ConnectionPool[Any]:
@@ -164,7 +186,7 @@ def pool(
     ``TemporaryError`` (without the password) when Postgres cannot be reached
     within ``timeout`` seconds.
     """
-    p: psycopg_pool.ConnectionPool[Any] = psycopg_pool.ConnectionPool(
+    p: psycopg_pool.ConnectionPool[Any] = Pool(
         url,
         min_size=min_size,
         max_size=max_size,

@@ -14,6 +14,8 @@ Reliability, in one place:
 - Time limits are ordered: scan Job deadline < soft limit < hard limit <
   broker visibility timeout (checked by ``config``), so Redis never redelivers
   a task that is still running.
+- ``unacked_restore_interval``: a dead worker's tasks come back within a tenth
+  of the visibility timeout after it passed (kombu's default waits ~100 s more).
 - ``worker_cancel_long_running_tasks_on_connection_loss``: after a broker
   connection loss the running late-ack tasks are cancelled; they are
   redelivered by the broker, not run twice at once.
@@ -47,6 +49,11 @@ def queue_name(cluster: str) -> str:
     return f"scan.{cluster}"
 
 
+def restore_interval(broker: config.BrokerSettings) -> int:
+    """Seconds between sweeps for the unacked messages of dead workers: 1..10."""
+    return max(1, min(10, broker.visibility_timeout_seconds // 10))
+
+
 def make_app(settings: config.Settings) -> Celery:
     """Build the Celery app for ``settings``; does not connect to the broker."""
     app = Celery("scanqueue", broker=settings.broker.url, include=["workers.tasks"])
@@ -66,6 +73,11 @@ def make_app(settings: config.Settings) -> Celery:
         worker_cancel_long_running_tasks_on_connection_loss=True,
         broker_transport_options={
             "visibility_timeout": settings.broker.visibility_timeout_seconds,
+            # kombu looks for unacked messages of dead workers only every interval x
+            # throttle seconds (10 x 10 by default): a task could wait 100 s past its
+            # visibility timeout. Look every tenth of the timeout (1..10 s) instead.
+            "unacked_restore_interval": restore_interval(settings.broker),
+            "unacked_restore_throttle": 1,
         },
         task_soft_time_limit=scan.soft_time_limit_seconds,
         task_time_limit=scan.hard_time_limit_seconds,

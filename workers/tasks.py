@@ -19,6 +19,7 @@ import threading
 from datetime import UTC, datetime
 from typing import Any
 
+import redis.exceptions
 from celery import Task
 from celery.exceptions import SoftTimeLimitExceeded
 
@@ -144,6 +145,14 @@ def _locked(cluster: str, what: str, seconds: int) -> Any:
     return farm(cluster).redis.lock(f"scanqueue:{what}:{cluster}", timeout=seconds, blocking=False)
 
 
+def _release(lock: Any) -> None:
+    """Release a pass lock; one that expired while the pass ran (a slow database) is gone."""
+    try:
+        lock.release()
+    except redis.exceptions.LockError:
+        log.warning("a pass outlived its lock %s; it had expired already", lock.name)
+
+
 @app.task(name="scanqueue.collect", acks_late=True)
 def collect(cluster: str) -> list[dict[str, str]]:
     """Collect finished scan Jobs of ``cluster`` (one pass; skipped if another runs)."""
@@ -159,7 +168,7 @@ def collect(cluster: str) -> list[dict[str, str]]:
         log.warning("collect pass of %s stopped: %s", cluster, e, extra={"cluster": cluster})
         return []
     finally:
-        lock.release()
+        _release(lock)
 
 
 def _jobs_in_flight(cluster: str) -> None:
@@ -187,7 +196,7 @@ def sweep(cluster: str) -> dict[str, int]:
         log.warning("sweep of %s stopped: %s", cluster, e, extra={"cluster": cluster})
         return {}
     finally:
-        lock.release()
+        _release(lock)
 
 
 def _schedule() -> dict[str, dict[str, Any]]:

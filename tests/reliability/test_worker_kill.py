@@ -114,3 +114,14 @@ def test_worker_killed_during_collect_stores_the_report_once_after_restart(
     assert [r[1] for r in rel.scan_rows(farm)] == ["running"]
     farm.workers[0].kill()
     _recover_and_check(farm, digest, jobs, secrets, monitor)
+
+
+def test_dead_workers_tasks_are_looked_for_every_tenth_of_the_visibility_timeout() -> None:
+    """kombu's default sweep (every 10 x 10 s) made a redelivery wait ~100 s past the timeout."""
+    from scanqueue import config
+    from workers import app as worker_app
+
+    for timeout, every in ((9, 1), (60, 6), (3600, 10)):
+        settings = config.Settings(broker=config.BrokerSettings(visibility_timeout_seconds=timeout))
+        options = worker_app.make_app(settings).conf.broker_transport_options
+        assert options["unacked_restore_interval"] * options["unacked_restore_throttle"] == every
