@@ -262,8 +262,15 @@ class DecodeError(ValueError):
 
 
 def normalise_secret(secret: dict[str, Any]) -> None:
-    """Merge ``stringData`` into base64 ``data`` and default the type; raise ``BadRequest``."""
+    """Merge ``stringData`` into base64 ``data`` and default the type; raise ``DecodeError``."""
     data = secret.get("data") or {}
+    string_data = secret.get("stringData") or {}
+    for field, value in (("data", data), ("stringData", string_data)):
+        if not isinstance(value, dict):
+            raise DecodeError(
+                'Secret in version "v1" cannot be handled as a Secret: json: cannot unmarshal '
+                f"{type(value).__name__} into Go struct field Secret.{field} of type map"
+            )
     for key, value in data.items():
         if not isinstance(value, str):
             raise DecodeError(
@@ -277,9 +284,14 @@ def normalise_secret(secret: dict[str, Any]) -> None:
                 'Secret in version "v1" cannot be handled as a Secret: illegal base64 data '
                 f"in data[{key}]"
             ) from e
-    string_data = secret.pop("stringData", None) or {}
+    secret.pop("stringData", None)
     for key, value in string_data.items():
-        data[key] = base64.b64encode(str(value).encode()).decode()
+        if not isinstance(value, str):
+            raise DecodeError(
+                'Secret in version "v1" cannot be handled as a Secret: json: cannot unmarshal '
+                f"{type(value).__name__} into Go struct field Secret.stringData of type string"
+            )
+        data[key] = base64.b64encode(value.encode()).decode()
     if data:
         secret["data"] = data
     secret.setdefault("type", "Opaque")

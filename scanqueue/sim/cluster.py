@@ -493,7 +493,16 @@ class Cluster:
                 meta["generation"] = 1
             if "status" in res.subresources and not keep_status:
                 obj.pop("status", None)
-            self._prepare_create(res, obj)
+            try:
+                self._prepare_create(res, obj)
+            except (TypeError, AttributeError, ValueError) as e:
+                # a body of the wrong shape (the schema check comes next and would name it)
+                problems = validation.validate(typed(res, obj), self.kube_version)
+                if problems:
+                    raise invalid(res, name, problems) from e
+                raise bad_request(
+                    f'{res.kind} in version "{res.version}" cannot be handled as a {res.kind}: {e}'
+                ) from e
             self._check(res, obj, None, field_validation=field_validation, warnings=warnings)
             if dry_run:
                 return obj

@@ -1067,3 +1067,57 @@ def test_a_continue_token_older_than_the_retained_window_is_410(sim_factory: Any
         core.list_namespaced_secret("default", limit=2, _continue=page.metadata._continue)
     assert caught.value.status == 410
     assert status_of(caught.value)["reason"] == "Expired"
+
+
+@pytest.mark.parametrize(
+    ("path", "body"),
+    [
+        (
+            "/apis/batch/v1/namespaces/default/jobs",
+            {
+                "apiVersion": "batch/v1",
+                "kind": "Job",
+                "metadata": {"name": "j"},
+                "spec": {"template": "x"},
+            },
+        ),
+        (
+            "/api/v1/namespaces/default/pods",
+            {
+                "apiVersion": "v1",
+                "kind": "Pod",
+                "metadata": {"name": "p"},
+                "spec": {"containers": "x"},
+            },
+        ),
+        (
+            "/api/v1/namespaces/default/secrets",
+            {"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "s"}, "data": "x"},
+        ),
+        (
+            "/api/v1/namespaces/default/secrets",
+            {
+                "apiVersion": "v1",
+                "kind": "Secret",
+                "metadata": {"name": "s"},
+                "stringData": {"n": 1},
+            },
+        ),
+        (
+            "/api/v1/namespaces/default/secrets",
+            {
+                "apiVersion": "v1",
+                "kind": "Secret",
+                "metadata": {"name": "s"},
+                "data": {"k": "not base64!"},
+            },
+        ),
+    ],
+)
+def test_bodies_of_the_wrong_shape_are_400_bad_request(
+    sim: SimCluster, path: str, body: dict[str, Any]
+) -> None:
+    code, status = raw(sim, "POST", path, body)
+    assert code == 400
+    assert status["reason"] == "BadRequest"
+    assert "cannot be handled as a" in status["message"]
