@@ -91,6 +91,12 @@ def _wait_port(port: int, proc: subprocess.Popen[bytes], log: Path, what: str) -
     raise DemoError(f"{what} did not listen on 127.0.0.1:{port} within 30s:\n{_tail(log)}")
 
 
+def _service_env(directory: Path) -> dict[str, str]:
+    """The environment of a demo service: ours, plus where it lives (``ps e`` shows it even
+    when the service rewrites its process title, as redis-server does)."""
+    return {**os.environ, "SQ_DEMO_SERVICE_DIR": str(directory)}
+
+
 def _stop_process(proc: subprocess.Popen[bytes] | None) -> None:
     if proc is None or proc.poll() is not None:
         return
@@ -156,6 +162,7 @@ class Registry:
                 [binary, "serve", str(settings)],
                 stdout=log,
                 stderr=log,
+                env=_service_env(self.directory),
                 preexec_fn=farm.die_with_parent,  # noqa: PLW1509 - exec follows at once
             )
         _wait_port(self.port, self.proc, self.log, "docker-registry")
@@ -247,7 +254,7 @@ class Redis:
         self.proc = subprocess.Popen(
             [binary, "--bind", "127.0.0.1", "--port", str(self.port), "--save", "",
              "--appendonly", "no", "--dir", str(self.directory), "--logfile", str(log)],
-            stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT,
+            stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT, env=_service_env(self.directory),
             preexec_fn=farm.die_with_parent,  # noqa: PLW1509 - exec follows at once
         )  # fmt: skip
         _wait_port(self.port, self.proc, log, "redis-server")
@@ -261,12 +268,15 @@ class Redis:
 class Postgres:
     """A private PostgreSQL cluster (trust auth on loopback, fsync off) in ``directory``.
 
-    As root the server runs as the ``postgres`` system user, since it refuses root.
+    The server is a direct child (no ``pg_ctl``), so that it gets SIGINT (fast
+    shutdown) when the launcher dies. As root it runs as the ``postgres`` system
+    user, since it refuses root.
     """
 
     directory: Path
     port: int = 0
     user: str | None = None
+    proc: subprocess.Popen[bytes] | None = dataclasses.field(default=None, repr=False)
 
     @property
     def url(self) -> str:
@@ -276,41 +286,64 @@ class Postgres:
         command = list(argv)
         if self.user:
             command = ["runuser", "-u", self.user, "--", *command]
-        return subprocess.run(command, capture_output=True, text=True, check=False, timeout=120)
+        return subprocess.run(
+            command, capture_output=True, text=True, check=False, timeout=120, cwd="/"
+        )  # cwd: the postgres user may not enter ours
 
     def start(self) -> Postgres:
+        import pwd
+
+        from scanqueue import farm, store
+
         found = sorted(glob.glob("/usr/lib/postgresql/*/bin"), key=lambda d: int(d.split("/")[-2]))
         if not found:
             raise DemoError("PostgreSQL server binaries not found; install Debian's postgresql")
         bindir = Path(found[-1])
         self.directory.mkdir(parents=True, exist_ok=True)
+        uid = gid = None
         if os.geteuid() == 0:
             self.user = "postgres"
-            shutil.chown(self.directory, user="postgres")
+            account = pwd.getpwnam(self.user)
+            uid, gid = account.pw_uid, account.pw_gid
+            shutil.chown(self.directory, user=self.user)
         data, log = self.directory / "data", self.directory / "postgres.log"
         done = self._run(str(bindir / "initdb"), "-D", str(data), "-A", "trust", "-U", "postgres",
                          "-E", "UTF8", "--no-sync")  # fmt: skip
         if done.returncode != 0:
             raise DemoError(f"initdb failed: {done.stderr.strip()[-500:]}")
         self.port = free_port()
-        options = (f"-p {self.port} -k {self.directory} -c listen_addresses=127.0.0.1 "
-                   "-c fsync=off -c synchronous_commit=off -c full_page_writes=off")  # fmt: skip
-        done = self._run(str(bindir / "pg_ctl"), "-D", str(data), "-l", str(log), "-o", options,
-                         "-w", "-t", "60", "start")  # fmt: skip
-        if done.returncode != 0:
-            raise DemoError(f"PostgreSQL did not start: {done.stderr.strip()}\n{_tail(log)}")
-        self._bindir = bindir
-        done = self._run(str(bindir / "createdb"), "-h", "127.0.0.1", "-p", str(self.port),
-                         "-U", "postgres", "scanqueue")  # fmt: skip
-        if done.returncode != 0:
-            raise DemoError(f"createdb scanqueue failed: {done.stderr.strip()}")
-        return self
+        with log.open("ab") as out:
+            self.proc = subprocess.Popen(
+                [str(bindir / "postgres"), "-D", str(data), "-p", str(self.port),
+                 "-k", str(self.directory), "-c", "listen_addresses=127.0.0.1",
+                 "-c", "fsync=off", "-c", "synchronous_commit=off", "-c", "full_page_writes=off"],
+                stdout=out, stderr=out, stdin=subprocess.DEVNULL, env=_service_env(self.directory),
+                preexec_fn=farm.child_setup(uid=uid, gid=gid, death_signal=signal.SIGINT),  # noqa: PLW1509
+            )  # fmt: skip
+        admin = f"postgresql://postgres@127.0.0.1:{self.port}/postgres"
+        deadline = time.monotonic() + 60
+        while True:
+            if self.proc.poll() is not None:
+                raise DemoError(f"PostgreSQL exited with {self.proc.returncode}:\n{_tail(log)}")
+            try:
+                with store.connect(admin) as conn:
+                    conn.autocommit = True
+                    conn.execute(b"CREATE DATABASE scanqueue")
+                return self
+            except errors.TemporaryError as e:
+                if time.monotonic() > deadline:
+                    raise DemoError(f"PostgreSQL did not accept connections: {e}") from None
+                time.sleep(0.2)
 
     def stop(self) -> None:
-        bindir = getattr(self, "_bindir", None)
-        if bindir is not None:
-            self._run(str(bindir / "pg_ctl"), "-D", str(self.directory / "data"), "-m", "fast",
-                      "-w", "stop")  # fmt: skip
+        if self.proc is None or self.proc.poll() is not None:
+            return
+        self.proc.send_signal(signal.SIGINT)  # fast shutdown: connections are cut
+        try:
+            self.proc.wait(30)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
 
 
 def redis_answers(url: str) -> bool:

@@ -175,6 +175,25 @@ def die_with_parent() -> None:  # pragma: no cover - runs in the child between f
         _PRCTL(_PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
+def child_setup(
+    *, uid: int | None = None, gid: int | None = None, death_signal: int = signal.SIGTERM
+) -> Callable[[], None]:
+    """A ``preexec_fn`` like ``die_with_parent`` that also drops to ``uid``/``gid`` (as root)
+    and sends ``death_signal``; the signal is set after the identity change, which clears it."""
+
+    def setup() -> None:  # pragma: no cover - runs in the child between fork and exec
+        os.setsid()
+        if gid is not None:
+            os.setgroups([])
+            os.setgid(gid)
+        if uid is not None:
+            os.setuid(uid)
+        if _PRCTL is not None:
+            _PRCTL(_PR_SET_PDEATHSIG, death_signal)
+
+    return setup
+
+
 @dataclasses.dataclass
 class Process:
     """One role of the farm: a subprocess in its own process group, output in ``log``."""

@@ -186,10 +186,13 @@ def worker_log_records(path: Path) -> list[dict[str, object]]:
 def test_run_sigkilled_takes_its_processes_with_it(
     farm_command: Callable[..., FarmCommand],
 ) -> None:
-    command = farm_command("run", "--flower-unauthenticated")
+    # its own Redis and PostgreSQL too: they must not outlive it either
+    command = farm_command("run", "--flower-unauthenticated", "--private-services")
     flower = command.wait_line(r"^\s+flower\s+(http://\S+)\s+\(NO authentication").group(1)
     assert http_status(f"{flower}/api/workers")[0] == 200  # explicitly allowed: open on loopback
-    assert processes_mentioning(str(command.state)), "the roles should be running"
+    running = "\n".join(processes_mentioning(str(command.state)))
+    for role in ("celery", "scanqueue.cli watch", "flower", "redis-server", "postgres -D"):
+        assert role in running, f"{role} should be running:\n{running}"
     command.proc.kill()  # no chance to clean up: the roles must notice their parent is gone
     command.wait(30)
     deadline = time.monotonic() + 60

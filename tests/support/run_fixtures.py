@@ -13,9 +13,11 @@ from __future__ import annotations
 import dataclasses
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -88,7 +90,8 @@ class FarmCommand:
 
 
 def processes_mentioning(text: str) -> list[str]:
-    """Command lines of live processes whose command line or environment contains ``text``."""
+    """Command lines of live processes whose command line, environment or working directory
+    contains ``text``."""
     found = []
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit() or int(entry.name) == os.getpid():
@@ -97,9 +100,11 @@ def processes_mentioning(text: str) -> list[str]:
             cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
             environ = (entry / "environ").read_bytes().decode(errors="replace")
             state = (entry / "stat").read_text().split()[2]
+            cwd = os.readlink(entry / "cwd")
         except OSError:
             continue
-        if state != "Z" and (text in cmdline or text in environ):
+        # cwd: redis-server rewrites its title over argv and environ, but works in --dir
+        if state != "Z" and (text in cmdline or text in environ or text in cwd):
             found.append(f"{entry.name}: {cmdline}")
     return found
 
@@ -110,11 +115,15 @@ def farm_command(
 ) -> Iterator[Callable[..., FarmCommand]]:
     """Start ``scanqueue ARGS...`` on the embedded default: ``farm_command("demo", env={...})``."""
     started: list[FarmCommand] = []
+    states: list[Path] = []
 
     def start(*args: str, env: dict[str, str] | None = None) -> FarmCommand:
         home = tmp_path / f"home-{len(started)}"
         home.mkdir()
-        state = tmp_path / f"state-{len(started)}"
+        # not under tmp_path (0700): a private PostgreSQL runs as another user when we are root
+        state = Path(tempfile.mkdtemp(prefix="sq-run-state-"))
+        os.chmod(state, 0o755)
+        states.append(state)
         dropped = ("SCANQUEUE_", "FLOWER_", "SQ_", "KUBECONFIG")
         base = {k: v for k, v in os.environ.items() if not k.startswith(dropped)}
         full_env = {
@@ -141,6 +150,8 @@ def farm_command(
     yield start
     for command in started:
         command.stop()
+    for state in states:
+        shutil.rmtree(state, ignore_errors=True)
 
 
 def scrape(url: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
