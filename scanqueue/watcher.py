@@ -425,6 +425,14 @@ class ClusterWatcher:
                 self._replace_pending = True
             written = False
         if replace and written:
+            if not self.ready.is_set():
+                log.info(
+                    "cluster %s: inventory of %d containers in %d pods written",
+                    self.name,
+                    sum(len(entry.requests) for _, entry in pods),
+                    len(pods),
+                    extra=self._ctx(),
+                )
             self.ready.set()
 
     def _decide_failed(self, why: str) -> None:
