@@ -50,6 +50,7 @@ FAST_REDELIVERY = {
     "sweep_margin_seconds": 30,
 }
 VISIBILITY_TIMEOUT = 9
+FLOWER_USER, FLOWER_PASSWORD = "ops", "flower-ops-pw-3c1"
 
 
 # ------------------------------------------------------------------ objects
@@ -350,7 +351,8 @@ class Flower:
             [sys.executable, "-m", "celery", "-A", "workers.app", "flower",
              f"--port={self.port}", "--address=127.0.0.1"],
             stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
-            env={**os.environ, "SCANQUEUE_CONFIG": str(self.config_path)},
+            env={**os.environ, "SCANQUEUE_CONFIG": str(self.config_path),
+                 "FLOWER_BASIC_AUTH": f"{FLOWER_USER}:{FLOWER_PASSWORD}"},
         )  # fmt: skip
         out.close()
         deadline = time.monotonic() + 60
@@ -364,7 +366,11 @@ class Flower:
         raise RuntimeError(f"flower not up within 60 s:\n{self.log.read_text(errors='replace')}")
 
     def get(self, path: str) -> str:
-        with urllib.request.urlopen(f"http://127.0.0.1:{self.port}{path}", timeout=10) as r:
+        """``GET path`` with Flower's basic auth (its API answers nobody without it)."""
+        request = urllib.request.Request(f"http://127.0.0.1:{self.port}{path}")
+        token = base64.b64encode(f"{FLOWER_USER}:{FLOWER_PASSWORD}".encode()).decode()
+        request.add_header("Authorization", f"Basic {token}")
+        with urllib.request.urlopen(request, timeout=10) as r:
             return str(r.read().decode(errors="replace"))
 
     def tasks(self) -> str:
