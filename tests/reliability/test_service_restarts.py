@@ -55,10 +55,8 @@ def test_redis_killed_and_restarted_loses_no_acknowledged_task_and_duplicates_no
     )  # fmt: skip
     try:
         sim.create(rel.namespace())
-        sim.create(
-            rel.pull_secret("regcred", rel.dockerconfig(registry.host, REGISTRY_USER,
-                                                        REGISTRY_PASSWORD))  # fmt: skip
-        )
+        cred = rel.dockerconfig(registry.host, REGISTRY_USER, REGISTRY_PASSWORD)
+        sim.create(rel.pull_secret("regcred", cred))
         monitor = rel.RedisMonitor(durable_redis.url)
         first = _deploy(farm, ["queued-a", "queued-b", "queued-c"])
         farm.start(workers=0)  # the watcher publishes; nobody consumes yet
