@@ -87,7 +87,8 @@ def test_canary_credential_reaches_no_output_and_no_other_registry_after_a_fault
     assert "scanqueue.scan" in places["flower /api/tasks"]
     assert "scanqueue_tasks_published_total" in places["watcher 0 metrics"]
     assert digests["on-a"] in places["redis MONITOR (raw and decoded messages)"]
-    assert "Traceback" in places["worker and watcher logs"] or "retried" in places[
-        "worker and watcher logs"
-    ]
+    assert (
+        "Traceback" in places["worker and watcher logs"]
+        or "retried" in places["worker and watcher logs"]
+    )
     rel.assert_nowhere(canary.needles(), places)
