@@ -148,6 +148,37 @@ def _drop(obj: Any, path: tuple[str | int, ...]) -> None:
         obj.pop(path[-1], None)
 
 
+_META_TYPES: dict[str, tuple[type, type | None]] = {
+    # field: (its type, the type of its entries)
+    "name": (str, None),
+    "generateName": (str, None),
+    "namespace": (str, None),
+    "uid": (str, None),
+    "resourceVersion": (str, None),
+    "labels": (dict, str),
+    "annotations": (dict, str),
+    "finalizers": (list, str),
+    "ownerReferences": (list, dict),
+}
+
+
+def _metadata_shape(meta: Any) -> str | None:
+    """What is wrong with the JSON types of ``metadata`` (the fields the server reads first)."""
+    if not isinstance(meta, dict):
+        return f"{type(meta).__name__} into Go struct field .metadata of type v1.ObjectMeta"
+    for field, (kind, entries) in _META_TYPES.items():
+        value = meta.get(field)
+        if value is None:
+            continue
+        if not isinstance(value, kind):
+            return f"{type(value).__name__} into Go struct field metadata.{field}"
+        found: Any = value  # a dict or a list here
+        items = list(found.values()) if isinstance(found, dict) else list(found)
+        if entries is not None and not all(isinstance(v, entries) for v in items):
+            return f"a value into Go struct field metadata.{field} of type {entries.__name__}"
+    return None
+
+
 def typed(res: resources.Resource, obj: Mapping[str, Any]) -> Obj:
     """``obj`` with its ``apiVersion`` and ``kind`` first, as single-object responses carry."""
     return {"apiVersion": res.api_version, "kind": res.kind, **obj}
@@ -381,9 +412,14 @@ class Cluster:
                 f"the kind in the data ({kind}) does not match the expected kind ({res.kind})"
             )
         obj = clone(_strip_type(body))
-        if not isinstance(obj.get("metadata", {}), dict):
-            raise bad_request(f'{res.kind} in version "{res.version}" cannot be handled: metadata')
-        obj.setdefault("metadata", {})
+        if obj.get("metadata") is None:
+            obj["metadata"] = {}
+        problem = _metadata_shape(obj["metadata"])
+        if problem:
+            raise bad_request(
+                f'{res.kind} in version "{res.version}" cannot be handled as a {res.kind}: '
+                f"json: cannot unmarshal {problem}"
+            )
         if res.plural == "secrets":
             try:
                 admission.normalise_secret(obj)
