@@ -1121,3 +1121,44 @@ def test_bodies_of_the_wrong_shape_are_400_bad_request(
     assert code == 400
     assert status["reason"] == "BadRequest"
     assert "cannot be handled as a" in status["message"]
+
+
+def _random_json(rng: Any, depth: int = 0) -> Any:
+    keys = ["spec", "metadata", "containers", "name", "image", "template", "data",
+            "stringData", "status", "labels", "op", "path", "value", "$patch", "finalizers",
+            "ownerReferences", "env"]  # fmt: skip
+    roll = rng.random()
+    if depth > 3 or roll < 0.3:
+        return rng.choice(["x", 1, None, True, 1.5, "", [], {}, "/spec"])
+    if roll < 0.6:
+        return {rng.choice(keys): _random_json(rng, depth + 1) for _ in range(rng.randint(0, 4))}
+    return [_random_json(rng, depth + 1) for _ in range(rng.randint(0, 3))]
+
+
+def test_random_bodies_never_make_an_internal_error(sim: SimCluster) -> None:
+    import random
+
+    rng = random.Random(20261123)
+    paths = ["/api/v1/namespaces/default/pods", "/api/v1/namespaces/default/secrets",
+             "/apis/batch/v1/namespaces/default/jobs"]  # fmt: skip
+    patch_types = ["application/merge-patch+json", "application/strategic-merge-patch+json",
+                   "application/json-patch+json"]  # fmt: skip
+    raw(sim, "POST", paths[1], {"metadata": {"name": "n1"}, "stringData": {"a": "b"}})
+    seen: set[int] = set()
+    for i in range(400):
+        body = _random_json(rng)
+        if isinstance(body, dict) and rng.random() < 0.5:
+            body["metadata"] = {"name": f"n{i}"}
+        method = rng.choice(["POST", "PUT", "PATCH", "DELETE"])
+        path = rng.choice(paths) + ("" if method == "POST" else rng.choice(["/n1", "/n1/status"]))
+        code, _ = raw(
+            sim,
+            method,
+            path,
+            body,
+            content_type=rng.choice(patch_types) if method == "PATCH" else "application/json",
+        )
+        seen.add(code)
+        assert code < 500, (method, path, body)
+    assert {400, 404, 422} <= seen
+    assert sim.core().list_namespaced_pod("default") is not None
