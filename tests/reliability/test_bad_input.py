@@ -11,11 +11,9 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
-import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -215,33 +213,6 @@ def test_registry_redirecting_in_a_loop_is_a_clear_registry_error(
     error = _resolve(server.host)
     assert server.host in str(error)
     assert len(server.seen) < 50  # the client gave up instead of following forever
-
-
-@pytest.fixture
-def hanging_server() -> Iterator[str]:
-    """Accepts connections and never answers; closes them when the test ends."""
-    listener = socket.create_server(("127.0.0.1", 0))
-    listener.settimeout(0.2)
-    stop = threading.Event()
-    held: list[socket.socket] = []
-
-    def accept() -> None:
-        while not stop.is_set():
-            try:
-                held.append(listener.accept()[0])
-            except TimeoutError:
-                continue
-            except OSError:
-                return
-
-    thread = threading.Thread(target=accept, daemon=True)
-    thread.start()
-    yield f"127.0.0.1:{listener.getsockname()[1]}"
-    stop.set()
-    thread.join(5)
-    for conn in held:
-        conn.close()
-    listener.close()
 
 
 def test_registry_that_hangs_is_a_temporary_registry_error(hanging_server: str) -> None:
