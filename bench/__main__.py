@@ -13,6 +13,7 @@ import sys
 import time
 import traceback
 from pathlib import Path
+from typing import Any
 
 import bench
 
@@ -45,8 +46,52 @@ def main(argv: list[str]) -> int:
         results[name] = result
         print(json.dumps(result, indent=2), flush=True)
     RESULTS.write_text(json.dumps(results, indent=2) + "\n")
-    print(f"wrote {RESULTS}")
+    print(f"wrote {RESULTS}\n")
+    print(table(results))
     return 1 if failed else 0
+
+
+# (module, label, path to a summary {"median", "spread_pct", ...} or a number, target key)
+HEADLINES: list[tuple[str, str, tuple[str, ...]]] = [
+    ("dedupe", "scan Jobs, 1,000 pods / 200 workloads / 50 digests", ("scan_jobs", "scanqueue")),
+    ("dedupe", "  the peers: one Job per workload", ("scan_jobs", "one_per_workload")),
+    ("dedupe", "  tasks published", ("tasks_published",)),
+    ("api_cost", "API requests per scan", ("requests_per_scan",)),
+    ("pipeline", "scans/s, 2 worker processes", ("2_worker", "scans_per_second")),
+    ("pipeline", "  scans/s, 1 worker process", ("1_worker", "scans_per_second")),
+    ("pipeline", "  2 workers, from watcher start", ("2_worker", "end_to_end_scans_per_second")),
+    ("ingest", "finding rows/s, COPY", ("copy", "finding_rows_per_second")),
+    ("ingest", "  finding rows/s, row-by-row INSERT", ("insert", "finding_rows_per_second")),
+    ("ingest", "  COPY / INSERT", ("copy_speedup",)),
+    ("ingest", "  COPY, 2 writers at once", ("copy_2_writers_rows_per_second",)),
+    ("watcher", "10,000 pods: s to every task published", ("published_seconds",)),
+    ("watcher", "  s to the whole inventory written", ("inventory_seconds",)),
+    ("watcher", "  peak RSS, MB", ("peak_rss_mb",)),
+]
+
+
+def table(results: dict[str, Any]) -> str:
+    """The headline figures as a text table: median, spread over runs, target met."""
+    lines = [f"{'figure':<46} {'median':>10} {'spread':>8}  target"]
+    for module, label, path in HEADLINES:
+        node: Any = results.get(module)
+        if not isinstance(node, dict):
+            continue
+        if "error" in node:
+            lines.append(f"{label:<46} {'FAILED':>10}")
+            continue
+        for key in path:
+            node = node.get(key) if isinstance(node, dict) else None
+        if node is None:
+            continue
+        median, spread = (node["median"], f"{node['spread_pct']}%") if isinstance(node, dict) \
+            else (node, "")  # fmt: skip
+        target = ""
+        if not label.startswith(" "):
+            met = results[module].get("met")
+            target = f"{results[module].get('target', '')} ({'met' if met else 'MISSED'})"
+        lines.append(f"{label:<46} {median:>10} {spread:>8}  {target}")
+    return "\n".join(lines)
 
 
 if __name__ == "__main__":
