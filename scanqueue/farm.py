@@ -368,10 +368,13 @@ def run(
     )
     _check_port_free(options.flower_address, options.flower_port)
     say(f"scanqueue: {reason}")
-    state = options.state_dir or Path(tempfile.mkdtemp(prefix="scanqueue-run-"))
-    state.mkdir(parents=True, exist_ok=True)
-    # a private Postgres runs as another user: it may enter, not list
-    os.chmod(state, 0o711)  # noqa: S103
+    if options.state_dir is None:
+        state = Path(tempfile.mkdtemp(prefix="scanqueue-run-"))
+        # a private Postgres runs as another user: it may enter, not list
+        os.chmod(state, 0o711)  # noqa: S103
+    else:
+        state = options.state_dir
+        state.mkdir(parents=True, exist_ok=True)
     world = None
     processes: list[Process] = []
     try:
@@ -390,6 +393,7 @@ def run(
         if auth is not None and how == "generated":
             secret_file = state / "flower-password"
             secret_file.touch(0o600)
+            secret_file.chmod(0o600)  # before the password goes in, whatever was there
             secret_file.write_text(auth.partition(":")[2] + "\n")
             how = f"basic auth: user {FLOWER_USER}, password in {secret_file}"
         flower_port = _port(options.flower_port)
