@@ -85,7 +85,7 @@ class Controllers:
         self._running: set[str] = set()  # pod uids whose pull is under way
         self._node_turn = 0
         self._pool = concurrent.futures.ThreadPoolExecutor(
-            max_workers=8, thread_name_prefix="sim-pull"
+            max_workers=emulator.pull_workers, thread_name_prefix="sim-pull"
         )
         self._thread: threading.Thread | None = None
         self._stop = False

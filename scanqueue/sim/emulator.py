@@ -65,6 +65,7 @@ class Emulator:
         watch_timeout: float = 1800.0,
         bookmark_interval: float = 5.0,
         job_backoff_seconds: float = 0.1,
+        pull_workers: int = 8,
         name: str = "sim",
     ) -> None:
         self.host = host
@@ -75,6 +76,7 @@ class Emulator:
         self.watch_timeout = watch_timeout  # default server-side watch timeout, seconds
         self.bookmark_interval = bookmark_interval  # seconds between watch bookmarks
         self.job_backoff_seconds = job_backoff_seconds  # first retry delay of a failed Job pod
+        self.pull_workers = pull_workers  # scan pods pulling from registries at the same time
         self.cluster = cluster_mod.Cluster(
             kube_version=kube_version, history=history, validate=validate
         )
