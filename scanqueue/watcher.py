@@ -91,8 +91,9 @@ class ClusterWatcher:
     """Watches one cluster until ``stop`` is set; ``run`` blocks, ``start`` runs it in a thread.
 
     Collaborators are passed in: an API client for the cluster, a Redis client
-    (dedupe), a ``publish.Publisher`` and a Postgres pool. Only the flusher
-    thread writes to Redis, Postgres and the broker.
+    (dedupe), a ``publish.Publisher`` and a Postgres pool (``store.pool``).
+    Stream threads only read the API; the flusher thread writes to Redis and
+    the broker, and its one inventory thread to Postgres.
     """
 
     def __init__(
