@@ -334,20 +334,32 @@ def replace_cluster_inventory(
     with conn.transaction():
         cluster_id = _cluster_id(conn, cluster)
         record_containers(conn, [r for r in rows if r.cluster == cluster])
+        # The rows seen go into a temporary table with a primary key, so that marking
+        # the rest gone is one index-backed anti-join (an unnest() in NOT EXISTS was
+        # planned as a nested loop: 15 s for 10,000 containers).
         conn.execute(
-            """UPDATE containers c SET gone_at = %s
-                WHERE c.cluster_id = %s AND c.gone_at IS NULL AND c.last_seen < %s
-                  AND NOT EXISTS (
-                      SELECT 1 FROM unnest(%s::text[], %s::text[], %s::text[]) AS r(ns, pod, ctr)
-                       WHERE r.ns = c.namespace AND r.pod = c.pod AND r.ctr = c.container)""",
+            """CREATE TEMPORARY TABLE IF NOT EXISTS seen_containers (
+                   namespace text, pod text, container text,
+                   PRIMARY KEY (namespace, pod, container)) ON COMMIT DELETE ROWS"""
+        )
+        conn.execute(
+            """INSERT INTO seen_containers
+               SELECT * FROM unnest(%s::text[], %s::text[], %s::text[]) ON CONFLICT DO NOTHING""",
             (
-                at,
-                cluster_id,
-                at,
                 [r.namespace for r in rows],
                 [r.pod for r in rows],
                 [r.container for r in rows],
             ),
+        )
+        conn.execute("ANALYZE seen_containers")
+        conn.execute(
+            """UPDATE containers c SET gone_at = %s
+                WHERE c.cluster_id = %s AND c.gone_at IS NULL AND c.last_seen < %s
+                  AND NOT EXISTS (
+                      SELECT 1 FROM seen_containers r
+                       WHERE r.namespace = c.namespace AND r.pod = c.pod
+                         AND r.container = c.container)""",
+            (at, cluster_id, at),
         )
 
 
