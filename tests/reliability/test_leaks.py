@@ -4,7 +4,7 @@ The run has API faults, a dropped watch and a worker SIGKILLed between Job
 and resume. Afterwards the canary (password, and its base64 ``auth``) is
 searched in raw Redis (keys and every command seen by MONITOR, message bodies
 decoded), every log line, ``pg_dump``, Jobs/Pods/Events in the emulator,
-Flower's task API and the watcher's metrics; and registry B, reached through
+Flower's task API and the watcher's and worker's metrics; and registry B, reached through
 a proxy that keeps every byte, never receives registry A's credential.
 """
 
@@ -66,7 +66,7 @@ def test_canary_credential_reaches_no_output_and_no_other_registry_after_a_fault
     farm.workers[0].kill()  # ...when the worker dies
     sim.faults.clear()
     sim.faults.drop_watches()
-    farm.worker()
+    farm.worker(metrics=True)
     rows = rel.wait_finished(farm, 3, timeout=120)
     assert sorted((r[0], r[1]) for r in rows) == sorted((d, "succeeded") for d in digests.values())
     modes = dict(farm.query("SELECT digest, mode FROM scans"))
@@ -86,6 +86,7 @@ def test_canary_credential_reaches_no_output_and_no_other_registry_after_a_fault
     assert b_auth in b_bytes  # registry B got its own credential, through the proxy
     assert "scanqueue.scan" in places["flower /api/tasks"]
     assert "scanqueue_tasks_published_total" in places["watcher 0 metrics"]
+    assert "scanqueue_" in places["worker 1 metrics"]
     assert digests["on-a"] in places["redis MONITOR (raw and decoded messages)"]
     assert (
         "Traceback" in places["worker and watcher logs"]

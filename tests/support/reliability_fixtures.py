@@ -422,6 +422,44 @@ class MetricsWatcher(WatcherProcess):
 
 
 @dataclasses.dataclass
+class MetricsWorker(WorkerProcess):
+    """A real ``celery worker`` serving its Prometheus metrics (``--metrics-port``)."""
+
+    metrics_port: int = 0
+
+    def start(self, timeout: float = 60) -> MetricsWorker:
+        self.metrics_port = self.metrics_port or services.free_port()
+        multiproc = self.log.with_suffix(".prometheus")
+        multiproc.mkdir(exist_ok=True)
+        self.name = self.name or f"sqm{os.getpid()}-{time.monotonic_ns() % 10**8}"
+        env = {**os.environ, **self.env, "SCANQUEUE_CONFIG": str(self.config_path),
+               "PROMETHEUS_MULTIPROC_DIR": str(multiproc)}  # fmt: skip
+        out = self.log.open("ab")
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "celery", "-A", "workers.app", "worker",
+             "-Q", ",".join(self.queues), "-c", str(self.concurrency), "--pool", "prefork",
+             "-n", f"{self.name}@%h", "--without-gossip", "--without-mingle", "-l", "INFO", "-E",
+             "--metrics-port", str(self.metrics_port),
+             *(["-B", "-s", str(self.log.with_suffix(".beat"))] if self.beat else [])],
+            stdout=out, stderr=subprocess.STDOUT, env=env, start_new_session=True,
+        )  # fmt: skip
+        out.close()
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"celery worker exited {self.proc.returncode}:\n{self.tail()}")
+            if " ready." in self.log.read_text(errors="replace"):
+                return self
+            time.sleep(0.1)
+        raise RuntimeError(f"celery worker not ready within {timeout}s:\n{self.tail()}")
+
+    def metrics(self) -> str:
+        url = f"http://127.0.0.1:{self.metrics_port}/metrics"
+        with urllib.request.urlopen(url, timeout=10) as r:
+            return str(r.read().decode())
+
+
+@dataclasses.dataclass
 class ReliableFarm(Farm):
     """The e2e farm with a short broker visibility timeout and a metrics-serving watcher."""
 
@@ -454,11 +492,16 @@ class ReliableFarm(Farm):
     def sim(self) -> Any:
         return self.clusters["alpha"]
 
-    def worker(self, *, beat: bool = True) -> WorkerProcess:
-        """Start one more worker on every queue."""
+    def worker(self, *, beat: bool = True, metrics: bool = False) -> WorkerProcess:
+        """Start one more worker on every queue (serving its metrics when ``metrics``)."""
         assert self.config_path is not None
         queues = [f"scan.{name}" for name in self.clusters] + ["scanqueue.control"]
-        started = self.start_worker(self.config_path, queues=queues, beat=beat)
+        if metrics:
+            log = self.directory / f"metrics-worker-{len(self.workers)}.log"
+            started: WorkerProcess = MetricsWorker(self.config_path, queues, log, beat=beat)
+            started.start()
+        else:
+            started = self.start_worker(self.config_path, queues=queues, beat=beat)
         self.workers.append(started)
         return started
 
@@ -478,7 +521,8 @@ def leak_places(
     Logs of every watcher and worker (tracebacks and exception texts included),
     every Redis key and value, the MONITOR stream with decoded task bodies,
     ``pg_dump`` of the database (scan errors included), every Job, Pod, Event
-    and ConfigMap in each emulator, Flower's task API and the watchers' metrics.
+    and ConfigMap in each emulator, Flower's task API and the metrics of the
+    watchers and of the workers started with ``metrics=True``.
     """
     places: dict[str, str] = dict(extra or {})
     if flower is not None:
@@ -487,6 +531,9 @@ def leak_places(
     for i, watcher in enumerate(farm.watchers):
         if isinstance(watcher, MetricsWatcher) and watcher.proc and watcher.proc.poll() is None:
             places[f"watcher {i} metrics"] = watcher.metrics()
+    for i, worker in enumerate(farm.workers):
+        if isinstance(worker, MetricsWorker) and worker.proc and worker.proc.poll() is None:
+            places[f"worker {i} metrics"] = worker.metrics()
     farm.stop()
     if flower is not None:
         flower.stop()
