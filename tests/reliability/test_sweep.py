@@ -11,8 +11,8 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Iterator
-from typing import Any
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import pytest
 
@@ -25,23 +25,34 @@ DEADLINE, MARGIN = 600, 120
 
 
 @pytest.fixture
-def farm(
-    sim: sim_fixtures.SimCluster, database_url: str, redis_url: str
-) -> Iterator[scans.Farm]:
-    cluster = config.ClusterSettings(name="alpha", kubeconfig=str(sim.kubeconfig),
-                                     scan_namespace=SCAN_NAMESPACE, scan_mode="registry")  # fmt: skip
+def farm(sim: sim_fixtures.SimCluster, database_url: str, redis_url: str) -> Iterator[scans.Farm]:
+    cluster = config.ClusterSettings(
+        name="alpha",
+        kubeconfig=str(sim.kubeconfig),
+        scan_namespace=SCAN_NAMESPACE,
+        scan_mode="registry",
+    )
     settings = config.Settings(
         database=config.DatabaseSettings(url=database_url),
         broker=config.BrokerSettings(url=redis_url),
-        scan=config.ScanSettings(job_deadline_seconds=DEADLINE, sweep_margin_seconds=MARGIN,
-                                 verify_with_registry=False, allow_anonymous=False),
+        scan=config.ScanSettings(
+            job_deadline_seconds=DEADLINE,
+            sweep_margin_seconds=MARGIN,
+            verify_with_registry=False,
+            allow_anonymous=False,
+        ),
         clusters=(cluster,),
-    )  # fmt: skip
+    )
     sim.create(rel.namespace())
     sim.create(rel.namespace(SCAN_NAMESPACE))
-    handle = scans.Farm(settings=settings, cluster=cluster, api=kube.api_client(cluster),
-                        db=store.pool(database_url), redis=dedupe.client(redis_url),
-                        registry=None)  # fmt: skip
+    handle = scans.Farm(
+        settings=settings,
+        cluster=cluster,
+        api=kube.api_client(cluster),
+        db=store.pool(database_url),
+        redis=dedupe.client(redis_url),
+        registry=None,
+    )
     try:
         yield handle
     finally:
@@ -52,17 +63,27 @@ def farm(
 
 def _request(host: str, name: str) -> discovery.ScanRequest:
     return discovery.ScanRequest(
-        cluster="alpha", namespace=rel.NS, pod=name, workload_kind="Pod", workload_name=name,
-        container="app", container_type="app", image=f"{host}/team/{name}:1",
-        digest="sha256:" + name.encode().hex().ljust(64, "0")[:64], node="node-1",
-        pull_secrets=("hang-cred",), service_account="default", scan_id=dedupe.new_scan_id(),
-    )  # fmt: skip
+        cluster="alpha",
+        namespace=rel.NS,
+        pod=name,
+        workload_kind="Pod",
+        workload_name=name,
+        container="app",
+        container_type="app",
+        image=f"{host}/team/{name}:1",
+        digest="sha256:" + name.encode().hex().ljust(64, "0")[:64],
+        node="node-1",
+        pull_secrets=("hang-cred",),
+        service_account="default",
+        scan_id=dedupe.new_scan_id(),
+    )
 
 
 def _submit(farm: scans.Farm, sim: sim_fixtures.SimCluster, host: str, name: str) -> Any:
     request = _request(host, name)
-    claimed = dedupe.claim(farm.redis, cluster="alpha", digests=[request.digest or ""],
-                           ttl_seconds=3600)  # fmt: skip
+    claimed = dedupe.claim(
+        farm.redis, cluster="alpha", digests=[request.digest or ""], ttl_seconds=3600
+    )
     request = dataclasses.replace(request, scan_id=claimed[0].scan_id)
     assert scans.submit(farm, request).outcome == "submitted"
     return request
@@ -78,8 +99,13 @@ def test_sweep_deletes_a_job_running_past_deadline_and_margin_and_records_a_time
 ) -> None:
     sim.create(rel.pull_secret("hang-cred", rel.dockerconfig(hanging_server, "u", "hang-pw-2")))
     request = _submit(farm, sim, hanging_server, "runs-forever")
-    sim.wait_for(lambda: any((p.get("status") or {}).get("phase") == "Running"
-                             for p in sim.list("Pod", SCAN_NAMESPACE)), what="scan pod running")  # fmt: skip
+    sim.wait_for(
+        lambda: any(
+            (p.get("status") or {}).get("phase") == "Running"
+            for p in sim.list("Pod", SCAN_NAMESPACE)
+        ),
+        what="scan pod running",
+    )
     assert scans.sweep(farm) == scans.Swept()  # not past its deadline yet: untouched
     assert len(sim.list("Job", SCAN_NAMESPACE)) == 1
 
