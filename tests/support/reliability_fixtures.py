@@ -11,7 +11,9 @@
   through a real watch, to prove "exactly one Job per (cluster, digest, attempt)";
 - ``Canary`` and ``leak_places`` / ``assert_nowhere``: where a planted credential
   must never be found (logs, Redis, MONITOR, pg_dump, emulator objects,
-  Flower's API, metrics).
+  Flower's API, metrics of the watcher and of ``farm.worker(metrics=True)``);
+- ``flower_factory`` (Flower with basic auth on the farm's broker) and
+  ``hanging_server`` (accepts connections, never answers: a registry that hangs).
 """
 
 from __future__ import annotations
