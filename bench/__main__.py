@@ -60,6 +60,7 @@ HEADLINES: list[tuple[str, str, tuple[str, ...]]] = [
     ("pipeline", "scans/s, 2 worker processes", ("2_worker", "scans_per_second")),
     ("pipeline", "  scans/s, 1 worker process", ("1_worker", "scans_per_second")),
     ("pipeline", "  2 workers, from watcher start", ("2_worker", "end_to_end_scans_per_second")),
+    ("pipeline", "  2 workers, API requests per scan", ("2_worker", "api_requests_per_scan")),
     ("ingest", "finding rows/s, COPY", ("copy", "finding_rows_per_second")),
     ("ingest", "  finding rows/s, row-by-row INSERT", ("insert", "finding_rows_per_second")),
     ("ingest", "  COPY / INSERT", ("copy_speedup",)),
