@@ -7,6 +7,7 @@ shows it re-listed after the 410 and resumed after the cut.
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 from tests.conftest import REGISTRY_PASSWORD, REGISTRY_USER
@@ -68,6 +69,9 @@ def test_api_error_bursts_and_broken_watches_end_with_every_image_scanned_once(
     )
     farm.wait_for(lambda: not rel.leftovers(sim), timeout=30, what="no Job or Secret left")
     assert faults.injected == 3 + 2 + 2 + 2 + 3 + 2 + 1  # every injected fault was met
+    # with backoff: the watcher waited before listing/watching again, the worker retried later
+    assert re.search(r"watch of .* in alpha: .*429.*; again in \d", farm.watchers[0].output())
+    assert "scan submit will be retried" in farm.logs() and "Retry in" in farm.logs()
     metrics = farm.watchers[0].metrics()  # type: ignore[attr-defined]
     assert _metric(metrics, "scanqueue_watch_gone_total", cluster="alpha") >= 1
     assert _metric(metrics, "scanqueue_tasks_published_total", cluster="alpha") == 5
