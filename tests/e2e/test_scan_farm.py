@@ -10,14 +10,12 @@ from __future__ import annotations
 
 import base64
 import json
-import subprocess
 import threading
 from pathlib import Path
 from typing import Any
 
-import redis
-
 from tests.conftest import REGISTRY_PASSWORD, REGISTRY_USER
+from tests.support import reliability_fixtures as reliability
 from tests.support import services
 from tests.support.farm_fixtures import SCAN_NAMESPACE, Farm
 
@@ -202,34 +200,5 @@ def _flower_views(farm: Farm) -> str:
 
 def _assert_canary_nowhere(farm: Farm) -> None:
     needles = [CANARY, base64.b64encode(f"{CANARY_USER}:{CANARY}".encode()).decode()]
-    flower_views = _flower_views(farm)
-    farm.stop()
-    places: dict[str, str] = {"worker and watcher logs": farm.logs(), "flower": flower_views}
-    client = redis.Redis.from_url(farm.redis_url)
-    dump = []
-    for key in client.scan_iter("*"):
-        kind = client.type(key)
-        if kind == b"string":
-            dump.append(client.get(key) or b"")
-        elif kind == b"list":
-            dump.extend(client.lrange(key, 0, -1))
-        elif kind == b"hash":
-            dump.extend(v for kv in client.hgetall(key).items() for v in kv)
-        elif kind == b"zset":
-            dump.extend(m for m, _ in client.zrange(key, 0, -1, withscores=True))
-        elif kind == b"set":
-            dump.extend(client.smembers(key))
-    client.close()
-    places["redis"] = b"\n".join(dump).decode(errors="replace")
-    pg_dump = subprocess.run(
-        [str(services._pg_bindir() / "pg_dump"), farm.database_url],
-        capture_output=True, text=True, check=True,
-    )  # fmt: skip
-    places["pg_dump"] = pg_dump.stdout
-    sim = farm.clusters["alpha"]
-    objects = [o for kind in ("Job", "Pod", "Event") for o in sim.list(kind)]
-    places["jobs, pods, events"] = json.dumps(objects)
-    for place, text in places.items():
-        for needle in needles:
-            assert needle not in text, f"canary credential found in {place}"
-    assert "CREATE TABLE" in places["pg_dump"]  # the dump really ran
+    places = reliability.leak_places(farm, extra={"flower task views": _flower_views(farm)})
+    reliability.assert_nowhere(needles, places)

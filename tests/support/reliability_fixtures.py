@@ -39,7 +39,7 @@ import pytest
 import redis
 
 from tests.support import services, sim_fixtures
-from tests.support.farm_fixtures import SCAN_NAMESPACE, Farm, WatcherProcess
+from tests.support.farm_fixtures import SCAN_NAMESPACE, Farm, FlowerProcess, WatcherProcess
 from tests.support.worker_fixtures import WorkerProcess
 
 NS = "team-a"
@@ -53,7 +53,6 @@ FAST_REDELIVERY = {
     "sweep_margin_seconds": 30,
 }
 VISIBILITY_TIMEOUT = 9
-FLOWER_USER, FLOWER_PASSWORD = "ops", "flower-ops-pw-3c1"
 
 
 # ------------------------------------------------------------------ objects
@@ -338,55 +337,17 @@ class DurableRedis(services.RedisServer):
             self.proc.wait(10)
 
 
-@dataclasses.dataclass
-class Flower:
-    """Flower started on the farm's broker; ``tasks()`` is its task API's answer, as text."""
-
-    config_path: Path
-    log: Path
-    port: int = 0
-    proc: subprocess.Popen[bytes] | None = None
-
-    def start(self) -> Flower:
-        self.port = services.free_port()
-        out = self.log.open("ab")
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "celery", "-A", "workers.app", "flower",
-             f"--port={self.port}", "--address=127.0.0.1"],
-            stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
-            env={**os.environ, "SCANQUEUE_CONFIG": str(self.config_path),
-                 "FLOWER_BASIC_AUTH": f"{FLOWER_USER}:{FLOWER_PASSWORD}"},
-        )  # fmt: skip
-        out.close()
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"flower exited:\n{self.log.read_text(errors='replace')}")
-            with contextlib.suppress(OSError):
-                urllib.request.urlopen(f"http://127.0.0.1:{self.port}/healthcheck", timeout=1)
-                return self
-            time.sleep(0.2)
-        raise RuntimeError(f"flower not up within 60 s:\n{self.log.read_text(errors='replace')}")
-
-    def get(self, path: str) -> str:
-        """``GET path`` with Flower's basic auth (its API answers nobody without it)."""
-        request = urllib.request.Request(f"http://127.0.0.1:{self.port}{path}")
-        token = base64.b64encode(f"{FLOWER_USER}:{FLOWER_PASSWORD}".encode()).decode()
-        request.add_header("Authorization", f"Basic {token}")
-        with urllib.request.urlopen(request, timeout=10) as r:
-            return str(r.read().decode(errors="replace"))
+class Flower(FlowerProcess):
+    """Flower started on the farm's broker (basic auth); ``tasks()`` is its task API, as text."""
 
     def tasks(self) -> str:
-        return self.get("/api/tasks")
+        return self.text("/api/tasks")
 
-    def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            os.killpg(self.proc.pid, signal.SIGTERM)
-            try:
-                self.proc.wait(15)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.proc.pid, signal.SIGKILL)
-                self.proc.wait()
+    def text(self, path: str) -> str:
+        status, body = self.fetch(path)
+        if status != 200:
+            raise AssertionError(f"flower {path}: HTTP {status}")
+        return body
 
 
 @dataclasses.dataclass
@@ -529,7 +490,7 @@ def leak_places(
     places: dict[str, str] = dict(extra or {})
     if flower is not None:
         places["flower /api/tasks"] = flower.tasks()
-        places["flower /api/workers"] = flower.get("/api/workers?refresh=1")
+        places["flower /api/workers"] = flower.text("/api/workers?refresh=1")
     for i, watcher in enumerate(farm.watchers):
         if isinstance(watcher, MetricsWatcher) and watcher.proc and watcher.proc.poll() is None:
             places[f"watcher {i} metrics"] = watcher.metrics()
