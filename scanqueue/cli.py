@@ -14,9 +14,13 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING
 
 import scanqueue
 from scanqueue import config, errors
+
+if TYPE_CHECKING:
+    from scanqueue import credentials
 
 Command = Callable[[argparse.Namespace], int]
 
@@ -125,15 +129,14 @@ def _print_help(parser: argparse.ArgumentParser) -> int:
     return 2
 
 
-def _cmd_credentials_match(args: argparse.Namespace) -> int:
-    import json
+def _read_dockerconfigs(paths: list[str]) -> list[list[credentials.Credential]]:
+    """One keyring per pull-secret JSON file, in order; ``PermanentError`` naming a bad file."""
     from pathlib import Path
 
-    from scanqueue import credentials, images
+    from scanqueue import credentials
 
-    image = images.parse(args.image)
     keyrings = []
-    for path in args.dockerconfig:
+    for path in paths:
         try:
             content = Path(path).read_bytes()
         except OSError as e:
@@ -141,6 +144,16 @@ def _cmd_credentials_match(args: argparse.Namespace) -> int:
                 f"cannot read docker config file {path}: {e.strerror or type(e).__name__}"
             ) from e
         keyrings.append(credentials.parse_dockerconfig(content, source=path))
+    return keyrings
+
+
+def _cmd_credentials_match(args: argparse.Namespace) -> int:
+    import json
+
+    from scanqueue import credentials, images
+
+    image = images.parse(args.image)
+    keyrings = _read_dockerconfigs(args.dockerconfig)
     found = credentials.candidates(image, keyrings)
     rows = [{"source": c.source, "registry": c.registry, "username": c.username} for c in found]
     print(json.dumps(rows, indent=2))
@@ -191,20 +204,11 @@ def _add_registry_commands(sub: argparse._SubParsersAction[argparse.ArgumentPars
 def _cmd_registry_resolve(args: argparse.Namespace) -> int:
     import dataclasses
     import json
-    from pathlib import Path
 
     from scanqueue import credentials, images, registry
 
     image = images.parse(args.image)
-    keyrings = []
-    for path in args.dockerconfig:
-        try:
-            content = Path(path).read_bytes()
-        except OSError as e:
-            raise errors.PermanentError(
-                f"cannot read docker config file {path}: {e.strerror or type(e).__name__}"
-            ) from e
-        keyrings.append(credentials.parse_dockerconfig(content, source=path))
+    keyrings = _read_dockerconfigs(args.dockerconfig)
     candidates = credentials.candidates(image, keyrings)
     scan = config.load().scan
     settings = dataclasses.replace(
