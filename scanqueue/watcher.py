@@ -190,8 +190,7 @@ class ClusterWatcher:
         while not self._stop.is_set():
             try:
                 if version is None:
-                    items, version = kube.list_pods(api=self._api, namespace=scope)
-                    self._relisted(scope, items)
+                    version = self._relist(scope)
                     backoff.reset()
                 for kind, obj in kube.watch_pods(
                     api=self._api,
@@ -304,24 +303,32 @@ class ClusterWatcher:
         if len(self._upserts) >= self._options.flush_rows or self._replace_pending:
             self._wake.set()
 
-    def _relisted(self, scope: Scope, items: Sequence[Mapping[str, Any]]) -> None:
-        """Replace the picture of ``scope`` with a full list of its pods."""
-        self._prefetch_owners(items)
+    def _relist(self, scope: Scope) -> str:
+        """List ``scope`` and replace its picture; return the resourceVersion to watch from.
+
+        Pages are folded into the (small) picture as they arrive, so the raw pod
+        dicts of a whole cluster are never held at once.
+        """
         fresh: dict[PodKey, _Pod] = {}
         wanted: list[Running] = []
         listed = metrics.WATCH_EVENTS.labels(self.name, "LISTED")
-        for pod in items:
-            listed.inc()
-            if not discovery.selected(pod, self.cluster):
-                continue
-            try:
-                key, observed, running = self._observe(pod)
-            except errors.ScanqueueError as e:
-                log.warning("cluster %s: skipping a pod: %s", self.name, e)
-                continue
-            if observed is not None:
-                fresh[key] = observed
-            wanted.append(running)
+        version = ""
+        for items, page_version in kube.list_pod_pages(api=self._api, namespace=scope):
+            version = page_version
+            self._prefetch_owners(items)
+            for pod in items:
+                listed.inc()
+                if not discovery.selected(pod, self.cluster):
+                    continue
+                try:
+                    key, observed, running = self._observe(pod)
+                except errors.ScanqueueError as e:
+                    log.warning("cluster %s: skipping a pod: %s", self.name, e)
+                    continue
+                if observed is not None:
+                    fresh[key] = observed
+                wanted.append(running)
+            del items
         with self._lock:
             for key in [k for k in self._pods if scope is None or k[0] == scope]:
                 del self._pods[key]
@@ -332,6 +339,7 @@ class ClusterWatcher:
             for running in wanted:
                 self._want(running)
         self._wake.set()
+        return version
 
     def _prefetch_owners(self, items: Sequence[Mapping[str, Any]]) -> None:
         """Read the owners a list needs (ReplicaSets without a template hash, Jobs) in parallel."""
