@@ -455,6 +455,49 @@ class Client:
         """
         return self._resolve(image, [credential]).digest
 
+    def pull_token(self, image: images.Reference, credential: credentials.Credential) -> str:
+        """A short-lived bearer token that may pull ``image``, obtained with ``credential``.
+
+        For identity tokens (an OAuth2 refresh token, e.g. from ``az acr login``):
+        Trivy, like ``docker pull``, takes a registry bearer token
+        (``TRIVY_REGISTRY_TOKEN``), not a refresh token, so the farm exchanges it
+        at the realm the registry names and a scan Job gets only the access token.
+        Raises ``NoCredentialAccepted`` (refused, or the registry does not use
+        bearer tokens) or ``RegistryUnavailable``; never a secret in a message.
+        """
+        try:
+            if not credential_belongs_to(credential.host, image.registry):
+                raise _AttemptError(
+                    "not-sent",
+                    f"credential belongs to {credential.host}, not {image.registry}; it is "
+                    "never sent to another registry",
+                )
+            endpoint = self._endpoint(image.registry)
+            if endpoint.challenge is None or endpoint.challenge.scheme != "bearer":
+                raise _AttemptError(
+                    "not-sent",
+                    f"{image.registry} does not use bearer tokens: an identity token cannot "
+                    "be exchanged there",
+                )
+            return self._token(
+                endpoint.challenge, image, credential, _Origin.of(endpoint.base), fresh=True
+            )
+        except _AttemptError as failure:
+            refusal = Refusal(
+                source=credential.source,
+                registry=credential.registry,
+                username=credential.username,
+                kind=failure.kind,
+                status=failure.status,
+                detail=scrub(failure.detail, credential),
+                retry_after=failure.delay,
+            )
+            if refusal.temporary:
+                raise RegistryUnavailable(image, [refusal], delay=failure.delay) from None
+            raise NoCredentialAccepted(
+                image, [refusal], "The identity token was not exchanged for a pull token"
+            ) from None
+
     def _resolve(
         self, image: images.Reference, attempts: Sequence[credentials.Credential | None]
     ) -> Resolution:

@@ -223,6 +223,18 @@ def submit(
     step = _first_step(
         farm, request, image=image, candidates=candidates, start=start, refusals=refusals
     )
+    secret_value = step.credential if step else None
+    while step is not None and _is_identity_token(step.credential):
+        try:
+            secret_value = _pull_token_credential(farm, image.with_digest(digest), step)
+            break
+        except registry.NoCredentialAccepted as e:
+            refusals.extend(str(r) for r in e.refusals)
+            step = _first_step(
+                farm, request, image=image, candidates=candidates, start=step.index + 1,
+                refusals=refusals,
+            )  # fmt: skip
+            secret_value = step.credential if step else None
     if step is None:
         reason = _refused_reason(request, candidates, notes, refusals)
         return _end(farm, request, status="refused", reason=reason, attempt=attempt)
@@ -265,9 +277,9 @@ def submit(
             f"scan Job {farm.namespace}/{job_name} was planned with another credential; "
             "deleted it, the scan is retried"
         )
-    if step.credential is not None:
+    if secret_value is not None:
         secret = manifests.scan_secret(
-            spec, job_uid=str(job["metadata"]["uid"]), credential=step.credential
+            spec, job_uid=str(job["metadata"]["uid"]), credential=secret_value
         )
         kube.create_secret(api=farm.api, body=secret)
     if job.get("spec", {}).get("suspend"):
@@ -359,6 +371,43 @@ def _first_step(
         return Step(len(candidates), "registry", None, "the registry allows anonymous pulls")
     index = step.index + remaining.index(found.credential)
     return Step(index, "registry", found.credential)
+
+
+def _is_identity_token(credential: credentials.Credential | None) -> bool:
+    """An identity token (an OAuth2 refresh token) with no password: Trivy cannot use it."""
+    return (
+        credential is not None
+        and bool(credential.token)
+        and not credential.password
+        and credential.token_kind == "identitytoken"
+    )
+
+
+def _pull_token_credential(
+    farm: Farm, pinned: images.Reference, step: Step
+) -> credentials.Credential:
+    """The credential for the scan Secret of ``step``: its identity token exchanged at the
+    registry's realm for a short-lived pull token (the refresh token never leaves the farm).
+
+    Raises ``NoCredentialAccepted`` when the exchange is refused or impossible.
+    """
+    credential = step.credential
+    assert credential is not None
+    if farm.registry is None:
+        refusal = registry.Refusal(
+            source=credential.source,
+            registry=credential.registry,
+            username=credential.username,
+            kind="not-sent",
+            status=None,
+            detail="an identity token is exchanged for a pull token only when "
+            "scan.verify_with_registry is on",
+        )
+        raise registry.NoCredentialAccepted(pinned, [refusal], "")
+    token = farm.registry.pull_token(pinned, credential)
+    return dataclasses.replace(
+        credential, username="", password="", token=token, token_kind="registrytoken"
+    )
 
 
 def _kind(credential: credentials.Credential | None) -> manifests.CredentialKind | None:

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from tests.conftest import REGISTRY_PASSWORD, REGISTRY_USER
-from tests.e2e.test_scan_farm import NS, _dockerconfig, _leftovers, _pod, _secret
+from tests.e2e.test_scan_farm import NS, SecretRecorder, _dockerconfig, _leftovers, _pod, _secret
 from tests.support.farm_fixtures import Farm
 
 REPORTS = Path(__file__).parents[1] / "data" / "trivy"
@@ -121,3 +121,36 @@ def test_missing_pull_secret_ends_as_a_refused_scan_naming_it(farm: Farm) -> Non
     assert status == "refused"
     assert f"pull secret {NS}/no-such-secret not found" in error
     assert not _leftovers(farm)
+
+
+def test_identity_token_is_exchanged_and_the_scan_gets_only_a_pull_token(
+    farm: Farm, token_world: Any
+) -> None:
+    """An identity token (OAuth2 refresh token) is never given to Trivy, which cannot use it:
+    the farm exchanges it at the registry's realm and the scan Secret holds the access token."""
+    sim = _setup(farm)
+    issuer, host = token_world.issuer, token_world.registry.host
+    farm.insecure.append(host)
+    identity_token = "identity-token-canary-5b0e"
+    issuer.refresh_tokens[identity_token] = "frank"
+    issuer.grants["frank"] = {"team/idtoken": {"pull"}}
+    digest = token_world.push("team/idtoken", "1", content="identity token")
+    auth = base64.b64encode(b"00000000-0000-0000-0000-000000000000:").decode()
+    config = {"auths": {host: {"auth": auth, "identitytoken": identity_token}}}
+    sim.create(_secret("acr-login", config))
+    image = f"{host}/team/idtoken:1"
+    sim.set_digest(image, digest)
+    sim.set_report(digest, REPORTS / "node-alpine-3.19.json")
+    sim.create(_pod("app", image, secrets=["acr-login"]))
+    seen = SecretRecorder(sim)
+    farm.start()
+    scans = _finished(farm, 1)
+    assert scans["team/idtoken"][:3] == ("succeeded", "registry", f"{NS}/acr-login ({host})")
+    assert scans["team/idtoken"][4] == 7
+    seen.stop()
+    (secret,) = seen.secrets
+    assert sorted(secret["data"]) == ["token"]
+    pull_token = base64.b64decode(secret["data"]["token"]).decode()
+    assert pull_token and pull_token != identity_token  # an access token, not the refresh token
+    assert identity_token not in json.dumps(seen.secrets)
+    farm.wait_for(lambda: not _leftovers(farm), timeout=30, what="no scan Job or Secret left")
