@@ -15,6 +15,12 @@ cluster. Three kinds of keys, all with an expiry:
     working credential there): this cluster does not try again until it
     expires, and another cluster running the digest gets its turn.
 
+``scanqueue:jobs:<cluster>``
+    a sorted set of the scan Jobs in flight in a cluster (member: Job name,
+    score: when its slot was taken); ``take_job_slot`` admits a Job only
+    below the cluster's ``max_inflight``, atomically, so two workers never
+    both take the last slot. Slots older than a Job can live are pruned.
+
 ``claim`` checks and takes these atomically (one Lua script per batch), so two
 watchers never both publish a digest. The scripts use key names they build
 themselves, so they need a single Redis, not Redis Cluster.
@@ -246,6 +252,44 @@ def failed_clusters(conn: redis.Redis, digest: str, clusters: Sequence[str]) -> 
         pipe.exists(failed_key(digest, name))
     found = _call(pipe.execute, f"read {digest}")
     return [name for name, n in zip(clusters, found, strict=True) if n]
+
+
+_TAKE_SLOT = """
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', ARGV[4])
+if redis.call('ZSCORE', KEYS[1], ARGV[1]) then return 1 end
+if redis.call('ZCARD', KEYS[1]) >= tonumber(ARGV[2]) then return 0 end
+redis.call('ZADD', KEYS[1], ARGV[3], ARGV[1])
+return 1
+"""
+
+
+def jobs_key(cluster: str) -> str:
+    return f"{PREFIX}jobs:{cluster}"
+
+
+def take_job_slot(
+    conn: redis.Redis, *, cluster: str, job: str, limit: int, now: float, max_age: float
+) -> bool:
+    """Admit scan Job ``job`` in ``cluster`` if fewer than ``limit`` are in flight; True if so.
+
+    Atomic (one script), idempotent (a Job holding a slot keeps it), and
+    self-healing: slots taken more than ``max_age`` seconds before ``now`` (a
+    Job can live no longer than its deadline) are dropped first.
+    """
+    result = _call(
+        lambda: conn.eval(_TAKE_SLOT, 1, jobs_key(cluster), job, int(limit), now, now - max_age),
+        f"take a scan Job slot in {cluster}",
+    )
+    return bool(result)
+
+
+def free_job_slot(conn: redis.Redis, *, cluster: str, job: str) -> None:
+    """Give back the slot of ``job`` (collected, failed or swept)."""
+    _call(lambda: conn.zrem(jobs_key(cluster), job), f"free a scan Job slot in {cluster}")
+
+
+def jobs_in_flight(conn: redis.Redis, *, cluster: str) -> int:
+    return int(_call(lambda: conn.zcard(jobs_key(cluster)), f"count scan Jobs in {cluster}"))
 
 
 def _holder(conn: redis.Redis, key: str) -> str | None:

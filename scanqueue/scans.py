@@ -250,29 +250,24 @@ def submit(
         node_name=request.node if step.mode == "node" else None,
     )
     job_name = spec.job_name
-    # One list answers both "is this Job there already?" and "is the cluster at its cap?".
-    jobs = kube.list_jobs(
-        api=farm.api,
-        namespace=farm.namespace,
-        label_selector=manifests.cluster_selector(farm.cluster.name),
-    )
-    existing = next((j for j in jobs if (j.get("metadata") or {}).get("name") == job_name), None)
-    if existing is not None:
-        owner = (existing.get("metadata", {}).get("labels") or {}).get(manifests.LABEL_SCAN_ID)
-        if owner != request.scan_id:
-            return Result("adopted", request.scan_id, digest, job_name, f"Job runs scan {owner}")
-    else:
-        _check_capacity(farm, jobs)
+    # The cap first, exact across every worker (an atomic Redis slot per Job name;
+    # a redelivery of the same Job keeps its slot), then create-or-adopt the Job.
+    _take_slot(farm, job_name)
     body = manifests.scan_job(spec)
     annotations = body["metadata"].setdefault("annotations", {})
     annotations[ANNOTATION_REQUEST] = json.dumps(discovery.to_payload(request), sort_keys=True)
     annotations[ANNOTATION_CANDIDATE] = str(step.index)
     annotations[ANNOTATION_SOURCE] = step.source or ""
-    job = kube.create_job(api=farm.api, body=body)
+    job = kube.create_job(api=farm.api, body=body)  # 409: the existing Job is returned
+    owner = (job.get("metadata", {}).get("labels") or {}).get(manifests.LABEL_SCAN_ID)
+    if owner != request.scan_id:
+        # Another scan of this digest (an earlier claim that expired) runs this very Job:
+        # its result serves this request too.
+        return Result("adopted", request.scan_id, digest, job_name, f"Job runs scan {owner}")
     if job.get("metadata", {}).get("annotations", {}).get(ANNOTATION_CANDIDATE) != str(step.index):
         # Created by an earlier delivery that planned another step (secrets changed in
         # between): do not pair this step's credential with that Job; start over.
-        kube.delete_job(api=farm.api, namespace=farm.namespace, name=job_name)
+        _delete(farm, job_name, secret=False)
         raise errors.TemporaryError(
             f"scan Job {farm.namespace}/{job_name} was planned with another credential; "
             "deleted it, the scan is retried"
@@ -424,14 +419,22 @@ def _scan_mode(step: Step) -> str:
     return "registry" if step.credential is not None else "anonymous"
 
 
-def _check_capacity(farm: Farm, jobs: Sequence[Mapping[str, Any]]) -> None:
-    """Raise ``Busy`` when ``jobs`` (this cluster's scan Jobs) hold ``max_inflight`` running."""
-    running = sum(1 for job in jobs if _state(job)[0] == "running")
-    if running >= farm.cluster.max_inflight:
+def _take_slot(farm: Farm, job_name: str) -> None:
+    """Admit ``job_name`` under the cluster's ``max_inflight``; raise ``Busy`` when it is full."""
+    scan = farm.settings.scan
+    admitted = dedupe.take_job_slot(
+        farm.redis,
+        cluster=farm.cluster.name,
+        job=job_name,
+        limit=farm.cluster.max_inflight,
+        now=farm.clock().timestamp(),
+        max_age=scan.job_deadline_seconds + scan.sweep_margin_seconds,
+    )
+    if not admitted:
         raise Busy(
-            f"cluster {farm.cluster.name} runs {running} scan Jobs "
-            f"(max_inflight = {farm.cluster.max_inflight}); submitting later",
-            delay=max(1.0, farm.settings.scan.collect_interval_seconds),
+            f"cluster {farm.cluster.name} has {farm.cluster.max_inflight} scan Jobs in flight "
+            f"(max_inflight); submitting later",
+            delay=max(1.0, scan.collect_interval_seconds),
         )
 
 
@@ -688,6 +691,8 @@ def _handle_failure(
         # The next candidate gets its own Job (attempt + 1) before this one is deleted, so
         # a failure to submit leaves this Job for the next pass to try again.
         history = [f"attempt {attempt}: the cluster's pull was refused: {last}"]
+        # this Job has finished: its slot goes to the next attempt's Job
+        dedupe.free_job_slot(farm.redis, cluster=farm.cluster.name, job=job_name)
         try:
             return submit(
                 farm, request, attempt=attempt + 1, start=next_start(step_index), history=history
@@ -730,6 +735,7 @@ def _delete(farm: Farm, job_name: str, *, secret: bool = True) -> None:
     """Delete a scan Job (its pods and Secret follow by ownership); with ``secret``, delete its
     Secret explicitly too (the sweep and unreadable Jobs: belt and braces where things broke)."""
     kube.delete_job(api=farm.api, namespace=farm.namespace, name=job_name)
+    dedupe.free_job_slot(farm.redis, cluster=farm.cluster.name, job=job_name)
     if secret:
         kube.delete_secret(
             api=farm.api, namespace=farm.namespace, name=manifests.secret_name(job_name)

@@ -6,12 +6,13 @@ from __future__ import annotations
 
 import base64
 import json
+import threading
 from pathlib import Path
 from typing import Any
 
 from tests.conftest import REGISTRY_PASSWORD, REGISTRY_USER
 from tests.e2e.test_scan_farm import NS, SecretRecorder, _dockerconfig, _leftovers, _pod, _secret
-from tests.support.farm_fixtures import Farm
+from tests.support.farm_fixtures import SCAN_NAMESPACE, Farm
 
 REPORTS = Path(__file__).parents[1] / "data" / "trivy"
 
@@ -154,3 +155,68 @@ def test_identity_token_is_exchanged_and_the_scan_gets_only_a_pull_token(
     assert pull_token and pull_token != identity_token  # an access token, not the refresh token
     assert identity_token not in json.dumps(seen.secrets)
     farm.wait_for(lambda: not _leftovers(farm), timeout=30, what="no scan Job or Secret left")
+
+
+def test_max_inflight_caps_the_scan_jobs_running_at_once_and_every_image_is_scanned(
+    farm: Farm,
+) -> None:
+    """With max_inflight = 2 and 6 images, never more than 2 scan Jobs exist at once, though
+    the worker runs 2 processes that submit concurrently; all 6 are scanned in the end."""
+    farm.cluster_options["max_inflight"] = 2
+    sim = _setup(farm)
+    registry = farm.registry
+    host = registry.host
+    sim.create(_secret("right-cred", _dockerconfig(host, REGISTRY_USER, REGISTRY_PASSWORD)))
+    for i in range(6):
+        digest = registry.push(f"team/capped-{i}", "1", content=f"capped {i}")
+        sim.set_digest(f"{host}/team/capped-{i}:1", digest)
+        sim.create(_pod(f"capped-{i}", f"{host}/team/capped-{i}:1", secrets=["right-cred"]))
+    jobs = ObjectRecorder(sim, "Job")
+    farm.start(workers=2)
+    scans = _finished(farm, 6)
+    jobs.stop()
+    assert {v[0] for v in scans.values()} == {"succeeded"}
+    assert len(jobs.created) == 6
+    assert jobs.most_at_once <= 2, jobs.most_at_once
+    assert jobs.most_at_once == 2  # the cap was reached, not merely never approached
+    farm.wait_for(lambda: not _leftovers(farm), timeout=30, what="no scan Job or Secret left")
+
+
+class ObjectRecorder:
+    """Counts the objects of a kind that exist at once in the scan namespace (a real watch)."""
+
+    def __init__(self, sim: Any, kind: str) -> None:
+        self.created: list[str] = []
+        self.most_at_once = 0
+        self._live: set[str] = set()
+        self._stop = threading.Event()
+        self._batch = sim.batch()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        from kubernetes import watch
+
+        listing = self._batch.list_namespaced_job(SCAN_NAMESPACE)
+        version = listing.metadata.resource_version
+        while not self._stop.is_set():
+            for event in watch.Watch().stream(
+                self._batch.list_namespaced_job,
+                SCAN_NAMESPACE,
+                resource_version=version,
+                timeout_seconds=1,
+                _preload_content=False,
+            ):
+                obj = event["raw_object"]
+                version = obj["metadata"]["resourceVersion"]
+                name = obj["metadata"]["name"]
+                if event["type"] == "ADDED":
+                    self.created.append(name)
+                    self._live.add(name)
+                elif event["type"] == "DELETED":
+                    self._live.discard(name)
+                self.most_at_once = max(self.most_at_once, len(self._live))
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(10)

@@ -71,8 +71,10 @@ def write_settings(
             f'name = "{name}"',
             f'kubeconfig = "{kubeconfig}"',
             f'scan_namespace = "{SCAN_NAMESPACE}"',
-            "max_inflight = 20",
-            *(f"{k} = {_toml(v)}" for k, v in (cluster_options or {}).items()),
+            *(
+                f"{k} = {_toml(v)}"
+                for k, v in {"max_inflight": 20, **(cluster_options or {})}.items()
+            ),
         ]
     path.write_text("\n".join(lines) + "\n")
     return path
