@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import base64
 import json
-import threading
 from pathlib import Path
 from typing import Any
 
@@ -112,7 +111,7 @@ def test_each_image_is_scanned_with_the_credential_the_kubelet_would_use(
     _run_pod(farm, "node-only", f"{host}/team/node-only:1", digests["node-only"],
              "node-alpine-3.19.json")  # fmt: skip
 
-    seen = SecretRecorder(sim)
+    seen = reliability.ObjectRecorder(sim, "Secret")
     farm.start(flower=True)
     scans = farm.wait_for(
         lambda: (
@@ -136,48 +135,15 @@ def test_each_image_is_scanned_with_the_credential_the_kubelet_would_use(
     seen.stop()
     # one Secret per credentialed scan (3 of the 5), each holding exactly one credential and
     # owned by its Job from its first moment
-    assert len(seen.secrets) == 3, seen.secrets
-    for secret in seen.secrets:
+    assert len(seen.added) == 3, seen.added
+    for secret in seen.added:
         assert sorted(secret["data"]) == ["password", "username"]
         assert secret["immutable"] is True
         owners = secret["metadata"]["ownerReferences"]
         assert [(o["kind"], o["controller"]) for o in owners] == [("Job", True)]
-    users = sorted(base64.b64decode(s["data"]["username"]).decode() for s in seen.secrets)
+    users = sorted(base64.b64decode(s["data"]["username"]).decode() for s in seen.added)
     assert users == sorted([CANARY_USER, REGISTRY_USER, REGISTRY_USER])
     _assert_canary_nowhere(farm)
-
-
-class SecretRecorder:
-    """Records every Secret created in the scan namespace, through a real watch."""
-
-    def __init__(self, sim: Any) -> None:
-        self.secrets: list[dict[str, Any]] = []
-        self._stop = threading.Event()
-        self._core = sim.core()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-        self._thread.start()
-
-    def _run(self) -> None:
-        from kubernetes import watch
-
-        version = self._core.list_namespaced_secret(SCAN_NAMESPACE).metadata.resource_version
-        while not self._stop.is_set():
-            w = watch.Watch()
-            for event in w.stream(
-                self._core.list_namespaced_secret,
-                SCAN_NAMESPACE,
-                resource_version=version,
-                timeout_seconds=1,
-                _preload_content=False,
-            ):
-                obj = event["raw_object"]
-                version = obj["metadata"]["resourceVersion"]
-                if event["type"] == "ADDED":
-                    self.secrets.append(obj)
-
-    def stop(self) -> None:
-        self._stop.set()
-        self._thread.join(10)
 
 
 def _flower_views(farm: Farm) -> str:

@@ -6,13 +6,13 @@ from __future__ import annotations
 
 import base64
 import json
-import threading
 from pathlib import Path
 from typing import Any
 
 from tests.conftest import REGISTRY_PASSWORD, REGISTRY_USER
-from tests.e2e.test_scan_farm import NS, SecretRecorder, _dockerconfig, _leftovers, _pod, _secret
-from tests.support.farm_fixtures import SCAN_NAMESPACE, Farm
+from tests.e2e.test_scan_farm import NS, _dockerconfig, _leftovers, _pod, _secret
+from tests.support import reliability_fixtures as reliability
+from tests.support.farm_fixtures import Farm
 
 REPORTS = Path(__file__).parents[1] / "data" / "trivy"
 
@@ -143,17 +143,17 @@ def test_identity_token_is_exchanged_and_the_scan_gets_only_a_pull_token(
     sim.set_digest(image, digest)
     sim.set_report(digest, REPORTS / "node-alpine-3.19.json")
     sim.create(_pod("app", image, secrets=["acr-login"]))
-    seen = SecretRecorder(sim)
+    seen = reliability.ObjectRecorder(sim, "Secret")
     farm.start()
     scans = _finished(farm, 1)
     assert scans["team/idtoken"][:3] == ("succeeded", "registry", f"{NS}/acr-login ({host})")
     assert scans["team/idtoken"][4] == 7
     seen.stop()
-    (secret,) = seen.secrets
+    (secret,) = seen.added
     assert sorted(secret["data"]) == ["token"]
     pull_token = base64.b64decode(secret["data"]["token"]).decode()
     assert pull_token and pull_token != identity_token  # an access token, not the refresh token
-    assert identity_token not in json.dumps(seen.secrets)
+    assert identity_token not in json.dumps(seen.added)
     farm.wait_for(lambda: not _leftovers(farm), timeout=30, what="no scan Job or Secret left")
 
 
@@ -171,52 +171,12 @@ def test_max_inflight_caps_the_scan_jobs_running_at_once_and_every_image_is_scan
         digest = registry.push(f"team/capped-{i}", "1", content=f"capped {i}")
         sim.set_digest(f"{host}/team/capped-{i}:1", digest)
         sim.create(_pod(f"capped-{i}", f"{host}/team/capped-{i}:1", secrets=["right-cred"]))
-    jobs = ObjectRecorder(sim, "Job")
+    jobs = reliability.ObjectRecorder(sim, "Job")
     farm.start(workers=2)
     scans = _finished(farm, 6)
     jobs.stop()
     assert {v[0] for v in scans.values()} == {"succeeded"}
-    assert len(jobs.created) == 6
+    assert len(jobs.added) == 6
     assert jobs.most_at_once <= 2, jobs.most_at_once
     assert jobs.most_at_once == 2  # the cap was reached, not merely never approached
     farm.wait_for(lambda: not _leftovers(farm), timeout=30, what="no scan Job or Secret left")
-
-
-class ObjectRecorder:
-    """Counts the objects of a kind that exist at once in the scan namespace (a real watch)."""
-
-    def __init__(self, sim: Any, kind: str) -> None:
-        self.created: list[str] = []
-        self.most_at_once = 0
-        self._live: set[str] = set()
-        self._stop = threading.Event()
-        self._batch = sim.batch()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-        self._thread.start()
-
-    def _run(self) -> None:
-        from kubernetes import watch
-
-        listing = self._batch.list_namespaced_job(SCAN_NAMESPACE)
-        version = listing.metadata.resource_version
-        while not self._stop.is_set():
-            for event in watch.Watch().stream(
-                self._batch.list_namespaced_job,
-                SCAN_NAMESPACE,
-                resource_version=version,
-                timeout_seconds=1,
-                _preload_content=False,
-            ):
-                obj = event["raw_object"]
-                version = obj["metadata"]["resourceVersion"]
-                name = obj["metadata"]["name"]
-                if event["type"] == "ADDED":
-                    self.created.append(name)
-                    self._live.add(name)
-                elif event["type"] == "DELETED":
-                    self._live.discard(name)
-                self.most_at_once = max(self.most_at_once, len(self._live))
-
-    def stop(self) -> None:
-        self._stop.set()
-        self._thread.join(10)

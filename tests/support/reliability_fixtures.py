@@ -168,6 +168,8 @@ class ObjectRecorder:
 
     def __init__(self, sim: Any, kind: str, namespace: str = SCAN_NAMESPACE) -> None:
         self.added: list[dict[str, Any]] = []
+        self.most_at_once = 0  # the most objects of ``kind`` that existed at the same time
+        self._live: set[str] = set()
         self._stop = threading.Event()
         api = sim.batch() if kind == "Job" else sim.core()
         self._list = api.list_namespaced_job if kind == "Job" else api.list_namespaced_secret
@@ -189,6 +191,10 @@ class ObjectRecorder:
                     self._version = obj["metadata"]["resourceVersion"]
                     if event["type"] == "ADDED":
                         self.added.append(obj)
+                        self._live.add(obj["metadata"]["name"])
+                    elif event["type"] == "DELETED":
+                        self._live.discard(obj["metadata"]["name"])
+                    self.most_at_once = max(self.most_at_once, len(self._live))
 
     def names(self) -> list[str]:
         return [str(o["metadata"]["name"]) for o in self.added]
