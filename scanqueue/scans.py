@@ -258,7 +258,12 @@ def submit(
     annotations[ANNOTATION_REQUEST] = json.dumps(discovery.to_payload(request), sort_keys=True)
     annotations[ANNOTATION_CANDIDATE] = str(step.index)
     annotations[ANNOTATION_SOURCE] = step.source or ""
-    job = kube.create_job(api=farm.api, body=body)  # 409: the existing Job is returned
+    try:
+        job = kube.create_job(api=farm.api, body=body)  # 409: the existing Job is returned
+    except errors.PermanentError:
+        # refused for good (422...): the slot taken for it must not wait for its expiry
+        dedupe.free_job_slot(farm.redis, cluster=farm.cluster.name, job=job_name)
+        raise
     owner = (job.get("metadata", {}).get("labels") or {}).get(manifests.LABEL_SCAN_ID)
     if owner != request.scan_id:
         # Another scan of this digest (an earlier claim that expired) runs this very Job:
