@@ -987,6 +987,15 @@ class Client:
                 url = urllib.parse.urljoin(url, location)
                 if response.status == 303 or (response.status in (301, 302) and method == "POST"):
                     method, body = "GET", None
+                if body is not None and _Origin.of(url) != auth_origin:
+                    # a 307/308 keeps the body, which holds a credential (the refresh-token
+                    # grant): like Authorization, it never leaves its origin
+                    raise _AttemptError(
+                        "not-sent",
+                        f"{origin.netloc} redirected a token request to "
+                        f"{_Origin.of(url).netloc}; its body holds a credential and is "
+                        "not sent to another origin",
+                    )
                 logger.debug("redirected to %s", _loggable(url))
                 continue
             return response

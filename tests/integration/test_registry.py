@@ -593,6 +593,42 @@ def test_token_realm_redirect_to_another_origin_goes_without_the_credential(
     assert caught.value.refusals[0].kind == "unauthorized"
 
 
+def test_identity_token_grant_is_never_redirected_to_another_origin(
+    registry_factory: RegistryFactory,
+    token_issuer: TokenIssuer,
+    capturing_proxy: Callable[[int], CapturingProxy],
+    scripted_server: Callable[..., ScriptedServer],
+) -> None:
+    """The refresh-token POST carries the identity token in its body: a 307 that keeps the
+    body must not carry it to another origin."""
+    identity_token = canary("redirected-identity-token")
+    token_issuer.refresh_tokens[identity_token] = "frank"
+    token_issuer.grants["frank"] = {"*": {"pull"}}
+    issuer_proxy = capturing_proxy(token_issuer.port)
+    realm = scripted_server(
+        lambda request: (307, {"Location": f"http://{issuer_proxy.host}{request.path}"}, b"")
+    )
+    server = registry_factory(
+        token={**token_issuer.registry_config(), "realm": f"{realm.url}/token"}
+    )
+    frank = credentials.Credential(
+        registry=server.host, username="<token>", token=identity_token, source="team-a/frank",
+        token_kind="identitytoken",
+    )  # fmt: skip
+
+    with (
+        registry.Client(settings=settings()) as client,
+        pytest.raises(registry.NoCredentialAccepted) as caught,
+    ):
+        client.pull_token(images.parse(f"{server.host}/team/app:1"), frank)
+
+    assert identity_token.encode() in b"".join(r.body for r in realm.seen)  # the named realm
+    assert identity_token.encode() not in issuer_proxy.sent()
+    assert token_issuer.requests == []
+    assert caught.value.refusals[0].kind == "not-sent"
+    assert identity_token not in str(caught.value)
+
+
 @pytest.mark.parametrize(
     ("header", "expected"),
     [
