@@ -189,8 +189,19 @@ def _entries(
         registry = normalize_key(key)
         if registry is None:  # Add(): url.Parse failed; the kubelet logs and ignores the entry
             continue
-        credentials.append(dataclasses.replace(fields, registry=registry, source=source, key=key))
+        credentials.append(
+            dataclasses.replace(fields, registry=registry, source=source, key=_shown_key(key))
+        )
     return credentials
+
+
+_USERINFO = re.compile(r"^((?:[A-Za-z][A-Za-z0-9+.-]*:)?//)?[^/@]*@")
+
+
+def _shown_key(key: str) -> str:
+    """The key as written, minus any ``user:password@`` in it: keys are printed (repr,
+    ``explain``), and a key like ``https://bob:pw@reg.example.com`` must not print ``pw``."""
+    return _USERINFO.sub(lambda m: (m.group(1) or "") + "***@", key, count=1)
 
 
 def _entry_fields(entry: Any, *, source: str, what: str, key: str) -> Credential:

@@ -484,3 +484,18 @@ def test_bad_entry_in_a_secret_names_the_secret_and_key_never_the_auth() -> None
     message = str(caught.value)
     assert "secret team-a/regcred" in message and "'r.io'" in message
     assert bad_auth not in message and CANARY not in message
+
+
+def test_a_password_written_into_a_key_is_never_shown() -> None:
+    """A key like https://bob:pw@host is matched as host, and printed without the pw."""
+    import json as _json
+
+    planted = "key-password-canary-91c2"
+    content = _json.dumps(
+        {"auths": {f"https://bob:{planted}@reg.example.com": {"username": "u", "password": "p"}}}
+    )
+    (found,) = credentials.parse_dockerconfig(content, source="team-a/odd-key")
+    assert found.registry == "reg.example.com"
+    assert found.key == "https://***@reg.example.com"
+    for shown in (repr(found), str(found), found.origin):
+        assert planted not in shown
