@@ -104,41 +104,74 @@ def _backoff(retries: int, delay: float | None) -> float:
     return float(min(300, 2 ** min(retries, 8)) * (0.5 + random.random()))
 
 
-@app.task(name="scanqueue.scan", bind=True, acks_late=True, reject_on_worker_lost=True)
-def scan(self: Task, request: dict[str, Any]) -> dict[str, str]:
-    """Submit the scan Job for one request payload (references only; never a secret)."""
+@app.task(
+    name="scanqueue.scan",
+    bind=True,
+    acks_late=True,
+    reject_on_worker_lost=True,
+    max_retries=None,  # retries are bounded below, by kind; Celery's default (3) would drop
+)
+def scan(self: Task, request: dict[str, Any], failures: int = 0) -> dict[str, str]:
+    """Submit the scan Job for one request payload (references only; never a secret).
+
+    ``failures`` counts the temporary failures so far (API, registry, database): after
+    ``MAX_TEMPORARY_RETRIES`` the scan ends failed with the last reason. Waiting for a
+    free in-flight slot (``Busy``) is not a failure and is retried without limit.
+    """
     try:
         parsed = discovery.from_payload(request)
     except errors.PermanentError as e:
         log.error("unreadable scan request dropped: %s", e)
         return {"outcome": "failed", "detail": str(e)}
-    where = farm(parsed.cluster)
+
+    def again(countdown: float, failed: int) -> Exception:
+        return self.retry(kwargs={"request": request, "failures": failed}, countdown=countdown)  # type: ignore[no-any-return]
+
     try:
+        where = farm(parsed.cluster)
         result = scans.submit(where, parsed)
-        _record(parsed.cluster, [result])
-        return result.as_dict()
     except scans.Busy as e:
         metrics.SCANS.labels(parsed.cluster, "busy").inc()
-        raise self.retry(countdown=_backoff(0, e.delay), max_retries=None) from None
+        raise again(_backoff(0, e.delay), failures) from None
+    except errors.ConfigError as e:
+        # a cluster this worker's settings do not know: nothing to record it in
+        log.error("scan request for an unknown cluster dropped: %s", e,
+                  extra={"scan_id": parsed.scan_id, "cluster": parsed.cluster})  # fmt: skip
+        return {"outcome": "failed", "detail": str(e)}
     except errors.TemporaryError as e:
-        if self.request.retries >= MAX_TEMPORARY_RETRIES:
-            reason = f"gave up after {self.request.retries} retries: {e}"
-            result = scans.fail(where, parsed, reason=reason)
-            _record(parsed.cluster, [result])
-            return result.as_dict()
+        if failures >= MAX_TEMPORARY_RETRIES:
+            return _fail(self, parsed, f"gave up after {failures} retries: {e}", again, failures)
         log.warning(
             "scan submit will be retried: %s",
             e,
             extra={"scan_id": parsed.scan_id, "cluster": parsed.cluster},
         )
-        raise self.retry(countdown=_backoff(self.request.retries, e.delay)) from None
+        raise again(_backoff(failures, e.delay), failures + 1) from None
     except errors.PermanentError as e:
-        result = scans.fail(where, parsed, reason=str(e))
-        _record(parsed.cluster, [result])
-        return result.as_dict()
+        return _fail(self, parsed, str(e), again, failures)
     except SoftTimeLimitExceeded:
         # late ack + idempotent submit: the next delivery picks up where this one stopped
-        raise self.retry(countdown=5) from None
+        raise again(5, failures + 1) from None
+    _record(parsed.cluster, [result])
+    return result.as_dict()
+
+
+def _fail(
+    task: Task,
+    request: discovery.ScanRequest,
+    reason: str,
+    again: Any,
+    failures: int,
+) -> dict[str, str]:
+    """End the scan failed with ``reason``; if even that cannot be recorded now, retry later."""
+    try:
+        result = scans.fail(farm(request.cluster), request, reason=reason)
+    except errors.TemporaryError as e:
+        log.warning("recording a failed scan will be retried: %s", e,
+                    extra={"scan_id": request.scan_id, "cluster": request.cluster})  # fmt: skip
+        raise again(_backoff(failures, e.delay), failures) from None
+    _record(request.cluster, [result])
+    return result.as_dict()
 
 
 def _locked(cluster: str, what: str, seconds: int) -> Any:

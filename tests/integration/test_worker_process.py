@@ -49,3 +49,12 @@ def test_app_settings_order_time_limits_and_declare_every_cluster_queue(tmp_path
         < conf.task_time_limit
         < conf.broker_transport_options["visibility_timeout"]
     )
+
+
+def test_scan_task_is_never_dropped_by_celerys_default_retry_limit() -> None:
+    """Celery's default max_retries (3) would ack and drop a scan after its 4th retry of any
+    kind (a full in-flight cap, an API blip); the task bounds its own temporary failures."""
+    from workers import tasks
+
+    assert tasks.scan.max_retries is None
+    assert tasks.MAX_TEMPORARY_RETRIES >= 3
