@@ -56,8 +56,9 @@ ANNOTATION_REQUEST = "scanqueue.io/request"  # the scan request payload: referen
 ANNOTATION_CANDIDATE = "scanqueue.io/candidate"  # index of the plan step this Job runs
 ANNOTATION_SOURCE = "scanqueue.io/credential-source"  # where its credential came from
 MAX_LOG_BYTES = 64 * 1024 * 1024  # a Trivy report larger than this is refused, not read
+# What Trivy (go-containerregistry) prints when the registry refuses the pull's credential.
 _REFUSED = re.compile(
-    r"UNAUTHORIZED|authentication required|DENIED|denied: |unauthorized|"
+    r"UNAUTHORIZED|authentication required|DENIED: |unauthorized: |"
     r"no basic auth credentials|401 Unauthorized|403 Forbidden",
 )
 
@@ -277,13 +278,23 @@ def submit(
             f"scan Job {farm.namespace}/{job_name} was planned with another credential; "
             "deleted it, the scan is retried"
         )
-    if secret_value is not None:
-        secret = manifests.scan_secret(
-            spec, job_uid=str(job["metadata"]["uid"]), credential=secret_value
-        )
-        kube.create_secret(api=farm.api, body=secret)
-    if job.get("spec", {}).get("suspend"):
-        kube.resume_job(api=farm.api, namespace=farm.namespace, name=job_name)
+    try:
+        if secret_value is not None:
+            kube.create_secret(
+                api=farm.api,
+                body=manifests.scan_secret(
+                    spec, job_uid=str(job["metadata"]["uid"]), credential=secret_value
+                ),
+            )
+        if job.get("spec", {}).get("suspend"):
+            kube.resume_job(api=farm.api, namespace=farm.namespace, name=job_name)
+    except kube.NotFound as e:
+        # the Job vanished between create and here (deleted by a sweep or a person)
+        raise errors.TemporaryError(f"{e}; the scan is retried") from None
+    except errors.PermanentError:
+        # never leave a suspended Job (and its slot) behind a Secret that cannot be made
+        _delete(farm, job_name)
+        raise
     with farm.db.connection() as conn:
         store.start_scan(
             conn,
@@ -531,7 +542,8 @@ def collect(farm: Farm) -> list[Result]:
     Complete: parse the pod log, store the report, mark the digest fresh.
     Failed with a registry refusal: submit the next plan step (attempt + 1).
     Failed otherwise (deadline, missing Secret, image not on the node, bad
-    output): record why. Every finished Job is deleted with its Secret.
+    output): record why. A finished Job is deleted with its Secret once handled;
+    one whose handling failed for a passing reason stays for the next pass.
     """
     jobs = kube.list_jobs(
         api=farm.api,
@@ -557,17 +569,49 @@ def collect(farm: Farm) -> list[Result]:
     results = []
     for job, state, reason in finished:
         name = str(job["metadata"]["name"])
-        try:
-            results.append(_collect_one(farm, job, state, reason, pods=by_job.get(name, [])))
-        except errors.TemporaryError as e:
-            # The Job stays; the next pass collects it again (storing and resubmitting
-            # are idempotent). One bad Job must not stop the pass for the others.
-            log.warning(
-                "collecting a scan Job failed; retried on the next pass: %s",
-                e,
-                extra={"cluster": farm.cluster.name, "job": job["metadata"]["name"]},
-            )
+        result = _collect_safely(farm, job, state, reason, pods=by_job.get(name, []))
+        if result is not None:
+            results.append(result)
     return results
+
+
+def _collect_safely(
+    farm: Farm,
+    job: Mapping[str, Any],
+    state: str,
+    reason: str,
+    *,
+    pods: Sequence[Mapping[str, Any]] | None = None,
+) -> Result | None:
+    """``_collect_one`` that never stops a pass: one bad Job must not hold up the others.
+
+    A temporary failure leaves the Job for the next pass (storing and resubmitting
+    are idempotent); a permanent one (e.g. 403 reading its log) ends its scan with
+    the reason and deletes the Job, so it cannot block every later pass.
+    """
+    name = str(job["metadata"]["name"])
+    where = {"cluster": farm.cluster.name, "job": name}
+    try:
+        return _collect_one(farm, job, state, reason, pods=pods)
+    except errors.TemporaryError as e:
+        log.warning("collecting a scan Job failed; retried on the next pass: %s", e, extra=where)
+        return None
+    except errors.PermanentError as e:
+        log.error("collecting a scan Job failed for good: %s", e, extra=where)
+        try:
+            request = discovery.from_payload(
+                json.loads(
+                    (job["metadata"].get("annotations") or {}).get(ANNOTATION_REQUEST, "null")
+                )
+            )
+            ended = _end(
+                farm, request, status="failed", reason=f"collecting {name}: {e}", attempt=1
+            )
+            _delete(farm, name)
+        except errors.ScanqueueError as again:
+            log.warning("could not end the scan of %s yet: %s", name, again, extra=where)
+            return None
+        return ended
 
 
 def _collect_one(
@@ -705,12 +749,18 @@ def _handle_failure(
         except errors.PermanentError as e:
             return _end(farm, request, status="failed", reason=str(e), attempt=attempt)
     if waiting == "CreateContainerConfigError":
-        why = (f"scan Job {farm.namespace}/{job_name}: its credential Secret was missing when the "
-               "pod started; the scan is retried on the next watcher pass")  # fmt: skip
+        why = (f"scan Job {farm.namespace}/{job_name}: its credential Secret was missing when "
+               "the pod started (deleted by hand or by a sweep?); the digest is scanned again "
+               "here after scan.rescan_interval_seconds, or sooner elsewhere")  # fmt: skip
         return _end(farm, request, status="failed", reason=why, attempt=attempt)
-    if waiting in ("ErrImageNeverPull", "ErrImagePull", "ImagePullBackOff"):
+    if waiting == "ErrImageNeverPull":
         why = (f"scan Job {farm.namespace}/{job_name}: image {request.image}@{request.digest} "
-               f"could not be used ({waiting}); it is not on node {request.node}")  # fmt: skip
+               f"is no longer on node {request.node} (ErrImageNeverPull)")  # fmt: skip
+        return _end(farm, request, status="failed", reason=why, attempt=attempt)
+    if waiting in ("ErrImagePull", "ImagePullBackOff"):
+        why = (f"scan Job {farm.namespace}/{job_name}: the cluster could not pull the scan "
+               f"container's image ({waiting}); check the cluster's trivy_image "
+               f"{farm.cluster.trivy_image!r} and the nodes' access to it")  # fmt: skip
         return _end(farm, request, status="failed", reason=why, attempt=attempt)
     if reason == "DeadlineExceeded":
         why = (f"scan Job {farm.namespace}/{job_name} exceeded its deadline of "
@@ -737,8 +787,9 @@ def _last_line(text: str, limit: int = 300) -> str:
 
 
 def _delete(farm: Farm, job_name: str, *, secret: bool = True) -> None:
-    """Delete a scan Job (its pods and Secret follow by ownership); with ``secret``, delete its
-    Secret explicitly too (the sweep and unreadable Jobs: belt and braces where things broke)."""
+    """Delete a scan Job (its pods and Secret follow by ownership) and give back its slot;
+    with ``secret``, delete its Secret explicitly too, so that a credential never waits on
+    the garbage collector (skipped only where the Job never had one)."""
     kube.delete_job(api=farm.api, namespace=farm.namespace, name=job_name)
     dedupe.free_job_slot(farm.redis, cluster=farm.cluster.name, job=job_name)
     if secret:
@@ -774,12 +825,18 @@ def sweep(farm: Farm) -> Swept:
     deleted_jobs = 0
     for job in jobs:
         if _created(job) < cutoff:
-            state, _ = _state(job)
-            if state in ("complete", "failed"):
-                _collect_one(farm, job, state, _state(job)[1])
-            else:
-                _left_behind(farm, job)
-                _delete(farm, str(job["metadata"]["name"]))
+            state, reason = _state(job)
+            try:
+                if state in ("complete", "failed"):
+                    if _collect_safely(farm, job, state, reason) is None:
+                        continue
+                else:
+                    _left_behind(farm, job)
+                    _delete(farm, str(job["metadata"]["name"]))
+            except errors.ScanqueueError as e:
+                log.warning("sweeping scan Job %s failed: %s", job["metadata"]["name"], e,
+                            extra={"cluster": farm.cluster.name})  # fmt: skip
+                continue
             live.discard(str(job["metadata"]["name"]))
             deleted_jobs += 1
     deleted_secrets = 0
