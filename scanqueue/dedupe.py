@@ -214,16 +214,29 @@ def mark_many_fresh(conn: redis.Redis, digests: Iterable[str], *, ttl_seconds: i
     _call(pipe.execute, "mark digests fresh")
 
 
-def mark_failed_here(conn: redis.Redis, digest: str, *, cluster: str, ttl_seconds: int) -> None:
+def mark_failed_here(
+    conn: redis.Redis,
+    digest: str,
+    *,
+    cluster: str,
+    ttl_seconds: int,
+    scan_id: str | None = None,
+) -> None:
     """``cluster`` could not scan ``digest``: don't retry there for ``ttl_seconds``.
 
     Also drops the in-flight key, so the next pass of another cluster's watcher
     that runs the digest claims it and tries with that cluster's credentials.
+    With ``scan_id``, the key is dropped only while that scan holds it: a stale
+    scan ending must not free a newer claim (another cluster's, say).
     """
-    pipe = conn.pipeline(transaction=True)
-    pipe.set(failed_key(digest, cluster), "1", ex=int(ttl_seconds))
-    pipe.delete(inflight_key(digest))
-    _call(pipe.execute, f"mark {digest} failed in {cluster}")
+    _call(
+        lambda: conn.set(failed_key(digest, cluster), "1", ex=int(ttl_seconds)),
+        f"mark {digest} failed in {cluster}",
+    )
+    if scan_id is None:
+        _call(lambda: conn.delete(inflight_key(digest)), f"release {digest}")
+    else:
+        release(conn, digest, scan_id=scan_id)
 
 
 def is_fresh(conn: redis.Redis, digest: str) -> bool:

@@ -45,6 +45,12 @@ FIELDS: tuple[str, ...] = (
     "attempt",
     "outcome",
     "duration_seconds",
+    "job",
+    "status",
+    "reason",
+    "detail",
+    "credential_source",
+    "findings",
 )
 
 REDACTED = "[REDACTED]"

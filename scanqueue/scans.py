@@ -504,6 +504,7 @@ def _end(
         digest,
         cluster=request.cluster,
         ttl_seconds=farm.settings.scan.rescan_interval_seconds,
+        scan_id=request.scan_id,
     )
     log.warning(
         "scan ended without a result",

@@ -76,6 +76,34 @@ def test_failure_in_one_cluster_gives_the_next_cluster_its_turn(redis_url: str) 
     assert dedupe.failed_clusters(r, D1, ["eu", "us"]) == ["eu"]
 
 
+def test_a_stale_scan_failing_does_not_free_a_newer_claim(redis_url: str) -> None:
+    r = dedupe.client(redis_url)
+    (old,) = dedupe.claim(r, cluster="eu", digests=[D1], ttl_seconds=60)
+    r.delete(dedupe.inflight_key(D1))  # its claim expired; another cluster claimed the digest
+    (new,) = dedupe.claim(r, cluster="us", digests=[D1], ttl_seconds=60)
+    dedupe.mark_failed_here(r, D1, cluster="eu", ttl_seconds=3600, scan_id=old.scan_id)
+    held = dedupe.in_flight(r, D1)
+    assert held is not None and (held.cluster, held.scan_id) == ("us", new.scan_id)
+    assert dedupe.failed_clusters(r, D1, ["eu", "us"]) == ["eu"]
+    dedupe.mark_failed_here(r, D1, cluster="us", ttl_seconds=3600, scan_id=new.scan_id)
+    assert dedupe.in_flight(r, D1) is None
+
+
+def test_scan_job_slots_admit_at_most_the_limit_and_heal(redis_url: str) -> None:
+    r = dedupe.client(redis_url)
+    take = lambda job, now: dedupe.take_job_slot(  # noqa: E731
+        r, cluster="eu", job=job, limit=2, now=now, max_age=100
+    )
+    assert take("j1", 1000) and take("j2", 1000)
+    assert not take("j3", 1000)  # full
+    assert take("j1", 1001)  # a redelivery of a Job keeps its slot
+    dedupe.free_job_slot(r, cluster="eu", job="j2")
+    assert take("j3", 1002)
+    assert dedupe.jobs_in_flight(r, cluster="eu") == 2
+    assert take("j4", 1200)  # j1 and j3 are older than a Job can live: pruned
+    assert dedupe.jobs_in_flight(r, cluster="eu") == 1
+
+
 def test_release_and_refresh_touch_only_the_holders_key(redis_url: str) -> None:
     r = dedupe.client(redis_url)
     (mine,) = dedupe.claim(r, cluster="eu", digests=[D1], ttl_seconds=60)
