@@ -479,7 +479,7 @@ def _call(
         raise errors.TemporaryError(
             f"{verb} {kind} {_where(namespace, name)}: the API server's answer "
             f"is not JSON ({e}); retry"
-        ) from e
+        ) from None  # the decode error keeps the raw body (a Secret's, say): not chained
 
 
 def _list_all(
