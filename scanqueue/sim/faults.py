@@ -1,7 +1,8 @@
 """Faults injected on purpose, for reliability tests: error statuses, dropped watches, forced 410.
 
 ``Faults.fail(status, verb=..., resource=..., count=...)`` makes the next
-matching requests fail with 429/500/503 (429 carries ``Retry-After``);
+matching requests fail with 403/429/500/503/504 (429 and 503 carry
+``Retry-After``; 403 is a permanent refusal, as RBAC gives);
 ``drop_watches()`` cuts every open watch connection without the final chunk,
 as a broken network would; ``expire_watches(resource)`` makes the next watch
 of that resource get a ``410 Gone`` ERROR event. Thread-safe.
@@ -15,6 +16,7 @@ import threading
 from scanqueue.sim import cluster
 
 _REASONS = {
+    403: ("Forbidden", "forbidden: injected fault: the user may not do this"),
     429: ("TooManyRequests", "Too many requests, please try again later."),
     500: ("InternalError", "Internal error occurred: injected fault"),
     503: ("ServiceUnavailable", "The server is currently unable to handle the request"),
