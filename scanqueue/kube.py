@@ -240,14 +240,11 @@ def list_pods(
     raises ``Gone`` (list again). Watch from the returned resourceVersion.
     ``label_selector`` narrows the list (the collect pass lists all scan pods at once).
     """
-    items: list[Object] = []
-    version = ""
-    for page, page_version in list_pod_pages(
-        api=api, namespace=namespace, page_size=page_size, label_selector=label_selector
-    ):
-        items.extend(page)
-        version = page_version
-    return items, version
+    return _gather(
+        list_pod_pages(
+            api=api, namespace=namespace, page_size=page_size, label_selector=label_selector
+        )
+    )
 
 
 def list_pod_pages(
@@ -488,9 +485,14 @@ def _list_all(
     call: Callable[..., Any],
     page_size: int = LIST_PAGE_SIZE,
 ) -> tuple[list[Object], str]:
+    return _gather(_pages(kind, namespace, call, page_size))
+
+
+def _gather(pages: Iterator[tuple[list[Object], str]]) -> tuple[list[Object], str]:
+    """Every item of a paged list, and its resourceVersion."""
     items: list[Object] = []
     version = ""
-    for page, page_version in _pages(kind, namespace, call, page_size):
+    for page, page_version in pages:
         items.extend(page)
         version = page_version
     return items, version

@@ -493,13 +493,7 @@ def finish_scan(
     ``PermanentError`` for an unknown scan id (call ``start_scan`` first).
     """
     with conn.transaction():
-        row = conn.execute(
-            "SELECT status, digest FROM scans WHERE id = %s FOR UPDATE", (scan_id,)
-        ).fetchone()
-        if row is None:
-            raise errors.PermanentError(
-                f"scan {scan_id} is not recorded; call store.start_scan before finish_scan"
-            )
+        row = _lock_scan(conn, scan_id, then="finish_scan")
         if row[0] == "succeeded":
             return  # a re-delivered result: the first delivery is kept as it is
         if row[1] is None:
@@ -524,6 +518,21 @@ def finish_scan(
         )
 
 
+def _lock_scan(conn: Connection, scan_id: str, *, then: str) -> tuple[Any, ...]:
+    """(status, digest) of scan ``scan_id``, its row locked until the transaction ends.
+
+    Raises ``PermanentError`` for an unknown scan id (``then`` names the caller).
+    """
+    row = conn.execute(
+        "SELECT status, digest FROM scans WHERE id = %s FOR UPDATE", (scan_id,)
+    ).fetchone()
+    if row is None:
+        raise errors.PermanentError(
+            f"scan {scan_id} is not recorded; call store.start_scan before {then}"
+        )
+    return tuple(row)
+
+
 @_translated
 def fail_scan(
     conn: Connection, *, scan_id: str, status: str, reason: str, finished_at: datetime
@@ -540,13 +549,7 @@ def fail_scan(
             f"{', '.join(FAILED_STATUSES)}"
         )
     with conn.transaction():
-        row = conn.execute(
-            "SELECT status FROM scans WHERE id = %s FOR UPDATE", (scan_id,)
-        ).fetchone()
-        if row is None:
-            raise errors.PermanentError(
-                f"scan {scan_id} is not recorded; call store.start_scan before fail_scan"
-            )
+        row = _lock_scan(conn, scan_id, then="fail_scan")
         if row[0] not in ("pending", "running"):
             return
         conn.execute(

@@ -16,7 +16,6 @@ from __future__ import annotations
 import logging
 import random
 import threading
-from datetime import UTC, datetime
 from typing import Any
 
 import redis.exceptions
@@ -205,10 +204,9 @@ def collect(cluster: str) -> list[dict[str, str]]:
 
 
 def _jobs_in_flight(cluster: str) -> None:
-    """Scans recorded as running (one scan Job each) in ``cluster``, after a collect pass."""
-    with farm(cluster).db.connection() as conn:
-        running = store.running_scans(conn, cluster=cluster, before=datetime.now(UTC))
-    metrics.JOBS_IN_FLIGHT.labels(cluster).set(len(running))
+    """Scan Jobs holding an in-flight slot in ``cluster`` (what max_inflight counts)."""
+    count = dedupe.jobs_in_flight(farm(cluster).redis, cluster=cluster)
+    metrics.JOBS_IN_FLIGHT.labels(cluster).set(count)
 
 
 @app.task(name="scanqueue.sweep", acks_late=True)
