@@ -56,7 +56,7 @@ def test_wheel_built_from_the_docker_context_has_everything_the_farm_runs(
             if p.is_file()
         ),
         *(p.relative_to(ROOT).as_posix() for p in (ROOT / "workers").glob("*.py")),
-        "scanqueue/cli.py",
+        "scanqueue/cli/__init__.py",
         "scanqueue/logs.py",
     ]
     missing = sorted(set(needed) - names)
