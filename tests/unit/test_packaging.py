@@ -61,7 +61,7 @@ def test_blocked_packages_really_are_blocked() -> None:
     # the check above would pass vacuously if the blocker did not work
     result = subprocess.run(
         [sys.executable, "-c",
-         f"BLOCKED = {SIM_ONLY!r}\n" + _BLOCKER.split("import scanqueue")[0]
+         f"BLOCKED = {SIM_ONLY!r}\n" + _BLOCKER.split("import scanqueue", maxsplit=1)[0]
          + "import scanqueue.sim.validation"],
         capture_output=True, text=True, cwd=ROOT, timeout=120, check=False,
     )  # fmt: skip
