@@ -1,0 +1,281 @@
+"""Collect finished scan Jobs: store the report, or hand the scan on, then delete Job and Secret.
+
+A Job whose handling failed for a passing reason stays for the next pass;
+storing twice changes nothing. It must never stop a pass for one bad Job.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from scanqueue import (
+    dedupe,
+    discovery,
+    errors,
+    images,
+    kube,
+    manifests,
+    reports,
+    store,
+)
+from scanqueue.scans import ending, model, plan, submission
+
+log = logging.getLogger(__name__)
+
+
+def collect(farm: model.Farm) -> list[model.Result]:
+    """One reconcile pass over this cluster's scan Jobs: store finished ones and clean up.
+
+    Complete: parse the pod log, store the report, mark the digest fresh.
+    Failed with a registry refusal: submit the next plan step (attempt + 1).
+    Failed otherwise (deadline, missing Secret, image not on the node, bad
+    output): record why. A finished Job is deleted with its Secret once handled;
+    one whose handling failed for a passing reason stays for the next pass.
+    """
+    jobs = kube.list_jobs(
+        api=farm.api,
+        namespace=farm.namespace,
+        label_selector=manifests.cluster_selector(farm.cluster.name),
+    )
+    finished = [(job, *model.job_state(job)) for job in jobs]
+    finished = [(job, state, reason) for job, state, reason in finished
+                if state in ("complete", "failed")]  # fmt: skip
+    if not finished:
+        return []
+    # The pods of every scan Job in one list per pass, not one list per Job.
+    pods, _ = kube.list_pods(
+        api=farm.api,
+        namespace=farm.namespace,
+        label_selector=manifests.cluster_selector(farm.cluster.name),
+    )
+    by_job: dict[str, list[Mapping[str, Any]]] = {}
+    for pod in pods:
+        owner = ((pod.get("metadata") or {}).get("labels") or {}).get(kube.JOB_NAME_LABEL)
+        if owner:
+            by_job.setdefault(str(owner), []).append(pod)
+    results = []
+    for job, state, reason in finished:
+        name = str(job["metadata"]["name"])
+        result = collect_safely(farm, job, state, reason, pods=by_job.get(name, []))
+        if result is not None:
+            results.append(result)
+    return results
+
+
+def collect_safely(
+    farm: model.Farm,
+    job: Mapping[str, Any],
+    state: str,
+    reason: str,
+    *,
+    pods: Sequence[Mapping[str, Any]] | None = None,
+) -> model.Result | None:
+    """``_collect_one`` that never stops a pass: one bad Job must not hold up the others.
+
+    A temporary failure leaves the Job for the next pass (storing and resubmitting
+    are idempotent); a permanent one (e.g. 403 reading its log) ends its scan with
+    the reason and deletes the Job, so it cannot block every later pass.
+    """
+    name = str(job["metadata"]["name"])
+    where = {"cluster": farm.cluster.name, "job": name}
+    try:
+        return _collect_one(farm, job, state, reason, pods=pods)
+    except errors.TemporaryError as e:
+        log.warning("collecting a scan Job failed; retried on the next pass: %s", e, extra=where)
+        return None
+    except errors.PermanentError as e:
+        log.error("collecting a scan Job failed for good: %s", e, extra=where)
+        try:
+            request = discovery.from_payload(
+                json.loads(
+                    (job["metadata"].get("annotations") or {}).get(model.ANNOTATION_REQUEST, "null")
+                )
+            )
+            ended = ending.end(
+                farm, request, status="failed", reason=f"collecting {name}: {e}", attempt=1
+            )
+            ending.delete(farm, name)
+        except errors.ScanqueueError as again:
+            log.warning("could not end the scan of %s yet: %s", name, again, extra=where)
+            return None
+        return ended
+
+
+def _collect_one(
+    farm: model.Farm,
+    job: Mapping[str, Any],
+    state: str,
+    reason: str,
+    *,
+    pods: Sequence[Mapping[str, Any]] | None = None,
+) -> model.Result:
+    """Store or hand on one finished Job; ``pods``: its pods when already listed (else read)."""
+    metadata = job.get("metadata") or {}
+    name = str(metadata.get("name"))
+    annotations = metadata.get("annotations") or {}
+    try:
+        payload = json.loads(annotations.get(model.ANNOTATION_REQUEST, "null"))
+        request = discovery.from_payload(payload)
+        step_index = int(annotations.get(model.ANNOTATION_CANDIDATE, "0"))
+        attempt = int(annotations.get(manifests.ANNOTATION_ATTEMPT, "1"))
+    except (ValueError, errors.PermanentError) as e:
+        log.warning("scan Job without a readable request; deleting it", extra={"job": name})
+        ending.delete(farm, name)
+        scan_id = str((metadata.get("labels") or {}).get(manifests.LABEL_SCAN_ID))
+        return model.Result("failed", scan_id, "", name, f"unreadable scan Job annotations: {e}")
+    pod, log_text = _pod_and_log(farm, name, pods)
+    with farm.db.connection() as conn:
+        # The submit that created this Job may have died before recording the scan; a
+        # redelivered submit adopts the Job, but the Job may finish first.
+        store.start_scan(
+            conn,
+            scan_id=request.scan_id,
+            cluster=request.cluster,
+            digest=request.digest or "",
+            image=f"{images.parse(request.image).name}@{request.digest}",
+            mode=_mode_of(job, annotations),
+            attempt=attempt,
+            credential_source=annotations.get(model.ANNOTATION_SOURCE) or None,
+            started_at=model.created(job),
+        )
+    if state == "complete":
+        result = _store_report(farm, request, name, log_text, attempt)
+    else:
+        result = _handle_failure(
+            farm,
+            request,
+            job_name=name,
+            reason=reason,
+            pod=pod,
+            text=log_text,
+            step_index=step_index,
+            attempt=attempt,
+        )
+    # The Secret is owned by the Job and goes with it (background propagation); it is also
+    # deleted explicitly, so that a credential never waits on a slow garbage collector.
+    # Anonymous and node-mode scans have no Secret: no request for them.
+    has_secret = annotations.get(model.ANNOTATION_SOURCE) not in ("anonymous", "node")
+    ending.delete(farm, name, secret=has_secret)
+    return result
+
+
+def _mode_of(job: Mapping[str, Any], annotations: Mapping[str, str]) -> str:
+    mode = (job["metadata"].get("labels") or {}).get(manifests.LABEL_MODE, "registry")
+    if mode == "registry" and annotations.get(model.ANNOTATION_SOURCE) == "anonymous":
+        return "anonymous"
+    return str(mode)
+
+
+def _pod_and_log(
+    farm: model.Farm, job_name: str, pods: Sequence[Mapping[str, Any]] | None
+) -> tuple[Mapping[str, Any] | None, str]:
+    if pods is None:
+        pods = kube.pods_of_job(api=farm.api, namespace=farm.namespace, name=job_name)
+    if not pods:
+        return None, ""
+    pod = pods[-1]
+    phase = (pod.get("status") or {}).get("phase")
+    if phase not in ("Succeeded", "Failed"):
+        return pod, ""
+    try:
+        text = kube.read_pod_log(
+            api=farm.api,
+            namespace=farm.namespace,
+            name=str(pod["metadata"]["name"]),
+            container=manifests.CONTAINER,
+            limit_bytes=model.MAX_LOG_BYTES,
+        )
+    except kube.NotFound:
+        text = ""
+    return pod, text
+
+
+def _store_report(
+    farm: model.Farm, request: discovery.ScanRequest, job_name: str, text: str, attempt: int
+) -> model.Result:
+    digest = request.digest or ""
+    try:
+        report = reports.parse(text, source=f"log of scan Job {farm.namespace}/{job_name}")
+    except reports.InvalidReport as e:
+        return ending.end(farm, request, status="failed", reason=str(e), attempt=attempt)
+    with farm.db.connection() as conn:
+        store.finish_scan(conn, scan_id=request.scan_id, report=report, finished_at=farm.clock())
+    dedupe.mark_fresh(farm.redis, digest, ttl_seconds=farm.settings.scan.rescan_interval_seconds)
+    log.info(
+        "scan stored",
+        extra={"scan_id": request.scan_id, "cluster": request.cluster, "digest": digest,
+               "findings": len(report.findings)},
+    )  # fmt: skip
+    return model.Result(
+        "succeeded", request.scan_id, digest, job_name, f"{len(report.findings)} findings"
+    )
+
+
+def _handle_failure(
+    farm: model.Farm,
+    request: discovery.ScanRequest,
+    *,
+    job_name: str,
+    reason: str,
+    pod: Mapping[str, Any] | None,
+    text: str,
+    step_index: int,
+    attempt: int,
+) -> model.Result:
+    waiting = _waiting_reason(pod)
+    last = _last_line(text)
+    if model.REFUSED.search(text):
+        # The next candidate gets its own Job (attempt + 1) before this one is deleted, so
+        # a failure to submit leaves this Job for the next pass to try again.
+        history = [f"attempt {attempt}: the cluster's pull was refused: {last}"]
+        # this Job has finished: its slot goes to the next attempt's Job
+        dedupe.free_job_slot(farm.redis, cluster=farm.cluster.name, job=job_name)
+        try:
+            return submission.submit(
+                farm,
+                request,
+                attempt=attempt + 1,
+                start=plan.next_start(step_index),
+                history=history,
+            )
+        except errors.PermanentError as e:
+            return ending.end(farm, request, status="failed", reason=str(e), attempt=attempt)
+    if waiting == "CreateContainerConfigError":
+        why = (f"scan Job {farm.namespace}/{job_name}: its credential Secret was missing when "
+               "the pod started (deleted by hand or by a sweep?); the digest is scanned again "
+               "here after scan.rescan_interval_seconds, or sooner elsewhere")  # fmt: skip
+        return ending.end(farm, request, status="failed", reason=why, attempt=attempt)
+    if waiting == "ErrImageNeverPull":
+        why = (f"scan Job {farm.namespace}/{job_name}: image {request.image}@{request.digest} "
+               f"is no longer on node {request.node} (ErrImageNeverPull)")  # fmt: skip
+        return ending.end(farm, request, status="failed", reason=why, attempt=attempt)
+    if waiting in ("ErrImagePull", "ImagePullBackOff"):
+        why = (f"scan Job {farm.namespace}/{job_name}: the cluster could not pull the scan "
+               f"container's image ({waiting}); check the cluster's trivy_image "
+               f"{farm.cluster.trivy_image!r} and the nodes' access to it")  # fmt: skip
+        return ending.end(farm, request, status="failed", reason=why, attempt=attempt)
+    if reason == "DeadlineExceeded":
+        why = (f"scan Job {farm.namespace}/{job_name} exceeded its deadline of "
+               f"{farm.settings.scan.job_deadline_seconds}s")  # fmt: skip
+        return ending.end(farm, request, status="timeout", reason=why, attempt=attempt)
+    why = f"scan Job {farm.namespace}/{job_name} failed ({reason or 'no reason given'})"
+    if last:
+        why += f": {last}"
+    return ending.end(farm, request, status="failed", reason=why, attempt=attempt)
+
+
+def _waiting_reason(pod: Mapping[str, Any] | None) -> str:
+    statuses = ((pod or {}).get("status") or {}).get("containerStatuses") or []
+    for status in statuses:
+        waiting = (status.get("state") or {}).get("waiting")
+        if waiting:
+            return str(waiting.get("reason") or "")
+    return ""
+
+
+def _last_line(text: str, limit: int = 300) -> str:
+    lines = [line.strip() for line in text.strip().splitlines() if line.strip()]
+    return lines[-1][:limit] if lines else ""

@@ -1,0 +1,78 @@
+"""How a scan ends without a result, and how a scan Job is deleted with its slot.
+
+Used by submit, collect and sweep alike. It must never leave a slot taken
+for a Job it deleted, nor keep a digest in flight after its scan ended.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Literal
+
+from scanqueue import (
+    dedupe,
+    discovery,
+    kube,
+    manifests,
+    store,
+)
+from scanqueue.scans import model
+
+log = logging.getLogger(__name__)
+
+
+def end(
+    farm: model.Farm,
+    request: discovery.ScanRequest,
+    *,
+    status: Literal["failed", "timeout", "refused"],
+    reason: str,
+    attempt: int,
+) -> model.Result:
+    """Record a scan that ends without a result; let another cluster try the digest."""
+    digest = request.digest or ""
+    with farm.db.connection() as conn:
+        store.start_scan(
+            conn,
+            scan_id=request.scan_id,
+            cluster=request.cluster,
+            digest=digest,
+            image=request.image if "@" in request.image else f"{request.image}@{digest}",
+            mode="registry",
+            attempt=attempt,
+            credential_source=None,
+            started_at=farm.clock(),
+        )
+        store.fail_scan(
+            conn, scan_id=request.scan_id, status=status, reason=reason, finished_at=farm.clock()
+        )
+    dedupe.mark_failed_here(
+        farm.redis,
+        digest,
+        cluster=request.cluster,
+        ttl_seconds=farm.settings.scan.rescan_interval_seconds,
+        scan_id=request.scan_id,
+    )
+    log.warning(
+        "scan ended without a result",
+        extra={"scan_id": request.scan_id, "cluster": request.cluster, "digest": digest,
+               "status": status, "reason": reason},
+    )  # fmt: skip
+    return model.Result(status, request.scan_id, digest, detail=reason)
+
+
+def fail(farm: model.Farm, request: discovery.ScanRequest, *, reason: str) -> model.Result:
+    """End ``request`` as failed with ``reason`` (bad input, retries exhausted)."""
+    return end(farm, request, status="failed", reason=reason, attempt=1)
+
+
+def delete(farm: model.Farm, job_name: str, *, secret: bool = True) -> None:
+    """Delete a scan Job (its pods and Secret follow by ownership) and give back its slot;
+    with ``secret``, delete its Secret explicitly too, so that a credential never waits on
+    the garbage collector (skipped only where the Job never had one)."""
+    kube.delete_job(api=farm.api, namespace=farm.namespace, name=job_name)
+    dedupe.free_job_slot(farm.redis, cluster=farm.cluster.name, job=job_name)
+    if secret:
+        kube.delete_secret(
+            api=farm.api, namespace=farm.namespace, name=manifests.secret_name(job_name)
+        )

@@ -1,0 +1,178 @@
+"""Submit one scan Job with one credential: create suspended, add its Secret, resume.
+
+Idempotent: Job and Secret names derive from (cluster, digest, attempt),
+creation is adopt-on-conflict. It must never put a credential value
+anywhere but the scan Secret's ``data``, nor leave a Secret without an owner.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Sequence
+
+from scanqueue import (
+    dedupe,
+    discovery,
+    errors,
+    images,
+    kube,
+    manifests,
+    registry,
+    store,
+)
+from scanqueue.scans import ending, model, plan
+
+log = logging.getLogger(__name__)
+
+
+def submit(
+    farm: model.Farm,
+    request: discovery.ScanRequest,
+    *,
+    attempt: int = 1,
+    start: int = 0,
+    history: Sequence[str] = (),
+) -> model.Result:
+    """Create (or adopt) the scan Job of ``request`` for the first usable plan step from ``start``.
+
+    Returns the ``model.Result``; records the scan as running. Ends the scan as
+    refused (a row with every candidate's answer) when no step is usable.
+    Raises ``Busy`` when the cluster is at its in-flight cap, ``TemporaryError``
+    for API/registry trouble worth a retry, ``PermanentError`` for bad input
+    (the task stores it as the scan's reason).
+    """
+    digest = request.digest
+    if not digest:
+        raise errors.PermanentError(
+            f"scan request for {request.namespace}/{request.pod} container {request.container} "
+            "has no image digest; the watcher publishes running containers only"
+        )
+    image = images.parse(request.image)
+    candidates, notes = plan.read_candidates(farm, request, image)
+    refusals = list(history)
+    step = plan.first_step(
+        farm, request, image=image, candidates=candidates, start=start, refusals=refusals
+    )
+    secret_value = step.credential if step else None
+    while step is not None and plan.is_identity_token(step.credential):
+        try:
+            secret_value = plan.pull_token_credential(farm, image.with_digest(digest), step)
+            break
+        except registry.NoCredentialAccepted as e:
+            refusals.extend(str(r) for r in e.refusals)
+            step = plan.first_step(
+                farm, request, image=image, candidates=candidates, start=step.index + 1,
+                refusals=refusals,
+            )  # fmt: skip
+            secret_value = step.credential if step else None
+    if step is None:
+        reason = plan.refused_reason(request, candidates, notes, refusals)
+        return ending.end(farm, request, status="refused", reason=reason, attempt=attempt)
+    spec = manifests.ScanSpec(
+        cluster=farm.cluster,
+        scan=farm.settings.scan,
+        image=image.name,
+        digest=digest,
+        mode=step.mode,
+        scan_id=request.scan_id,
+        attempt=attempt,
+        credential=plan.kind(step.credential),
+        node_name=request.node if step.mode == "node" else None,
+    )
+    job_name = spec.job_name
+    # The cap first, exact across every worker (an atomic Redis slot per Job name;
+    # a redelivery of the same Job keeps its slot), then create-or-adopt the Job.
+    take_slot(farm, job_name)
+    body = manifests.scan_job(spec)
+    annotations = body["metadata"].setdefault("annotations", {})
+    payload = json.dumps(discovery.to_payload(request), sort_keys=True)
+    annotations[model.ANNOTATION_REQUEST] = payload
+    annotations[model.ANNOTATION_CANDIDATE] = str(step.index)
+    annotations[model.ANNOTATION_SOURCE] = step.source or ""
+    try:
+        job = kube.create_job(api=farm.api, body=body)  # 409: the existing Job is returned
+    except errors.PermanentError:
+        # refused for good (422...): the slot taken for it must not wait for its expiry
+        dedupe.free_job_slot(farm.redis, cluster=farm.cluster.name, job=job_name)
+        raise
+    owner = (job.get("metadata", {}).get("labels") or {}).get(manifests.LABEL_SCAN_ID)
+    if owner != request.scan_id:
+        # Another scan of this digest (an earlier claim that expired) runs this very Job:
+        # its result serves this request too.
+        return model.Result("adopted", request.scan_id, digest, job_name, f"Job runs scan {owner}")
+    planned = job.get("metadata", {}).get("annotations", {}).get(model.ANNOTATION_CANDIDATE)
+    if planned != str(step.index):
+        # Created by an earlier delivery that planned another step (secrets changed in
+        # between): do not pair this step's credential with that Job; start over.
+        ending.delete(farm, job_name, secret=False)
+        raise errors.TemporaryError(
+            f"scan Job {farm.namespace}/{job_name} was planned with another credential; "
+            "deleted it, the scan is retried"
+        )
+    try:
+        if secret_value is not None:
+            kube.create_secret(
+                api=farm.api,
+                body=manifests.scan_secret(
+                    spec, job_uid=str(job["metadata"]["uid"]), credential=secret_value
+                ),
+            )
+        if job.get("spec", {}).get("suspend"):
+            kube.resume_job(api=farm.api, namespace=farm.namespace, name=job_name)
+    except kube.NotFound as e:
+        # the Job vanished between create and here (deleted by a sweep or a person)
+        raise errors.TemporaryError(f"{e}; the scan is retried") from None
+    except errors.PermanentError:
+        # never leave a suspended Job (and its slot) behind a Secret that cannot be made
+        ending.delete(farm, job_name)
+        raise
+    with farm.db.connection() as conn:
+        store.start_scan(
+            conn,
+            scan_id=request.scan_id,
+            cluster=request.cluster,
+            digest=digest,
+            image=str(image.with_digest(digest)),
+            mode=plan.scan_mode(step),
+            attempt=attempt,
+            credential_source=step.source,
+            started_at=farm.clock(),
+        )
+    dedupe.refresh(
+        farm.redis,
+        digest,
+        scan_id=request.scan_id,
+        ttl_seconds=farm.settings.scan.inflight_ttl_seconds,
+    )
+    log.info(
+        "scan Job submitted",
+        extra={
+            "scan_id": request.scan_id,
+            "cluster": request.cluster,
+            "digest": digest,
+            "job": job_name,
+            "attempt": attempt,
+            "credential_source": step.source,
+        },
+    )
+    return model.Result("submitted", request.scan_id, digest, job_name, step.source or "")
+
+
+def take_slot(farm: model.Farm, job_name: str) -> None:
+    """Admit ``job_name`` under the cluster's ``max_inflight``; raise ``Busy`` when it is full."""
+    scan = farm.settings.scan
+    admitted = dedupe.take_job_slot(
+        farm.redis,
+        cluster=farm.cluster.name,
+        job=job_name,
+        limit=farm.cluster.max_inflight,
+        now=farm.clock().timestamp(),
+        max_age=scan.job_deadline_seconds + scan.sweep_margin_seconds,
+    )
+    if not admitted:
+        raise model.Busy(
+            f"cluster {farm.cluster.name} has {farm.cluster.max_inflight} scan Jobs in flight "
+            f"(max_inflight); submitting later",
+            delay=max(1.0, scan.collect_interval_seconds),
+        )
