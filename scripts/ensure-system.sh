@@ -14,6 +14,7 @@ have skopeo || need+=(skopeo)
 have htpasswd || need+=(apache2-utils)
 have runuser || need+=(util-linux)
 python3 -c 'import ensurepip' >/dev/null 2>&1 || need+=(python3-venv)
+have chromium || need+=(chromium)  # the HTML report's browser test (headless)
 
 if [ ${#need[@]} -gt 0 ]; then
   echo "scanqueue: installing Debian packages: ${need[*]}"

@@ -17,7 +17,7 @@ from collections.abc import Sequence
 
 import scanqueue
 from scanqueue import errors
-from scanqueue.cli import cluster, farm, parsing, pullsecrets, results, sim
+from scanqueue.cli import cluster, exporter, farm, parsing, pullsecrets, results, sim
 
 Command = parsing.Command
 
@@ -65,4 +65,5 @@ def build_parser() -> argparse.ArgumentParser:
     cluster.add_commands(sub)
     sim.add_commands(sub)
     farm.add_commands(sub)
+    exporter.add_commands(sub)
     return parser
