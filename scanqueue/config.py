@@ -76,6 +76,8 @@ class ClusterSettings:
     trivy_image: str = "aquasec/trivy:0.57.1"  # image of the scan container
     trivy_server: str = ""  # Trivy server URL (client/server mode); empty = local DB
     max_inflight: int = 10  # scan Jobs in flight in this cluster at most
+    trivy_server_token_secret: str = ""  # Secret in scan_namespace, key "token": TRIVY_TOKEN
+    scan_user_namespaces: bool = False  # node-mode pods get hostUsers: false (user namespaces)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -24,7 +24,7 @@ import hashlib
 import re
 from typing import Any, Literal, Protocol
 
-from scanqueue import config, errors
+from scanqueue import config, errors, trivy_env
 
 Mode = Literal["registry", "node"]
 CredentialKind = Literal["basic", "token"]
@@ -43,6 +43,14 @@ INIT_CONTAINER = "copy-trivy"
 WORK_DIR = "/var/scanqueue"  # emptyDir: the Trivy binary (node mode) and the DB cache
 CACHE_DIR = f"{WORK_DIR}/cache"
 TRIVY_IN_IMAGE = "/usr/local/bin/trivy"  # where the aquasec/trivy image keeps its binary
+CA_BUNDLE_IN_IMAGE = "/etc/ssl/certs/ca-certificates.crt"  # and its CA bundle (Alpine)
+CONFIG_DIR = "/var/scanqueue-config"  # node mode: our trivy.yaml and .trivyignore (downward API)
+CONFIG_FILE = "trivy.yaml"
+IGNORE_FILE = ".trivyignore"
+ANNOTATION_CONFIG = "scanqueue.io/trivy-config"  # content of our trivy.yaml (node mode)
+ANNOTATION_IGNORE = "scanqueue.io/trivy-ignore"  # content of our .trivyignore (node mode)
+CONFIG_CONTENT = "{}\n"  # no setting: the command line and defaults decide everything
+IGNORE_CONTENT = "# scanqueue ignores no finding\n"
 NON_ROOT_UID = 10001  # the aquasec/trivy image declares no user; pick a fixed non-root one
 
 # Secret keys; the Job refers to them by name only.
@@ -194,6 +202,14 @@ def scan_annotations(spec: ScanSpec) -> dict[str, str]:
     return {ANNOTATION_IMAGE: spec.target, ANNOTATION_ATTEMPT: str(spec.attempt)}
 
 
+def _pod_annotations(spec: ScanSpec) -> dict[str, str]:
+    annotations = scan_annotations(spec)
+    if spec.mode == "node":  # read by the downward API volume of _config_volume
+        annotations[ANNOTATION_CONFIG] = CONFIG_CONTENT
+        annotations[ANNOTATION_IGNORE] = IGNORE_CONTENT
+    return annotations
+
+
 def trivy_timeout_seconds(scan: config.ScanSettings) -> int:
     """Trivy's own ``--timeout``: shorter than the Job deadline, so Trivy says why it stopped."""
     deadline = scan.job_deadline_seconds
@@ -226,7 +242,7 @@ def scan_job(spec: ScanSpec) -> dict[str, Any]:
             "activeDeadlineSeconds": spec.scan.job_deadline_seconds,
             "ttlSecondsAfterFinished": spec.scan.job_ttl_seconds,
             "template": {
-                "metadata": {"labels": scan_labels(spec), "annotations": scan_annotations(spec)},
+                "metadata": {"labels": scan_labels(spec), "annotations": _pod_annotations(spec)},
                 "spec": pod_spec,
             },
         },
@@ -334,6 +350,7 @@ def _registry_env(spec: ScanSpec) -> list[dict[str, Any]]:
         env += [ref("TRIVY_USERNAME", KEY_USERNAME), ref("TRIVY_PASSWORD", KEY_PASSWORD)]
     elif spec.credential == "token":
         env.append(ref("TRIVY_REGISTRY_TOKEN", KEY_TOKEN))
+    env += _server_token_env(spec)
     if spec.registry_host in spec.scan.insecure_registries:
         env += [
             {"name": "TRIVY_INSECURE", "value": "true"},
@@ -382,7 +399,9 @@ def _node_pod(spec: ScanSpec) -> dict[str, Any]:
         "name": INIT_CONTAINER,
         "image": spec.cluster.trivy_image,
         "imagePullPolicy": "IfNotPresent",
-        "command": ["cp", TRIVY_IN_IMAGE, f"{WORK_DIR}/trivy"],
+        # our binary and our CA bundle: the target image's /etc/ssl must not decide whom
+        # Trivy trusts when it fetches its DB or talks to the Trivy server
+        "command": ["cp", TRIVY_IN_IMAGE, CA_BUNDLE_IN_IMAGE, f"{WORK_DIR}/"],
         "resources": _resources(spec),
         "volumeMounts": _mounts(),
         "securityContext": {
@@ -393,32 +412,95 @@ def _node_pod(spec: ScanSpec) -> dict[str, Any]:
             "capabilities": {"drop": ["ALL"]},
         },
     }
-    skip = ["--skip-dirs", f"{WORK_DIR},/proc,/sys,/dev"]
+    skip = ["--skip-dirs", f"{WORK_DIR},{CONFIG_DIR},/proc,/sys,/dev"]
+    ours = [
+        "--config",
+        f"{CONFIG_DIR}/{CONFIG_FILE}",
+        "--ignorefile",
+        f"{CONFIG_DIR}/{IGNORE_FILE}",
+    ]
     scan = {
         "name": CONTAINER,
         "image": spec.target,
         "imagePullPolicy": "Never",
         "command": [f"{WORK_DIR}/trivy"],
-        "args": ["rootfs", *_trivy_options(spec), *skip, "/"],
+        "args": ["rootfs", *_trivy_options(spec), *ours, *skip, "/"],
+        # The image is the scanned party: its WORKDIR (trivy.yaml, .trivyignore) and its
+        # ENV (TRIVY_*, proxies, CA paths) must not reach Trivy. Ours replace both.
+        "workingDir": WORK_DIR,
+        "env": node_env(spec),
         "resources": _resources(spec),
-        "volumeMounts": _mounts(),
+        "volumeMounts": [*_mounts(), {"name": "trivy-config", "mountPath": CONFIG_DIR}],
         # Root reads every file of the image (DAC_OVERRIDE, which the "baseline" Pod Security
-        # level allows); it needs no other power.
+        # level allows); it needs no other power. hostUsers: false maps it to an
+        # unprivileged user of the node where the cluster supports user namespaces.
         "securityContext": {
             "runAsUser": 0,
+            "runAsGroup": 0,
             "runAsNonRoot": False,
             "allowPrivilegeEscalation": False,
             "readOnlyRootFilesystem": True,
             "capabilities": {"drop": ["ALL"], "add": ["DAC_OVERRIDE"]},
         },
     }
-    return {
+    pod: dict[str, Any] = {
         **_common_pod(),
         "nodeName": spec.node_name,
-        # nodeName bypasses the scheduler; tolerate taints so eviction does not race the scan.
-        "tolerations": [{"operator": "Exists"}],
+        # nodeName bypasses the scheduler, so only NoExecute taints matter: tolerate them
+        # for no longer than the scan may last anyway, never forever.
+        "tolerations": [
+            {
+                "operator": "Exists",
+                "effect": "NoExecute",
+                "tolerationSeconds": spec.scan.job_deadline_seconds,
+            }
+        ],
         "securityContext": {"seccompProfile": {"type": "RuntimeDefault"}},
         "initContainers": [copy],
         "containers": [scan],
-        "volumes": _volumes(spec),
+        "volumes": [*_volumes(spec), _config_volume()],
     }
+    if spec.cluster.scan_user_namespaces:
+        pod["hostUsers"] = False
+    return pod
+
+
+def node_env(spec: ScanSpec) -> list[dict[str, Any]]:
+    """The node-mode scan container's env: every variable Trivy (or Go) would take from
+    the image, set by us; empty means "unset" to Trivy and to Go's proxy and TLS code."""
+    ours = {
+        "HOME": "/tmp",
+        "TMPDIR": "/tmp",
+        "XDG_CACHE_HOME": "/tmp/.cache",
+        "XDG_CONFIG_HOME": "/tmp/.config",
+        "XDG_DATA_HOME": "/tmp/.local/share",
+        "SSL_CERT_FILE": f"{WORK_DIR}/{CA_BUNDLE_IN_IMAGE.rsplit('/', 1)[1]}",
+        "SSL_CERT_DIR": f"{WORK_DIR}/no-ca-dir",  # absent: only SSL_CERT_FILE is trusted
+    }
+    env: dict[str, dict[str, Any]] = {}
+    for name in (*trivy_env.IMAGE_ENV_OVERRIDDEN, *trivy_env.TRIVY_ENV_BLANKED):
+        env[name] = {"name": name, "value": ours.get(name, "")}
+    for variable in _server_token_env(spec):
+        env[variable["name"]] = variable
+    return list(env.values())
+
+
+def _config_volume() -> dict[str, Any]:
+    """trivy.yaml and .trivyignore as files we write: pod annotations via the downward API."""
+    items = [
+        {"path": CONFIG_FILE, "fieldRef": {"fieldPath": _annotation_path(ANNOTATION_CONFIG)}},
+        {"path": IGNORE_FILE, "fieldRef": {"fieldPath": _annotation_path(ANNOTATION_IGNORE)}},
+    ]
+    return {"name": "trivy-config", "downwardAPI": {"items": items}}
+
+
+def _annotation_path(key: str) -> str:
+    return f"metadata.annotations['{key}']"
+
+
+def _server_token_env(spec: ScanSpec) -> list[dict[str, Any]]:
+    secret = spec.cluster.trivy_server_token_secret
+    if not spec.cluster.trivy_server or not secret:
+        return []
+    selector = {"name": secret, "key": KEY_TOKEN, "optional": False}
+    return [{"name": "TRIVY_TOKEN", "valueFrom": {"secretKeyRef": selector}}]

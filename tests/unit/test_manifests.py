@@ -6,10 +6,14 @@ import base64
 import dataclasses
 import json
 import re
+import subprocess
+import sys
+from pathlib import Path
 from typing import Any
 
 import kubernetes_validate
 import pytest
+import yaml
 
 from scanqueue import config, credentials, errors, manifests
 
@@ -243,7 +247,12 @@ def test_node_mode_runs_the_target_image_itself_on_its_node() -> None:
     assert pod["nodeName"] == "node-1"
     [init] = pod["initContainers"]
     assert init["image"] == "aquasec/trivy:0.57.1"
-    assert init["command"] == ["cp", "/usr/local/bin/trivy", "/var/scanqueue/trivy"]
+    assert init["command"] == [
+        "cp",
+        "/usr/local/bin/trivy",
+        "/etc/ssl/certs/ca-certificates.crt",
+        "/var/scanqueue/",
+    ]
     assert {"name": "work", "mountPath": "/var/scanqueue"} in init["volumeMounts"]
     scan = container(job)
     assert scan["image"] == TARGET
@@ -252,7 +261,6 @@ def test_node_mode_runs_the_target_image_itself_on_its_node() -> None:
     assert scan["args"][:3] == ["rootfs", "--format", "json"]
     assert scan["args"][-1] == "/"
     assert scan["securityContext"]["runAsUser"] == 0
-    assert "env" not in scan
     assert pod["automountServiceAccountToken"] is False
     assert job["spec"]["suspend"] is True
     assert job["metadata"]["labels"]["scanqueue.io/mode"] == "node"
@@ -397,41 +405,112 @@ def test_a_parsed_pull_secret_credential_builds_the_secret_without_showing_its_p
     assert CANARY not in json.dumps(secret["metadata"])
 
 
-def test_node_mode_asks_only_for_what_the_baseline_pod_security_level_allows() -> None:
-    job = manifests.scan_job(spec(mode="node", credential=None, node_name="node-1"))
-    pod = job["spec"]["template"]["spec"]
-    baseline_caps = set(
-        [
-            "AUDIT_WRITE",
-            "CHOWN",
-            "DAC_OVERRIDE",
-            "FOWNER",
-            "FSETID",
-            "KILL",
-            "MKNOD",
-            "NET_BIND_SERVICE",
-            "SETFCAP",
-            "SETGID",
-            "SETPCAP",
-            "SETUID",
-            "SYS_CHROOT",
-        ]
+# Pod Security levels of every scan pod: tests/unit/test_pod_security.py (a rule checker).
+
+
+# --- node mode: the scanned image does not decide how it is scanned ---------------------------
+
+NODE = {"mode": "node", "credential": None, "node_name": "node-1"}
+TRIVY = Path(sys.executable).with_name("trivy")
+
+
+def _trivy_flags(*command: str) -> set[str]:
+    """The long flags of the real Trivy's help for ``command`` (global flags included)."""
+    out = subprocess.run(
+        [str(TRIVY), *command, "--help"], capture_output=True, text=True, check=True, timeout=60
+    ).stdout
+    return set(re.findall(r"^\s+(?:-\w, )?--([a-z0-9-]+)", out, flags=re.MULTILINE)) - {"help"}
+
+
+def test_node_mode_sets_every_trivy_variable_the_image_could_set() -> None:
+    scan = container(manifests.scan_job(spec(**NODE)))
+    values = {e["name"]: e.get("value") for e in scan["env"]}
+    flags = _trivy_flags("rootfs")
+    assert len(flags) > 50, "the help output changed shape: the flag pattern finds nothing"
+    for flag in flags:
+        variable = "TRIVY_" + flag.upper().replace("-", "_")
+        assert values.get(variable) == "", f"{variable} is left to the image"
+    assert [n for n in values if n.startswith("TRIVY_") and values[n]] == []
+
+
+def test_node_mode_sets_proxy_and_ca_variables_go_would_read_from_the_image() -> None:
+    scan = container(manifests.scan_job(spec(**NODE)))
+    values = {e["name"]: e.get("value") for e in scan["env"]}
+    for name in ("HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy", "NO_PROXY", "no_proxy"):
+        assert values[name] == "", name
+    assert values["SSL_CERT_FILE"] == "/var/scanqueue/ca-certificates.crt"  # copied from our image
+    assert values["SSL_CERT_DIR"].startswith("/var/scanqueue/")
+    assert values["HOME"] == values["TMPDIR"] == "/tmp"
+    assert len(values) == len(scan["env"]), "each variable once"
+
+
+def test_node_mode_runs_in_our_directory_with_our_config_and_ignore_file() -> None:
+    job = manifests.scan_job(spec(**NODE))
+    template = job["spec"]["template"]
+    pod = template["spec"]
+    scan = container(job)
+    mounts = {m["mountPath"]: m["name"] for m in scan["volumeMounts"]}
+    volumes = {v["name"]: v for v in pod["volumes"]}
+    assert scan["workingDir"] == "/var/scanqueue"
+    assert "emptyDir" in volumes[mounts["/var/scanqueue"]], "the image cannot put files there"
+    args = scan["args"]
+    config_file = args[args.index("--config") + 1]
+    ignore_file = args[args.index("--ignorefile") + 1]
+    directory, _, config_name = config_file.rpartition("/")
+    assert ignore_file == f"{directory}/.trivyignore"
+    items = {
+        i["path"]: i["fieldRef"]["fieldPath"]
+        for i in volumes[mounts[directory]]["downwardAPI"]["items"]
+    }
+    annotations = template["metadata"]["annotations"]
+    for name in (config_name, ".trivyignore"):
+        key = re.fullmatch(r"metadata\.annotations\['(.+)'\]", items[name]).group(1)
+        assert key in annotations
+    assert yaml.safe_load(annotations[manifests.ANNOTATION_CONFIG]) == {}
+    ignored = annotations[manifests.ANNOTATION_IGNORE].splitlines()
+    assert all(line.startswith("#") for line in ignored), "we ignore no finding"
+    skipped = args[args.index("--skip-dirs") + 1].split(",")
+    assert {"/var/scanqueue", directory} <= set(skipped), "our files are not scanned"
+    assert args[-1] == "/"
+
+
+def test_our_config_file_flags_are_ones_trivy_rootfs_knows() -> None:
+    args = container(manifests.scan_job(spec(**NODE)))["args"]
+    flags = _trivy_flags("rootfs")
+    used = {a[2:] for a in args if a.startswith("--")}
+    assert used <= flags, used - flags
+
+
+def test_registry_mode_keeps_its_annotations_free_of_node_files() -> None:
+    annotations = manifests.scan_job(spec())["spec"]["template"]["metadata"]["annotations"]
+    assert manifests.ANNOTATION_CONFIG not in annotations
+
+
+def test_node_mode_tolerates_no_execute_taints_only_for_the_scan_deadline() -> None:
+    pod = manifests.scan_job(spec(**NODE))["spec"]["template"]["spec"]
+    assert pod["tolerations"] == [
+        {"operator": "Exists", "effect": "NoExecute", "tolerationSeconds": 600}
+    ]
+
+
+def test_user_namespaces_are_asked_for_when_the_cluster_supports_them() -> None:
+    assert "hostUsers" not in manifests.scan_job(spec(**NODE))["spec"]["template"]["spec"]
+    cluster = dataclasses.replace(CLUSTER, scan_user_namespaces=True)
+    job = manifests.scan_job(spec(**NODE, cluster=cluster))
+    assert job["spec"]["template"]["spec"]["hostUsers"] is False
+    validate(job)
+
+
+@pytest.mark.parametrize("changes", [{}, NODE], ids=["registry", "node"])
+def test_trivy_server_token_comes_from_a_secret_key_ref(changes: dict[str, Any]) -> None:
+    cluster = dataclasses.replace(
+        CLUSTER, trivy_server="http://trivy.scans:4954", trivy_server_token_secret="trivy-token"
     )
-    for c in [*pod["initContainers"], *pod["containers"]]:
-        assert set(c["securityContext"]["capabilities"].get("add", [])) <= baseline_caps
-        assert c["securityContext"]["allowPrivilegeEscalation"] is False
-        assert "privileged" not in c["securityContext"]
-    assert not {"hostPID", "hostIPC", "hostNetwork"} & set(pod)
-    assert all("emptyDir" in v for v in pod["volumes"])
-
-
-def test_registry_mode_meets_the_restricted_pod_security_level() -> None:
-    pod = manifests.scan_job(spec())["spec"]["template"]["spec"]
-    assert pod["securityContext"]["runAsNonRoot"] is True
-    assert pod["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
-    for c in pod["containers"]:
-        sc = c["securityContext"]
-        assert sc["allowPrivilegeEscalation"] is False
-        assert sc["capabilities"] == {"drop": ["ALL"]}
-        assert sc["runAsUser"] != 0
-    assert all("emptyDir" in v for v in pod["volumes"])
+    job = manifests.scan_job(spec(**changes, cluster=cluster))
+    variables = env(job)
+    assert variables["TRIVY_TOKEN"] == {
+        "name": "TRIVY_TOKEN",
+        "valueFrom": {"secretKeyRef": {"name": "trivy-token", "key": "token", "optional": False}},
+    }
+    assert [e["name"] for e in container(job)["env"]].count("TRIVY_TOKEN") == 1
+    validate(job)
