@@ -25,6 +25,7 @@ pytest_plugins: list[str] = [
     "tests.support.farm_fixtures",
     "tests.support.reliability_fixtures",
     "tests.support.run_fixtures",
+    "tests.support.trivy_fixtures",
 ]
 
 REGISTRY_USER = "alice"

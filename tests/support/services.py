@@ -22,8 +22,10 @@ import tempfile
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from pathlib import Path
+
+from scanqueue.sim import imagefs
 
 
 class ServiceError(RuntimeError):
@@ -291,17 +293,21 @@ class Registry:
             return int(e.code)
 
     def push(self, repository: str, tag: str, *, content: str | None = None,
-             user: str | None = None, password: str | None = None) -> str:  # fmt: skip
+             user: str | None = None, password: str | None = None,
+             contents: Mapping[str, bytes] | None = None) -> str:  # fmt: skip
         """Build a one-layer image on the fly, push it with skopeo, return its digest.
 
         ``content`` goes into the image's ``/etc/scanqueue-test``; different
-        content gives a different digest. Credentials default to the first user.
+        content gives a different digest. ``contents`` (``imagefs.files(...)``:
+        os-release, package databases) replaces the default Alpine os-release.
+        Credentials default to the first user.
         """
         if user is None and self.users:
             user, password = next(iter(self.users.items()))
         return push_image(f"docker://{self.host}/{repository}:{tag}",
                           content=content if content is not None else f"{repository}:{tag}",
-                          creds=f"{user}:{password}" if user else None)  # fmt: skip
+                          creds=f"{user}:{password}" if user else None,
+                          contents=contents)  # fmt: skip
 
 
 MANIFEST_ACCEPT = ", ".join([
@@ -313,15 +319,20 @@ MANIFEST_ACCEPT = ", ".join([
 
 
 def push_image(destination: str, *, content: str, creds: str | None = None,
-               authfile: str | None = None) -> str:  # fmt: skip
-    """Push a tiny image to ``destination`` (``docker://host/repo:tag``); return its digest."""
+               authfile: str | None = None,
+               contents: Mapping[str, bytes] | None = None) -> str:  # fmt: skip
+    """Push a tiny image to ``destination`` (``docker://host/repo:tag``); return its digest.
+
+    ``contents`` (path -> bytes, for example ``imagefs.files(...)``) gives the
+    image real package metadata; without it the image is an Alpine os-release.
+    """
     skopeo = _require("skopeo", "skopeo")
     with tempfile.TemporaryDirectory(prefix="sq-image-") as tmp:
         root = Path(tmp, "root")
         (root / "etc").mkdir(parents=True)
-        (root / "etc" / "os-release").write_text(
-            'ID=alpine\nVERSION_ID=3.19.1\nNAME="Alpine Linux"\n'
-        )
+        if contents is None:
+            contents = imagefs.files("alpine 3.19.1")
+        imagefs.write(root, contents)
         (root / "etc" / "scanqueue-test").write_text(content)
         layer = Path(tmp, "layer.tar")
         # fixed mtimes so that the same content gives the same digest
