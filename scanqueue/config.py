@@ -26,6 +26,8 @@ from scanqueue import errors
 
 ScanMode = Literal["auto", "registry", "node"]
 _NAME = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
+_QUANTITY = re.compile(r"^[0-9]+(\.[0-9]+)?(m|k|M|G|T|P|E|Ki|Mi|Gi|Ti|Pi|Ei)?$")
+_SUBDOMAIN = re.compile(r"^[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?$")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -34,6 +36,7 @@ class DatabaseSettings:
     pool_min_size: int = 1  # connections kept open per process
     pool_max_size: int = 4  # connections at most per process
     retention_scans_per_digest: int = 5  # scans kept per image digest; older ones pruned
+    retain_gone_days: int = 30  # inventory rows of containers gone this long are pruned; 0 = never
 
 
 @dataclasses.dataclass(frozen=True)
@@ -61,6 +64,10 @@ class ScanSettings:
     registry_timeout_seconds: float = 10.0  # connect+read timeout towards registries
     registry_ca_bundle: str = ""  # CA bundle for registry TLS; empty = system default
     insecure_registries: tuple[str, ...] = ()  # HOST[:PORT] reached over plain http
+    # How long a digest that failed in a cluster waits there (scanqueue.failures).
+    backoff_credential_seconds: int = 300  # no credential accepted (401/403): retried after this
+    backoff_transient_seconds: int = 120  # timeout, pod not started: doubles per failure
+    backoff_failed_seconds: int = 21600  # Trivy or its report failed: retried after this
 
 
 @dataclasses.dataclass(frozen=True)
@@ -78,6 +85,13 @@ class ClusterSettings:
     max_inflight: int = 10  # scan Jobs in flight in this cluster at most
     trivy_server_token_secret: str = ""  # Secret in scan_namespace, key "token": TRIVY_TOKEN
     scan_user_namespaces: bool = False  # node-mode pods get hostUsers: false (user namespaces)
+    scan_cpu_request: str = "100m"  # CPU reserved for one scan pod (Kubernetes quantity)
+    scan_memory_request: str = "256Mi"  # memory reserved for one scan pod
+    scan_cpu_limit: str = "1"  # CPU at most, per scan pod
+    scan_memory_limit: str = "2Gi"  # memory at most, per scan pod; a local Trivy DB needs ~1Gi
+    scan_ephemeral_storage_limit: str = "4Gi"  # scratch space at most, per scan pod
+    ca_bundle_configmap: str = ""  # ConfigMap in scan_namespace, key ca.crt: CAs scan pods trust
+    java_db_repository: str = ""  # Trivy Java DB image (air-gapped mirror); empty = Trivy's
 
 
 @dataclasses.dataclass(frozen=True)
@@ -200,13 +214,34 @@ def _cluster(raw: Any, index: int, source: str) -> ClusterSettings:
         raise errors.ConfigError(f"{where}: kubeconfig and in_cluster exclude each other")
     if cluster.max_inflight < 1:
         raise errors.ConfigError(f"{where}.max_inflight must be at least 1")
+    for key in (
+        "scan_cpu_request",
+        "scan_memory_request",
+        "scan_cpu_limit",
+        "scan_memory_limit",
+        "scan_ephemeral_storage_limit",
+    ):
+        if not _QUANTITY.match(getattr(cluster, key)):
+            raise errors.ConfigError(
+                f"{where}.{key} {getattr(cluster, key)!r} is not a Kubernetes quantity "
+                "(e.g. 500m, 2, 256Mi, 4Gi)"
+            )
+    if cluster.ca_bundle_configmap and not _SUBDOMAIN.match(cluster.ca_bundle_configmap):
+        raise errors.ConfigError(f"{where}.ca_bundle_configmap must be a ConfigMap name")
     return cluster
 
 
 def _check(settings: Settings) -> None:
     scan = settings.scan
     where = settings.source
-    for name in ("rescan_interval_seconds", "job_deadline_seconds", "inflight_ttl_seconds"):
+    for name in (
+        "rescan_interval_seconds",
+        "job_deadline_seconds",
+        "inflight_ttl_seconds",
+        "backoff_credential_seconds",
+        "backoff_transient_seconds",
+        "backoff_failed_seconds",
+    ):
         if getattr(scan, name) <= 0:
             raise errors.ConfigError(f"{where}: scan.{name} must be positive")
     if not scan.job_deadline_seconds < scan.soft_time_limit_seconds:
@@ -222,6 +257,8 @@ def _check(settings: Settings) -> None:
             f"{where}: broker.visibility_timeout_seconds must exceed "
             "scan.hard_time_limit_seconds, or Redis redelivers running tasks"
         )
+    if settings.database.retain_gone_days < 0:
+        raise errors.ConfigError(f"{where}: database.retain_gone_days must be 0 (never) or more")
     if settings.database.pool_min_size > settings.database.pool_max_size:
         raise errors.ConfigError(f"{where}: database.pool_min_size exceeds pool_max_size")
 

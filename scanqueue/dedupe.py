@@ -315,3 +315,105 @@ def _call(operation: Callable[[], _T], what: str) -> _T:
         return operation()
     except redis.RedisError as e:
         raise errors.TemporaryError(f"Redis: cannot {what}: {e}") from e
+
+
+# ---------------------------------------------------------------------- failure backoff
+# ``scanqueue:failed:<digest>:<cluster>`` holds the failure's kind (``failures.Kind``;
+# "1" from older workers) and expires when the cluster may try again;
+# ``scanqueue:failures:<digest>:<cluster>`` counts failures in a row, for growing waits.
+
+
+@dataclasses.dataclass(frozen=True)
+class FailedMark:
+    """A digest marked failed in a cluster: why, how many times in a row, for how much longer."""
+
+    cluster: str
+    kind: str  # a failures.Kind, or "" when an older worker set the mark
+    in_a_row: int
+    ttl_seconds: int
+
+
+def failures_key(digest: str, cluster: str) -> str:
+    return f"{PREFIX}failures:{digest}:{cluster}"
+
+
+def mark_failed_backoff(
+    conn: redis.Redis,
+    digest: str,
+    *,
+    cluster: str,
+    kind: str,
+    scan_id: str | None,
+    delay: Callable[[int], int],
+    window_seconds: int,
+) -> int:
+    """Mark ``digest`` failed in ``cluster`` for ``delay(failures in a row)`` seconds.
+
+    The count of failures in a row lives ``window_seconds`` past the last one
+    (a success makes the digest fresh for longer, so the count is moot). The
+    in-flight key is dropped as in ``mark_failed_here``. Returns the wait set.
+    """
+    counter = failures_key(digest, cluster)
+    pipe = conn.pipeline(transaction=True)
+    pipe.incr(counter)
+    pipe.expire(counter, int(window_seconds))
+    in_a_row = int(_call(pipe.execute, f"count failures of {digest} in {cluster}")[0])
+    wait = int(delay(in_a_row))
+    _call(
+        lambda: conn.set(failed_key(digest, cluster), kind, ex=wait),
+        f"mark {digest} failed in {cluster}",
+    )
+    if scan_id is None:
+        _call(lambda: conn.delete(inflight_key(digest)), f"release {digest}")
+    else:
+        release(conn, digest, scan_id=scan_id)
+    return wait
+
+
+def failed_marks(conn: redis.Redis, digest: str, clusters: Sequence[str]) -> list[FailedMark]:
+    """The failed-here marks of ``digest`` in ``clusters`` (those that have one)."""
+    pipe = conn.pipeline(transaction=False)
+    for name in clusters:
+        pipe.get(failed_key(digest, name))
+        pipe.ttl(failed_key(digest, name))
+        pipe.get(failures_key(digest, name))
+    values = _call(pipe.execute, f"read failures of {digest}")
+    marks = []
+    for i, name in enumerate(clusters):
+        kind, ttl, count = values[3 * i : 3 * i + 3]
+        if kind is None:
+            continue
+        marks.append(
+            FailedMark(
+                cluster=name,
+                kind="" if kind == "1" else str(kind),
+                in_a_row=int(count or 0),
+                ttl_seconds=max(int(ttl), 0),
+            )
+        )
+    return marks
+
+
+def clear_failed(
+    conn: redis.Redis, digests: Iterable[str], clusters: Sequence[str], *, fresh: bool = False
+) -> int:
+    """Drop the failed-here marks (and counts) of ``digests`` in ``clusters``; with ``fresh``
+    also their fresh keys, so they are scanned again. Returns how many marks were dropped.
+
+    In-flight keys are left alone: a scan running now is never doubled.
+    """
+    dropped = 0
+    wanted = list(dict.fromkeys(digests))
+    if not clusters:
+        return 0
+    for start in range(0, len(wanted), _BATCH):
+        pipe = conn.pipeline(transaction=False)
+        for digest in wanted[start : start + _BATCH]:
+            pipe.delete(*[failed_key(digest, c) for c in clusters])
+            pipe.delete(*[failures_key(digest, c) for c in clusters])
+            if fresh:
+                pipe.delete(fresh_key(digest))
+        results = _call(pipe.execute, "clear failed marks")
+        step = 3 if fresh else 2
+        dropped += sum(int(n) for n in results[::step])
+    return dropped

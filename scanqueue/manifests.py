@@ -42,6 +42,8 @@ CONTAINER = "trivy"  # the scan container's name, in both modes (the emulator lo
 INIT_CONTAINER = "copy-trivy"
 WORK_DIR = "/var/scanqueue"  # emptyDir: the Trivy binary (node mode) and the DB cache
 CACHE_DIR = f"{WORK_DIR}/cache"
+CA_DIR = "/etc/scanqueue/ca"  # the cluster's ca_bundle_configmap, mounted read-only
+CA_KEY = "ca.crt"  # the ConfigMap key holding the PEM bundle
 TRIVY_IN_IMAGE = "/usr/local/bin/trivy"  # where the aquasec/trivy image keeps its binary
 CA_BUNDLE_IN_IMAGE = "/etc/ssl/certs/ca-certificates.crt"  # and its CA bundle (Alpine)
 CONFIG_DIR = "/var/scanqueue-config"  # node mode: our trivy.yaml and .trivyignore (downward API)
@@ -74,6 +76,17 @@ class Resources:
     ephemeral_storage_limit: str = "4Gi"  # scratch space at most (layers, DB)
     cache_size_limit: str = "3Gi"  # sizeLimit of the emptyDir holding the DB cache
 
+    @classmethod
+    def of(cls, cluster: config.ClusterSettings) -> Resources:
+        """The requests and limits configured for ``cluster``'s scan pods."""
+        return cls(
+            cpu_request=cluster.scan_cpu_request,
+            memory_request=cluster.scan_memory_request,
+            cpu_limit=cluster.scan_cpu_limit,
+            memory_limit=cluster.scan_memory_limit,
+            ephemeral_storage_limit=cluster.scan_ephemeral_storage_limit,
+        )
+
 
 @dataclasses.dataclass(frozen=True)
 class ScanSpec:
@@ -95,7 +108,12 @@ class ScanSpec:
     attempt: int
     credential: CredentialKind | None = None
     node_name: str | None = None
-    resources: Resources = Resources()
+    resources: Resources | None = None  # None: the cluster's scan_* settings
+
+    @property
+    def sizing(self) -> Resources:
+        """The scan container's requests and limits: ``resources``, else the cluster's."""
+        return self.resources or Resources.of(self.cluster)
 
     def __post_init__(self) -> None:
         where = f"scan {self.scan_id!r} of {self.image}@{self.digest}"
@@ -305,7 +323,7 @@ def _common_pod() -> dict[str, Any]:
 
 
 def _resources(spec: ScanSpec) -> dict[str, Any]:
-    r = spec.resources
+    r = spec.sizing
     return {
         "requests": {"cpu": r.cpu_request, "memory": r.memory_request},
         "limits": {
@@ -318,16 +336,29 @@ def _resources(spec: ScanSpec) -> dict[str, Any]:
 
 def _volumes(spec: ScanSpec) -> list[dict[str, Any]]:
     return [
-        {"name": "work", "emptyDir": {"sizeLimit": spec.resources.cache_size_limit}},
+        {"name": "work", "emptyDir": {"sizeLimit": spec.sizing.cache_size_limit}},
         {"name": "tmp", "emptyDir": {}},
+        *_ca_volumes(spec),
     ]
 
 
-def _mounts() -> list[dict[str, Any]]:
-    return [
+def _ca_volumes(spec: ScanSpec) -> list[dict[str, Any]]:
+    """The CA bundle ConfigMap of registries with an internal CA, when the cluster names one."""
+    if not spec.cluster.ca_bundle_configmap:
+        return []
+    items = [{"key": CA_KEY, "path": CA_KEY}]
+    source = {"name": spec.cluster.ca_bundle_configmap, "items": items, "optional": False}
+    return [{"name": "ca", "configMap": source}]
+
+
+def _mounts(spec: ScanSpec | None = None) -> list[dict[str, Any]]:
+    mounts = [
         {"name": "work", "mountPath": WORK_DIR},
         {"name": "tmp", "mountPath": "/tmp"},  # an emptyDir of its own
     ]
+    if spec is not None and spec.cluster.ca_bundle_configmap:
+        mounts.append({"name": "ca", "mountPath": CA_DIR, "readOnly": True})
+    return mounts
 
 
 def _trivy_options(spec: ScanSpec) -> list[str]:
@@ -336,6 +367,12 @@ def _trivy_options(spec: ScanSpec) -> list[str]:
     options += ["--cache-dir", CACHE_DIR]
     if spec.cluster.trivy_server:
         options += ["--server", spec.cluster.trivy_server]
+    if spec.cluster.ca_bundle_configmap:
+        # Trivy >= 0.76 adds these CAs to the system ones for every HTTPS request it makes
+        # (registry, DB repositories, server); SSL_CERT_FILE would replace the system CAs.
+        options += ["--cacert", f"{CA_DIR}/{CA_KEY}"]
+    if spec.cluster.java_db_repository:
+        options += ["--java-db-repository", spec.cluster.java_db_repository]
     return options
 
 
@@ -367,7 +404,7 @@ def _registry_pod(spec: ScanSpec) -> dict[str, Any]:
         "command": ["trivy"],
         "args": ["image", *_trivy_options(spec), spec.target],
         "resources": _resources(spec),
-        "volumeMounts": _mounts(),
+        "volumeMounts": _mounts(spec),
         "securityContext": {
             "runAsNonRoot": True,
             "runAsUser": NON_ROOT_UID,
@@ -430,7 +467,7 @@ def _node_pod(spec: ScanSpec) -> dict[str, Any]:
         "workingDir": WORK_DIR,
         "env": node_env(spec),
         "resources": _resources(spec),
-        "volumeMounts": [*_mounts(), {"name": "trivy-config", "mountPath": CONFIG_DIR}],
+        "volumeMounts": [*_mounts(spec), {"name": "trivy-config", "mountPath": CONFIG_DIR}],
         # Root reads every file of the image (DAC_OVERRIDE, which the "baseline" Pod Security
         # level allows); it needs no other power. hostUsers: false maps it to an
         # unprivileged user of the node where the cluster supports user namespaces.

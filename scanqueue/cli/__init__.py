@@ -17,7 +17,16 @@ from collections.abc import Sequence
 
 import scanqueue
 from scanqueue import errors
-from scanqueue.cli import cluster, exporter, farm, parsing, pullsecrets, results, sim
+from scanqueue.cli import (
+    cluster,
+    exporter,
+    farm,
+    maintenance,
+    parsing,
+    pullsecrets,
+    results,
+    sim,
+)
 
 Command = parsing.Command
 
@@ -66,4 +75,5 @@ def build_parser() -> argparse.ArgumentParser:
     sim.add_commands(sub)
     farm.add_commands(sub)
     exporter.add_commands(sub)
+    maintenance.add_commands(sub)
     return parser

@@ -246,7 +246,7 @@ def _handle_failure(
     if waiting == "CreateContainerConfigError":
         why = (f"scan Job {farm.namespace}/{job_name}: its credential Secret was missing when "
                "the pod started (deleted by hand or by a sweep?); the digest is scanned again "
-               "here after scan.rescan_interval_seconds, or sooner elsewhere")  # fmt: skip
+               "here after scan.backoff_transient_seconds, or sooner elsewhere")  # fmt: skip
         return ending.end(farm, request, status="failed", reason=why, attempt=attempt)
     if waiting == "ErrImageNeverPull":
         why = (f"scan Job {farm.namespace}/{job_name}: image {request.image}@{request.digest} "

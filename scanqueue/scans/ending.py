@@ -6,12 +6,14 @@ for a Job it deleted, nor keep a digest in flight after its scan ended.
 
 from __future__ import annotations
 
+import functools
 import logging
 from typing import Literal
 
 from scanqueue import (
     dedupe,
     discovery,
+    failures,
     kube,
     manifests,
     store,
@@ -46,12 +48,15 @@ def end(
         store.fail_scan(
             conn, scan_id=request.scan_id, status=status, reason=reason, finished_at=farm.clock()
         )
-    dedupe.mark_failed_here(
+    kind = failures.kind(status, reason)  # the wait before this cluster tries again
+    dedupe.mark_failed_backoff(
         farm.redis,
         digest,
         cluster=request.cluster,
-        ttl_seconds=farm.settings.scan.rescan_interval_seconds,
+        kind=kind,
         scan_id=request.scan_id,
+        delay=functools.partial(failures.delay, kind, scan=farm.settings.scan),
+        window_seconds=farm.settings.scan.rescan_interval_seconds,
     )
     log.warning(
         "scan ended without a result",

@@ -38,6 +38,7 @@ from scanqueue.store.inventory import (
     record_containers,
     replace_cluster_inventory,
 )
+from scanqueue.store.maintenance import Pruned, prune_gone, select_digests
 from scanqueue.store.reports import ReportBy, ReportTable, report
 from scanqueue.store.results import finish_scan, import_report
 from scanqueue.store.scans import (
@@ -62,6 +63,7 @@ __all__ = [
     "ContainerType",
     "Migration",
     "Pool",
+    "Pruned",
     "ReportBy",
     "ReportTable",
     "ScanMode",
@@ -79,10 +81,12 @@ __all__ = [
     "migrate",
     "migrations",
     "pool",
+    "prune_gone",
     "prune_scans",
     "record_containers",
     "replace_cluster_inventory",
     "report",
     "running_scans",
+    "select_digests",
     "start_scan",
 ]
