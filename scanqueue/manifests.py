@@ -352,7 +352,7 @@ def _ca_volumes(spec: ScanSpec) -> list[dict[str, Any]]:
 
 
 def _mounts(spec: ScanSpec | None = None) -> list[dict[str, Any]]:
-    mounts = [
+    mounts: list[dict[str, Any]] = [
         {"name": "work", "mountPath": WORK_DIR},
         {"name": "tmp", "mountPath": "/tmp"},  # an emptyDir of its own
     ]
