@@ -59,7 +59,12 @@ def _add_results_commands(sub: parsing.Subparsers) -> None:
     )
     p.add_argument("--fixable", action="store_true", help="only findings with a fixed version")
     p.add_argument("--by", choices=("workload", "image", "vulnerability"), default="workload")
-    p.add_argument("--format", choices=("table", "csv", "json"), default="table")
+    p.add_argument(
+        "--format",
+        choices=("table", "csv", "json", "html"),
+        default="table",
+        help="html: one self-contained page for the whole farm (filters and --by do not apply)",
+    )
     p.add_argument("--database-url", help="libpq URL; default: database.url from the settings")
     p.set_defaults(command=_cmd_report)
 
@@ -110,6 +115,8 @@ def _cmd_report(args: argparse.Namespace) -> int:
     from scanqueue import store
 
     url = args.database_url or config.load().database.url
+    if args.format == "html":
+        return _report_html(args, url)
     with store.connect(url) as conn:
         table = store.report(
             conn,
@@ -127,4 +134,22 @@ def _cmd_report(args: argparse.Namespace) -> int:
         print(render.as_table(table.columns, table.rows, width=render.terminal_width()))
     else:
         print("no current findings match these filters", file=sys.stderr)
+    return 0
+
+
+def _report_html(args: argparse.Namespace, url: str) -> int:
+    from datetime import UTC, datetime
+
+    from scanqueue import errors, store
+    from scanqueue.cli import html
+    from scanqueue.store import overview
+
+    if args.cluster or args.namespace or args.fixable or args.min_severity != "UNKNOWN":
+        raise errors.PermanentError(
+            "--format html shows the whole farm; drop --cluster, --namespace, --min-severity "
+            "and --fixable, or use --format table, csv or json for a filtered report"
+        )
+    with store.connect(url) as conn:
+        data = overview.overview(conn, now=datetime.now(UTC))
+    sys.stdout.write(html.render(data))
     return 0

@@ -115,11 +115,13 @@ def snapshot(conn: db.Connection) -> Snapshot:
 ROW_LIMIT = 500  # rows of each detail table of the HTML report; the rest is counted
 
 _FIXABLE = """
-SELECT DISTINCT cluster, namespace, workload_kind || '/' || workload AS workload,
-       vulnerability_id, severity, package, installed_version, fixed_version, title
-  FROM fixable_findings
- ORDER BY severity = 'CRITICAL' DESC, cluster, namespace, workload, vulnerability_id, package,
-          installed_version, fixed_version, title"""
+SELECT cluster, namespace, workload, vulnerability_id, severity, package, installed_version,
+       fixed_version, title
+  FROM (SELECT DISTINCT cluster, namespace, workload_kind || '/' || workload AS workload,
+               vulnerability_id, severity, package, installed_version, fixed_version, title
+          FROM fixable_findings) f
+ ORDER BY severity_rank(severity) DESC, cluster, namespace, workload, vulnerability_id, package,
+          installed_version, fixed_version"""
 
 _CHANGES = """
 SELECT change, registry || '/' || repository AS repository, vulnerability_id, severity,
