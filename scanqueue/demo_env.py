@@ -30,7 +30,6 @@ import os
 import secrets
 import shutil
 import signal
-import socket
 import subprocess
 import tarfile
 import time
@@ -39,7 +38,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from scanqueue import config, errors
+from scanqueue import config, errors, processes
 
 CLUSTER = "demo"  # the demo cluster's name, hence the queue scan.demo
 SCAN_NAMESPACE = "scanqueue-scans"
@@ -53,13 +52,6 @@ class DemoError(errors.PermanentError):
     """A part of the demo world could not start; the message says which and how to fix it."""
 
 
-def free_port() -> int:
-    """A TCP port free on 127.0.0.1 right now."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def _require(binary: str, package: str) -> str:
     path = shutil.which(binary)
     if path is None:
@@ -70,42 +62,21 @@ def _require(binary: str, package: str) -> str:
     return path
 
 
-def _tail(path: Path, lines: int = 15) -> str:
-    try:
-        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
-    except OSError:
-        return "(no log)"
-
-
-def _wait_port(port: int, proc: subprocess.Popen[bytes], log: Path, what: str) -> None:
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise DemoError(f"{what} exited with {proc.returncode}:\n{_tail(log)}")
-        with (
-            contextlib.suppress(OSError),
-            socket.create_connection(("127.0.0.1", port), timeout=0.2),
-        ):
-            return
-        time.sleep(0.05)
-    raise DemoError(f"{what} did not listen on 127.0.0.1:{port} within 30s:\n{_tail(log)}")
-
-
 def _service_env(directory: Path) -> dict[str, str]:
     """The environment of a demo service: ours, plus where it lives (``ps e`` shows it even
     when the service rewrites its process title, as redis-server does)."""
     return {**os.environ, "SQ_DEMO_SERVICE_DIR": str(directory)}
 
 
-def _stop_process(proc: subprocess.Popen[bytes] | None) -> None:
-    if proc is None or proc.poll() is not None:
-        return
-    proc.send_signal(signal.SIGTERM)
+def _started(process: processes.Process, port: int, what: str) -> processes.Process:
+    """Start ``process`` and wait until it listens on ``port``; ``DemoError`` if it cannot."""
+    process.start()
     try:
-        proc.wait(15)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait()
+        process.wait_port(port)
+    except errors.ScanqueueError as e:
+        process.stop()
+        raise DemoError(f"{what} did not start: {e}") from None
+    return process
 
 
 # --------------------------------------------------------------------------- registry
@@ -119,7 +90,7 @@ class Registry:
     user: str = ""
     password: str = dataclasses.field(default="", repr=False)
     port: int = 0
-    proc: subprocess.Popen[bytes] | None = dataclasses.field(default=None, repr=False)
+    process: processes.Process | None = dataclasses.field(default=None, repr=False)
 
     @property
     def host(self) -> str:
@@ -132,7 +103,7 @@ class Registry:
     def start(self) -> Registry:
         binary = _require("docker-registry", "docker-registry")
         self.directory.mkdir(parents=True, exist_ok=True)
-        self.port = self.port or free_port()
+        self.port = self.port or processes.free_port()
         auth = ""
         if self.user:
             htpasswd = self.directory / "htpasswd"
@@ -155,17 +126,11 @@ class Registry:
             f"storage:\n  filesystem:\n    rootdirectory: {self.directory / 'data'}\n"
             f"http:\n  addr: 127.0.0.1:{self.port}\n" + auth
         )
-        from scanqueue import farm
-
-        with self.log.open("ab") as log:
-            self.proc = subprocess.Popen(
-                [binary, "serve", str(settings)],
-                stdout=log,
-                stderr=log,
-                env=_service_env(self.directory),
-                preexec_fn=farm.die_with_parent,  # noqa: PLW1509 - exec follows at once
-            )
-        _wait_port(self.port, self.proc, self.log, "docker-registry")
+        self.process = _started(
+            processes.Process("docker-registry", [binary, "serve", str(settings)], self.log,
+                              env=_service_env(self.directory)),
+            self.port, "docker-registry",
+        )  # fmt: skip
         return self
 
     def push(self, repository: str, tag: str, *, content: str) -> str:
@@ -197,7 +162,8 @@ class Registry:
         return digest_file.read_text().strip()
 
     def stop(self) -> None:
-        _stop_process(self.proc)
+        if self.process is not None:
+            self.process.stop(15)
 
 
 def _basic(registry: Registry) -> str:
@@ -238,7 +204,7 @@ class Redis:
 
     directory: Path
     port: int = 0
-    proc: subprocess.Popen[bytes] | None = dataclasses.field(default=None, repr=False)
+    process: processes.Process | None = dataclasses.field(default=None, repr=False)
 
     @property
     def url(self) -> str:
@@ -247,21 +213,21 @@ class Redis:
     def start(self) -> Redis:
         binary = _require("redis-server", "redis-server")
         self.directory.mkdir(parents=True, exist_ok=True)
-        self.port = free_port()
+        self.port = processes.free_port()
         log = self.directory / "redis.log"
-        from scanqueue import farm
-
-        self.proc = subprocess.Popen(
-            [binary, "--bind", "127.0.0.1", "--port", str(self.port), "--save", "",
-             "--appendonly", "no", "--dir", str(self.directory), "--logfile", str(log)],
-            stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT, env=_service_env(self.directory),
-            preexec_fn=farm.die_with_parent,  # noqa: PLW1509 - exec follows at once
+        argv = [binary, "--bind", "127.0.0.1", "--port", str(self.port), "--save", "",
+                "--appendonly", "no", "--dir", str(self.directory),
+                "--logfile", str(log)]  # fmt: skip
+        self.process = _started(
+            processes.Process("redis-server", argv, self.directory / "redis.out",
+                              env=_service_env(self.directory)),
+            self.port, "redis-server",
         )  # fmt: skip
-        _wait_port(self.port, self.proc, log, "redis-server")
         return self
 
     def stop(self) -> None:
-        _stop_process(self.proc)
+        if self.process is not None:
+            self.process.stop(15)
 
 
 @dataclasses.dataclass
@@ -276,7 +242,7 @@ class Postgres:
     directory: Path
     port: int = 0
     user: str | None = None
-    proc: subprocess.Popen[bytes] | None = dataclasses.field(default=None, repr=False)
+    process: processes.Process | None = dataclasses.field(default=None, repr=False)
 
     @property
     def url(self) -> str:
@@ -293,7 +259,7 @@ class Postgres:
     def start(self) -> Postgres:
         import pwd
 
-        from scanqueue import farm, store
+        from scanqueue import store
 
         found = sorted(glob.glob("/usr/lib/postgresql/*/bin"), key=lambda d: int(d.split("/")[-2]))
         if not found:
@@ -311,20 +277,21 @@ class Postgres:
                          "-E", "UTF8", "--no-sync")  # fmt: skip
         if done.returncode != 0:
             raise DemoError(f"initdb failed: {done.stderr.strip()[-500:]}")
-        self.port = free_port()
-        with log.open("ab") as out:
-            self.proc = subprocess.Popen(
-                [str(bindir / "postgres"), "-D", str(data), "-p", str(self.port),
-                 "-k", str(self.directory), "-c", "listen_addresses=127.0.0.1",
-                 "-c", "fsync=off", "-c", "synchronous_commit=off", "-c", "full_page_writes=off"],
-                stdout=out, stderr=out, stdin=subprocess.DEVNULL, env=_service_env(self.directory),
-                preexec_fn=farm.child_setup(uid=uid, gid=gid, death_signal=signal.SIGINT),  # noqa: PLW1509
-            )  # fmt: skip
+        self.port = processes.free_port()
+        self.process = processes.Process(
+            "postgres",
+            [str(bindir / "postgres"), "-D", str(data), "-p", str(self.port),
+             "-k", str(self.directory), "-c", "listen_addresses=127.0.0.1",
+             "-c", "fsync=off", "-c", "synchronous_commit=off", "-c", "full_page_writes=off"],
+            log, env=_service_env(self.directory), uid=uid, gid=gid,
+            # SIGINT: fast shutdown, connections are cut
+            death_signal=signal.SIGINT, stop_signal=signal.SIGINT,
+        ).start()  # fmt: skip
         admin = f"postgresql://postgres@127.0.0.1:{self.port}/postgres"
         deadline = time.monotonic() + 60
         while True:
-            if self.proc.poll() is not None:
-                raise DemoError(f"PostgreSQL exited with {self.proc.returncode}:\n{_tail(log)}")
+            if not self.process.running:
+                raise DemoError(f"PostgreSQL {self.process.exit_reason()}:\n{self.process.tail()}")
             try:
                 with store.connect(admin) as conn:
                     conn.autocommit = True
@@ -336,14 +303,8 @@ class Postgres:
                 time.sleep(0.2)
 
     def stop(self) -> None:
-        if self.proc is None or self.proc.poll() is not None:
-            return
-        self.proc.send_signal(signal.SIGINT)  # fast shutdown: connections are cut
-        try:
-            self.proc.wait(30)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
+        if self.process is not None:
+            self.process.stop(30)
 
 
 def redis_answers(url: str) -> bool:

@@ -24,25 +24,19 @@ What it must never do:
 
 from __future__ import annotations
 
-import contextlib
-import ctypes
 import dataclasses
 import os
 import secrets
 import shutil
-import signal
-import subprocess
 import sys
 import tempfile
 import threading
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import IO, Literal
 
-from scanqueue import config, errors
+from scanqueue import config, errors, logs, processes, roles
 
 FLOWER_USER = "scanqueue"  # user of the Flower password generated for the embedded default
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
@@ -150,103 +144,7 @@ def flower_auth(
     )
 
 
-# ------------------------------------------------------------------------ processes
-
-
-def _prctl() -> Callable[..., int] | None:
-    """libc's prctl, loaded in the parent: dlopen after fork (with threads running) may hang."""
-    try:
-        prctl: Callable[..., int] = ctypes.CDLL(None, use_errno=True).prctl
-        return prctl
-    except (OSError, AttributeError):
-        return None
-
-
-_PRCTL = _prctl() if sys.platform == "linux" else None
-_PR_SET_PDEATHSIG = 1
-
-
-def die_with_parent() -> None:  # pragma: no cover - runs in the child between fork and exec
-    """A ``preexec_fn``: a new session, and (Linux) SIGTERM when the launcher dies, even by
-    SIGKILL, so that no role outlives the command that started it. Only async-signal-safe
-    work here: the parent may run threads (the emulator)."""
-    os.setsid()
-    if _PRCTL is not None:
-        _PRCTL(_PR_SET_PDEATHSIG, signal.SIGTERM)
-
-
-def child_setup(
-    *, uid: int | None = None, gid: int | None = None, death_signal: int = signal.SIGTERM
-) -> Callable[[], None]:
-    """A ``preexec_fn`` like ``die_with_parent`` that also drops to ``uid``/``gid`` (as root)
-    and sends ``death_signal``; the signal is set after the identity change, which clears it."""
-
-    def setup() -> None:  # pragma: no cover - runs in the child between fork and exec
-        os.setsid()
-        if gid is not None:
-            os.setgroups([])
-            os.setgid(gid)
-        if uid is not None:
-            os.setuid(uid)
-        if _PRCTL is not None:
-            _PRCTL(_PR_SET_PDEATHSIG, death_signal)
-
-    return setup
-
-
-@dataclasses.dataclass
-class Process:
-    """One role of the farm: a subprocess in its own process group, output in ``log``."""
-
-    name: str
-    argv: Sequence[str]
-    env: Mapping[str, str] = dataclasses.field(repr=False)
-    log: Path
-    proc: subprocess.Popen[bytes] | None = dataclasses.field(default=None, repr=False)
-
-    def start(self) -> Process:
-        with self.log.open("ab") as out:
-            self.proc = subprocess.Popen(
-                list(self.argv),
-                stdout=out,
-                stderr=subprocess.STDOUT,
-                stdin=subprocess.DEVNULL,
-                env=dict(self.env),
-                preexec_fn=die_with_parent,  # noqa: PLW1509 - setsid and prctl only
-            )
-        return self
-
-    @property
-    def running(self) -> bool:
-        return self.proc is not None and self.proc.poll() is None
-
-    def output(self) -> str:
-        try:
-            return self.log.read_text(errors="replace")
-        except OSError:
-            return ""
-
-    def tail(self, lines: int = 20) -> str:
-        return "\n".join(self.output().splitlines()[-lines:])
-
-    def stop(self, timeout: float = 30.0) -> None:
-        """SIGTERM the process group, SIGKILL what is left after ``timeout``; reap."""
-        if self.proc is None:
-            return
-        group = self.proc.pid  # setsid: the group id is the leader's pid
-        if self.proc.poll() is None:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(group, signal.SIGTERM)
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                self.proc.wait(timeout)
-        # pool children, a beat thread's helpers: nothing of the group survives its leader
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(group, signal.SIGKILL)
-        self.proc.wait()
-
-
-def _python() -> str:
-    return sys.executable
+# ------------------------------------------------------------------------ roles
 
 
 def commands(
@@ -258,26 +156,19 @@ def commands(
     worker_metrics_port: int,
     watcher_metrics_port: int,
 ) -> dict[str, list[str]]:
-    """The command line of each role, by name: worker (beat embedded), watcher, flower."""
-    queues = [f"scan.{c.name}" for c in settings.clusters] + ["scanqueue.control"]
+    """The command line of each role, by name: worker, beat, watcher, flower."""
     return {
-        "worker": [
-            _python(), "-m", "celery", "-A", "workers.app", "--quiet", "worker",
-            "-Q", ",".join(queues), "-c", str(options.concurrency), "--pool", "prefork",
-            "-n", f"scanqueue-{os.getpid()}@%h", "-E", "-l", options.log_level,
-            "--without-gossip", "--without-mingle",
-            "-B", "-s", str(state / "beat-schedule"),
-            "--metrics-port", str(worker_metrics_port), "--metrics-address", "127.0.0.1",
-        ],
-        "watcher": [
-            _python(), "-m", "scanqueue.cli", "watch", "--log-level", options.log_level,
-            "--metrics-port", str(watcher_metrics_port), "--metrics-address", "127.0.0.1",
-        ],
-        "flower": [
-            _python(), "-m", "celery", "-A", "workers.app", "flower",
-            f"--address={options.flower_address}", f"--port={flower_port}",
-        ],
-    }  # fmt: skip
+        "worker": roles.worker(
+            queues=roles.queues(settings),
+            node=f"scanqueue-{os.getpid()}@%h",
+            concurrency=options.concurrency,
+            log_level=options.log_level,
+            metrics_port=worker_metrics_port,
+        ),
+        "beat": roles.beat(schedule=state / "beat-schedule", log_level=options.log_level),
+        "watcher": roles.watcher(log_level=options.log_level, metrics_port=watcher_metrics_port),
+        "flower": roles.flower(address=options.flower_address, port=flower_port),
+    }
 
 
 def _importable_workers(env: dict[str, str]) -> None:
@@ -292,33 +183,7 @@ def _importable_workers(env: dict[str, str]) -> None:
 
 
 def _port(wanted: int) -> int:
-    from scanqueue import demo_env
-
-    return wanted or demo_env.free_port()
-
-
-def _wait(check: Callable[[], bool], process: Process, *, what: str, timeout: float = 90.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not check():
-        if not process.running:
-            raise errors.PermanentError(
-                f"{process.name} exited while starting ({what}); its log ({process.log}):\n"
-                f"{process.tail()}"
-            )
-        if time.monotonic() > deadline:
-            raise errors.TemporaryError(
-                f"{process.name} did not become ready within {timeout:.0f}s ({what}); "
-                f"its log ({process.log}):\n{process.tail()}"
-            )
-        time.sleep(0.2)
-
-
-def _http_ok(url: str) -> bool:
-    try:
-        with urllib.request.urlopen(url, timeout=2) as response:  # noqa: S310 - our http URL
-            return int(response.status) == 200
-    except (urllib.error.URLError, OSError):
-        return False
+    return wanted or processes.free_port()
 
 
 # ------------------------------------------------------------------------------ run
@@ -376,7 +241,7 @@ def run(
         state = options.state_dir
         state.mkdir(parents=True, exist_ok=True)
     world = None
-    processes: list[Process] = []
+    started: list[processes.Process] = []
     try:
         if which == "embedded":
             from scanqueue import demo_env
@@ -407,8 +272,8 @@ def run(
             worker_metrics_port=ports["worker"],
             watcher_metrics_port=ports["watcher"],
         )
-        logs = state / "logs"
-        logs.mkdir(exist_ok=True)
+        log_dir = state / "logs"
+        log_dir.mkdir(exist_ok=True)
         metrics_dir = state / "worker-metrics"
         shutil.rmtree(metrics_dir, ignore_errors=True)
         metrics_dir.mkdir()
@@ -418,36 +283,40 @@ def run(
         envs = {
             "worker": {**base_env, "PROMETHEUS_MULTIPROC_DIR": str(metrics_dir)},
             "watcher": base_env,
+            "beat": base_env,
             "flower": {**base_env, **_flower_env(auth)},
         }
         # consumers first: the watcher publishes only once a worker and Flower are up
-        for name in ("worker", "flower"):
-            process = Process(name, argv[name], envs[name], logs / f"{name}.log").start()
-            processes.append(process)
-        worker, flower = processes
-        _wait(lambda: " ready." in worker.output(), worker, what="waiting for 'ready.'")
+        for name in ("worker", "beat", "flower"):
+            process = processes.Process(name, argv[name], log_dir / f"{name}.log", env=envs[name])
+            started.append(process.start())
+        worker, beat, flower = started
+        worker.wait_ready(lambda: roles.WORKER_READY in worker.output(), what="its 'ready.'")
+        beat.wait_ready(lambda: roles.BEAT_READY in beat.output(), what="waiting for its start")
         flower_url = f"http://{_url_host(options.flower_address)}:{flower_port}"
-        _wait(lambda: _http_ok(f"{flower_url}/healthcheck"), flower, what="/healthcheck")
-        watcher = Process("watcher", argv["watcher"], envs["watcher"], logs / "watcher.log")
-        processes.append(watcher.start())
+        flower.wait_ready(lambda: processes.http_ok(f"{flower_url}/healthcheck"),
+                          what="/healthcheck")  # fmt: skip
+        watcher = processes.Process("watcher", argv["watcher"], log_dir / "watcher.log",
+                                    env=envs["watcher"])  # fmt: skip
+        started.append(watcher.start())
         watcher_url = f"http://127.0.0.1:{ports['watcher']}/metrics"
-        _wait(lambda: _http_ok(watcher_url), watcher, what="its metrics endpoint")
+        watcher.wait_ready(lambda: processes.http_ok(watcher_url), what="its metrics endpoint")
         say(f"  flower       {flower_url}  ({how})")
         say(f"  metrics      worker http://127.0.0.1:{ports['worker']}/metrics, "
             f"watcher http://127.0.0.1:{ports['watcher']}/metrics")  # fmt: skip
-        say(f"  logs         {logs}/{{worker,watcher,flower}}.log")
+        say(f"  logs         {log_dir}/{{worker,beat,watcher,flower}}.log")
         say(f"  report       SCANQUEUE_CONFIG={_config_path(settings, env)} scanqueue report"
             "   (also: --by image, --format csv)")  # fmt: skip
         say("  stop         Ctrl-C" if not options.until_scanned else
             "  until        every image of the demo cluster has a finished scan")  # fmt: skip
         outcome = _supervise(
-            options, settings=settings, processes=processes, world=world, stop=stop, say=say
+            options, settings=settings, started=started, world=world, stop=stop, say=say
         )
         if before_stop is not None:
             before_stop(outcome)
         return outcome
     finally:
-        for process in reversed(processes):
+        for process in reversed(started):
             process.stop()
         if world is not None:
             world.stop()
@@ -494,7 +363,7 @@ def _check_services(settings: config.Settings) -> None:
 
     if not demo_env.redis_answers(settings.broker.url):
         raise errors.TemporaryError(
-            f"Redis does not answer at broker.url ({demo_env._no_password(settings.broker.url)}, "
+            f"Redis does not answer at broker.url ({logs.redact(settings.broker.url)}, "
             f"from {settings.source}); start it (make services) or fix the URL"
         )
 
@@ -514,7 +383,7 @@ def _supervise(
     options: Options,
     *,
     settings: config.Settings,
-    processes: Sequence[Process],
+    started: Sequence[processes.Process],
     world: object,
     stop: threading.Event,
     say: Callable[[str], None],
@@ -530,10 +399,9 @@ def _supervise(
     deadline = time.monotonic() + options.timeout_seconds
     last = ""
     while not stop.wait(1.0):
-        for process in processes:
+        for process in started:
             if not process.running:
-                code = process.proc.returncode if process.proc is not None else None
-                say(f"scanqueue: {process.name} exited with {code}; stopping the farm. "
+                say(f"scanqueue: {process.name} {process.exit_reason()}; stopping the farm. "
                     f"Its log ({process.log}):\n{process.tail()}")  # fmt: skip
                 return Outcome(1, settings.database.url, cluster)
         if not digests:

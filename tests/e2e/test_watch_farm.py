@@ -233,21 +233,11 @@ def start_watcher(farm: Farm, cluster: str, *extra: str) -> WatcherProcess:
 
 class _Watcher(WatcherProcess):
     def __init__(self, config_path: Path, log: Path, clusters: list[str], extra: list[str]):
-        super().__init__(config_path, log, clusters)
+        super().__init__(config_path, log, clusters, log_level="INFO")
         self.extra = extra
 
-    def start(self) -> _Watcher:
-        out = self.log.open("ab")
-        args = [a for name in self.clusters for a in ("--cluster", name)]
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "scanqueue.cli", "watch", *args, *self.extra],
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            env={**os.environ, "SCANQUEUE_CONFIG": str(self.config_path)},
-            start_new_session=True,
-        )
-        out.close()
-        return self
+    def argv(self) -> list[str]:
+        return [*super().argv(), *self.extra]
 
 
 def _redis_dump(url: str) -> str:

@@ -11,19 +11,18 @@ from __future__ import annotations
 import base64
 import dataclasses
 import os
-import signal
 import subprocess
-import sys
 import time
 import urllib.error
 import urllib.request
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Self
 
 import psycopg
 import pytest
 
+from scanqueue import processes, roles
 from tests.support import services, sim_fixtures
 from tests.support.worker_fixtures import WorkerProcess
 
@@ -92,35 +91,31 @@ def _toml(value: Any) -> str:
 
 @dataclasses.dataclass
 class WatcherProcess:
+    """The real ``scanqueue watch`` (command line from ``scanqueue.roles``)."""
+
     config_path: Path
     log: Path
     clusters: Sequence[str]
-    proc: subprocess.Popen[bytes] | None = None
+    process: processes.Process | None = None
+    log_level: str = "DEBUG"
 
-    def start(self) -> WatcherProcess:
-        out = self.log.open("ab")
-        args = [a for name in self.clusters for a in ("--cluster", name)]
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "scanqueue.cli", "watch", *args, "--log-level", "DEBUG"],
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            env={**os.environ, "SCANQUEUE_CONFIG": str(self.config_path)},
-            start_new_session=True,
-        )
-        out.close()
+    @property
+    def proc(self) -> subprocess.Popen[bytes] | None:
+        return None if self.process is None else self.process.proc
+
+    def argv(self) -> list[str]:
+        return roles.watcher(log_level=self.log_level, clusters=self.clusters)
+
+    def start(self) -> Self:
+        env = {**os.environ, "SCANQUEUE_CONFIG": str(self.config_path)}
+        self.process = processes.Process("watcher", self.argv(), self.log, env=env).start()
         return self
 
     def stop(self) -> int:
-        if self.proc is None:
+        if self.process is None or self.process.proc is None:
             return 0
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(30)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.proc.pid, signal.SIGKILL)
-                self.proc.wait()
-        return int(self.proc.returncode)
+        self.process.stop(30)
+        return int(self.process.proc.returncode)
 
     def output(self) -> str:
         return self.log.read_text(errors="replace")
@@ -136,24 +131,20 @@ class FlowerProcess:
     config_path: Path
     log: Path
     port: int = 0
-    proc: subprocess.Popen[bytes] | None = None
+    process: processes.Process | None = None
 
-    def start(self) -> FlowerProcess:
-        self.port = services.free_port()
-        out = self.log.open("ab")
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "celery", "-A", "workers.app", "flower",
-             "--address=127.0.0.1", f"--port={self.port}"],
-            stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
-            env={**os.environ, "SCANQUEUE_CONFIG": str(self.config_path),
-                 "FLOWER_BASIC_AUTH": FLOWER_AUTH},
-        )  # fmt: skip
-        out.close()
-        deadline = time.monotonic() + 60
-        while self.get("/healthcheck") != 200:
-            if self.proc.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"flower did not start:\n{self.log.read_text()}")
-            time.sleep(0.2)
+    @property
+    def proc(self) -> subprocess.Popen[bytes] | None:
+        return None if self.process is None else self.process.proc
+
+    def start(self) -> Self:
+        self.port = processes.free_port()
+        env = {**os.environ, "SCANQUEUE_CONFIG": str(self.config_path),
+               "FLOWER_BASIC_AUTH": FLOWER_AUTH}  # fmt: skip
+        argv = roles.flower(address="127.0.0.1", port=self.port)
+        self.process = process = processes.Process("flower", argv, self.log, env=env).start()
+        process.wait_ready(lambda: self.get("/healthcheck") == 200, what="/healthcheck",
+                           timeout=60)  # fmt: skip
         return self
 
     def get(self, path: str, *, auth: str | None = FLOWER_AUTH) -> int:
@@ -173,13 +164,8 @@ class FlowerProcess:
             return 0, ""
 
     def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            os.killpg(self.proc.pid, signal.SIGTERM)
-            try:
-                self.proc.wait(20)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.proc.pid, signal.SIGKILL)
-                self.proc.wait()
+        if self.process is not None:
+            self.process.stop(20)
 
 
 @dataclasses.dataclass

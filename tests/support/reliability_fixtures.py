@@ -27,7 +27,6 @@ import re
 import signal
 import socket
 import subprocess
-import sys
 import threading
 import time
 import urllib.request
@@ -38,6 +37,7 @@ from typing import Any
 import pytest
 import redis
 
+from scanqueue import processes, roles
 from tests.support import services, sim_fixtures
 from tests.support.farm_fixtures import SCAN_NAMESPACE, Farm, FlowerProcess, WatcherProcess
 from tests.support.worker_fixtures import WorkerProcess
@@ -324,23 +324,15 @@ def one_task_per_digest(tasks: Sequence[tuple[str, str]]) -> dict[str, set[str]]
 class DurableRedis(services.RedisServer):
     """``redis-server`` with an append-only file fsynced on every write (survives SIGKILL)."""
 
-    def start(self) -> DurableRedis:
-        binary = services._require("redis-server", "redis-server")
-        self.port = self.port or services.free_port()
-        self.proc = subprocess.Popen(
-            [binary, "--bind", "127.0.0.1", "--port", str(self.port), "--save", "",
-             "--appendonly", "yes", "--appendfsync", "always", "--dir", str(self.directory),
-             "--logfile", str(self.log)],
-            stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT,
-        )  # fmt: skip
-        services._wait_port(self.port, self.proc, self.log, "redis-server")
-        return self
+    def argv(self) -> list[str]:
+        argv = super().argv()
+        at = argv.index("--appendonly")
+        return [*argv[:at], "--appendonly", "yes", "--appendfsync", "always", *argv[at + 2 :]]
 
     def kill(self) -> None:
         """SIGKILL: no shutdown save; only what the append-only file holds survives."""
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGKILL)
-            self.proc.wait(10)
+        if self.process is not None:
+            self.process.kill(signal.SIGKILL)
 
 
 class Flower(FlowerProcess):
@@ -363,19 +355,11 @@ class MetricsWatcher(WatcherProcess):
     metrics_port: int = 0
     reevaluate_seconds: float = 60.0
 
-    def start(self) -> MetricsWatcher:
-        self.metrics_port = self.metrics_port or services.free_port()
-        out = self.log.open("ab")
-        args = [a for name in self.clusters for a in ("--cluster", name)]
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "scanqueue.cli", "watch", *args, "--log-level", "DEBUG",
-             "--metrics-port", str(self.metrics_port),
-             "--reevaluate-seconds", str(self.reevaluate_seconds)],
-            stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
-            env={**os.environ, "SCANQUEUE_CONFIG": str(self.config_path)},
-        )  # fmt: skip
-        out.close()
-        return self
+    def argv(self) -> list[str]:
+        self.metrics_port = self.metrics_port or processes.free_port()
+        return roles.watcher(log_level=self.log_level, clusters=self.clusters,
+                             metrics_port=self.metrics_port,
+                             reevaluate_seconds=self.reevaluate_seconds)  # fmt: skip
 
     def metrics(self) -> str:
         url = f"http://127.0.0.1:{self.metrics_port}/metrics"
@@ -394,33 +378,11 @@ class MetricsWatcher(WatcherProcess):
 class MetricsWorker(WorkerProcess):
     """A real ``celery worker`` serving its Prometheus metrics (``--metrics-port``)."""
 
-    metrics_port: int = 0
-
     def start(self, timeout: float = 60) -> MetricsWorker:
-        self.metrics_port = self.metrics_port or services.free_port()
-        multiproc = self.log.with_suffix(".prometheus")
-        multiproc.mkdir(exist_ok=True)
+        self.metrics_port = self.metrics_port or processes.free_port()
         self.name = self.name or f"sqm{os.getpid()}-{time.monotonic_ns() % 10**8}"
-        env = {**os.environ, **self.env, "SCANQUEUE_CONFIG": str(self.config_path),
-               "PROMETHEUS_MULTIPROC_DIR": str(multiproc)}  # fmt: skip
-        out = self.log.open("ab")
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "celery", "-A", "workers.app", "worker",
-             "-Q", ",".join(self.queues), "-c", str(self.concurrency), "--pool", "prefork",
-             "-n", f"{self.name}@%h", "--without-gossip", "--without-mingle", "-l", "INFO", "-E",
-             "--metrics-port", str(self.metrics_port),
-             *(["-B", "-s", str(self.log.with_suffix(".beat"))] if self.beat else [])],
-            stdout=out, stderr=subprocess.STDOUT, env=env, start_new_session=True,
-        )  # fmt: skip
-        out.close()
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"celery worker exited {self.proc.returncode}:\n{self.tail()}")
-            if " ready." in self.log.read_text(errors="replace"):
-                return self
-            time.sleep(0.1)
-        raise RuntimeError(f"celery worker not ready within {timeout}s:\n{self.tail()}")
+        super().start(timeout)
+        return self
 
     def metrics(self) -> str:
         url = f"http://127.0.0.1:{self.metrics_port}/metrics"

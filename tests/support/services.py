@@ -1,7 +1,8 @@
 """Real services for the tests: Redis, PostgreSQL and a private OCI registry.
 
 Each starts on loopback and a free port, in a temporary directory, and is
-stopped by whoever started it. A service that cannot start raises
+stopped by whoever started it; the processes run as ``scanqueue.processes.Process``
+(own process group, gone when the test run dies). A service that cannot start raises
 ``ServiceError`` with its log tail: tests fail loudly, they never skip.
 """
 
@@ -15,8 +16,6 @@ import hashlib
 import json
 import os
 import shutil
-import signal
-import socket
 import subprocess
 import tempfile
 import time
@@ -24,6 +23,9 @@ import urllib.error
 import urllib.request
 from collections.abc import Iterator, Mapping
 from pathlib import Path
+from typing import Self
+
+from scanqueue import errors, processes
 
 from scanqueue.sim import imagefs
 
@@ -32,10 +34,7 @@ class ServiceError(RuntimeError):
     """A test service could not be started; the message says why and how to fix it."""
 
 
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+free_port = processes.free_port
 
 
 def _require(binary: str, package: str) -> str:
@@ -47,20 +46,15 @@ def _require(binary: str, package: str) -> str:
     return path
 
 
-def _wait_port(
-    port: int, proc: subprocess.Popen[bytes], log: Path, what: str, timeout: float = 20
-) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise ServiceError(f"{what} exited with {proc.returncode}:\n{_tail(log)}")
-        with (
-            contextlib.suppress(OSError),
-            socket.create_connection(("127.0.0.1", port), timeout=0.2),
-        ):
-            return
-        time.sleep(0.05)
-    raise ServiceError(f"{what} did not listen on port {port} within {timeout}s:\n{_tail(log)}")
+def _started(process: processes.Process, port: int, what: str) -> processes.Process:
+    """Start ``process``, wait until it listens on ``port``; ``ServiceError`` if it cannot."""
+    process.start()
+    try:
+        process.wait_port(port, timeout=20)
+    except errors.ScanqueueError as e:
+        process.stop(5)
+        raise ServiceError(f"{what} did not start: {e}") from None
+    return process
 
 
 def _tail(log: Path, lines: int = 20) -> str:
@@ -68,16 +62,6 @@ def _tail(log: Path, lines: int = 20) -> str:
         return "\n".join(log.read_text(errors="replace").splitlines()[-lines:])
     except OSError:
         return "(no log)"
-
-
-def _stop(proc: subprocess.Popen[bytes], timeout: float = 10) -> None:
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
 
 
 # --------------------------------------------------------------------- Redis
@@ -89,7 +73,11 @@ class RedisServer:
 
     directory: Path
     port: int = 0
-    proc: subprocess.Popen[bytes] | None = None
+    process: processes.Process | None = None
+
+    @property
+    def proc(self) -> subprocess.Popen[bytes] | None:
+        return None if self.process is None else self.process.proc
 
     @property
     def url(self) -> str:
@@ -99,20 +87,20 @@ class RedisServer:
     def log(self) -> Path:
         return self.directory / "redis.log"
 
-    def start(self) -> RedisServer:
-        binary = _require("redis-server", "redis-server")
+    def argv(self) -> list[str]:
+        return [_require("redis-server", "redis-server"), "--bind", "127.0.0.1",
+                "--port", str(self.port), "--save", "", "--appendonly", "no",
+                "--dir", str(self.directory), "--logfile", str(self.log)]  # fmt: skip
+
+    def start(self) -> Self:
         self.port = self.port or free_port()
-        self.proc = subprocess.Popen(
-            [binary, "--bind", "127.0.0.1", "--port", str(self.port), "--save", "",
-             "--appendonly", "no", "--dir", str(self.directory), "--logfile", str(self.log)],
-            stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT,
-        )  # fmt: skip
-        _wait_port(self.port, self.proc, self.log, "redis-server")
+        process = processes.Process("redis-server", self.argv(), self.directory / "redis.out")
+        self.process = _started(process, self.port, "redis-server")
         return self
 
     def stop(self) -> None:
-        if self.proc is not None:
-            _stop(self.proc)
+        if self.process is not None:
+            self.process.stop(10)
 
     def restart(self) -> None:
         """Stop and start again on the same port (its data is lost: no persistence)."""
@@ -218,7 +206,7 @@ class Registry:
     token: dict[str, str] | None = None
     anonymous: bool = False  # no auth at all: anyone may pull and push (a public registry)
     port: int = 0
-    proc: subprocess.Popen[bytes] | None = None
+    process: processes.Process | None = None
 
     @property
     def host(self) -> str:
@@ -249,10 +237,8 @@ class Registry:
             "  delete:\n    enabled: true\n"
             f"http:\n  addr: 127.0.0.1:{self.port}\n" + ("" if self.anonymous else f"auth:\n{auth}")
         )
-        log = self.log.open("ab")
-        self.proc = subprocess.Popen([binary, "serve", str(config)], stdout=log, stderr=log)
-        log.close()
-        _wait_port(self.port, self.proc, self.log, "docker-registry")
+        process = processes.Process("docker-registry", [binary, "serve", str(config)], self.log)
+        self.process = _started(process, self.port, "docker-registry")
         return self
 
     def write_htpasswd(self) -> None:
@@ -273,8 +259,8 @@ class Registry:
         os.utime(self.directory / "htpasswd", (t, t))
 
     def stop(self) -> None:
-        if self.proc is not None:
-            _stop(self.proc)
+        if self.process is not None:
+            self.process.stop(10)
 
     def access_log(self) -> str:
         return self.log.read_text(errors="replace")

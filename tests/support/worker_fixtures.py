@@ -2,7 +2,9 @@
 
 The thread-based ``celery.contrib.pytest`` worker runs the solo pool without
 time limits and cannot show acks_late redelivery; a subprocess can, and it
-can be SIGKILLed like a real worker.
+can be SIGKILLed like a real worker. Its command line comes from
+``scanqueue.roles`` and it runs as a ``scanqueue.processes.Process``: the
+worker a test starts is the worker ``scanqueue run`` starts.
 """
 
 from __future__ import annotations
@@ -11,12 +13,14 @@ import dataclasses
 import os
 import signal
 import subprocess
-import sys
 import time
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
+from typing import Self
 
 import pytest
+
+from scanqueue import processes, roles
 
 
 @dataclasses.dataclass
@@ -27,49 +31,49 @@ class WorkerProcess:
     concurrency: int = 1
     env: dict[str, str] = dataclasses.field(default_factory=dict)
     beat: bool = False  # embed celery beat (-B): collect and sweep run on their schedule
-    proc: subprocess.Popen[bytes] | None = None
+    process: processes.Process | None = None
     name: str = ""
+    metrics_port: int | None = None  # serve Prometheus metrics (multiprocess dir beside the log)
 
-    def start(self, timeout: float = 60) -> WorkerProcess:
+    @property
+    def proc(self) -> subprocess.Popen[bytes] | None:
+        return None if self.process is None else self.process.proc
+
+    def argv(self) -> list[str]:
+        return roles.worker(
+            queues=self.queues,
+            node=f"{self.name}@%h",
+            concurrency=self.concurrency,
+            metrics_port=self.metrics_port,
+            embedded_beat=self.log.with_suffix(".beat") if self.beat else None,
+            quiet=False,
+        )
+
+    def start(self, timeout: float = 60) -> Self:
         self.name = self.name or f"sq{os.getpid()}-{time.monotonic_ns() % 10**8}"
         env = {**os.environ, **self.env, "SCANQUEUE_CONFIG": str(self.config_path)}
-        start_at = self.log.stat().st_size if self.log.exists() else 0
-        out = self.log.open("ab")
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "celery", "-A", "workers.app", "worker",
-             "-Q", ",".join(self.queues), "-c", str(self.concurrency), "--pool", "prefork",
-             "-n", f"{self.name}@%h", "--without-gossip", "--without-mingle",
-             "-l", "INFO", "-E",
-             *(["-B", "-s", str(self.log.with_suffix(".beat"))] if self.beat else [])],
-            stdout=out, stderr=subprocess.STDOUT, env=env, start_new_session=True,
-        )  # fmt: skip
-        out.close()
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"celery worker exited {self.proc.returncode}:\n{self.tail()}")
-            if " ready." in self.log.read_text(errors="replace")[start_at:]:
-                return self
-            time.sleep(0.1)
-        raise RuntimeError(f"celery worker not ready within {timeout}s:\n{self.tail()}")
+        if self.metrics_port is not None:
+            multiproc = self.log.with_suffix(".prometheus")
+            multiproc.mkdir(exist_ok=True)
+            env["PROMETHEUS_MULTIPROC_DIR"] = str(multiproc)
+        self.process = processes.Process("worker", self.argv(), self.log, env=env).start()
+        process = self.process
+        process.wait_ready(lambda: roles.WORKER_READY in process.output(fresh=True),
+                           what="its 'ready.'", timeout=timeout)  # fmt: skip
+        return self
 
     def tail(self, lines: int = 40) -> str:
         return "\n".join(self.log.read_text(errors="replace").splitlines()[-lines:])
 
     def kill(self) -> None:
         """SIGKILL the whole worker (main process and pool children), as a node dying would."""
-        if self.proc is not None and self.proc.poll() is None:
-            os.killpg(self.proc.pid, signal.SIGKILL)
-            self.proc.wait(10)
+        if self.process is not None:
+            self.process.kill(signal.SIGKILL)
 
     def stop(self, timeout: float = 30) -> None:
         """Warm shutdown (SIGTERM), then SIGKILL if it lingers."""
-        if self.proc is not None and self.proc.poll() is None:
-            os.killpg(self.proc.pid, signal.SIGTERM)
-            try:
-                self.proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.kill()
+        if self.process is not None:
+            self.process.stop(timeout)
 
 
 @pytest.fixture

@@ -92,7 +92,9 @@ def test_embedded_default_generates_a_fresh_flower_password() -> None:
     assert first != second
 
 
-def test_commands_consume_every_cluster_queue_and_embed_beat(tmp_path: Path) -> None:
+def test_commands_consume_every_cluster_queue_and_run_beat_as_its_own_role(
+    tmp_path: Path,
+) -> None:
     settings = config.from_mapping(
         {"clusters": [{"name": "a", "kubeconfig": "/k"}, {"name": "b", "kubeconfig": "/k"}]}
     )
@@ -106,7 +108,12 @@ def test_commands_consume_every_cluster_queue_and_embed_beat(tmp_path: Path) -> 
     )
     worker = argv["worker"]
     assert worker[worker.index("-Q") + 1] == "scan.a,scan.b,scanqueue.control"
-    assert "-B" in worker
+    assert "-B" not in worker  # beat is its own role: its death is seen and it is restarted
+    assert argv["beat"][argv["beat"].index("-A") + 1 : argv["beat"].index("-A") + 3] == [
+        "workers.app",
+        "beat",
+    ]
+    assert argv["beat"][argv["beat"].index("-s") + 1] == str(tmp_path / "beat-schedule")
     assert worker[worker.index("--metrics-port") + 1] == "9101"
     assert argv["watcher"][2:4] == ["scanqueue.cli", "watch"]
     assert "--port=5555" in argv["flower"]
