@@ -26,7 +26,6 @@ from pathlib import Path
 from typing import Self
 
 from scanqueue import errors, processes
-
 from scanqueue.sim import imagefs
 
 
