@@ -576,6 +576,14 @@ def _error_for(
         return errors.TemporaryError(f"{text}; retry later", delay=delay)
     if code == 401:
         return errors.PermanentError(f"{text}; the cluster's credentials were refused")
+    if code == 403 and "exceeded quota" in str(status.get("message") or ""):
+        # a ResourceQuota of the namespace is full (deploy/24-quota-scans.yaml): it frees
+        # up as scans finish, so this is not a missing permission
+        return errors.TemporaryError(
+            f"{text}; the namespace's ResourceQuota is full: retry when scans finish, "
+            "or raise the quota together with max_inflight",
+            delay=delay,
+        )
     if code == 403:
         return errors.PermanentError(f"{text}; grant scanqueue's role the {verb} permission")
     return errors.PermanentError(text)
