@@ -49,6 +49,14 @@ class NotFound(errors.PermanentError):
     """The object does not exist (HTTP 404)."""
 
 
+class Forbidden(errors.PermanentError):
+    """The identity in use may not do this (HTTP 403); the message names the RBAC rule missing."""
+
+    def __init__(self, message: str, *, verb: str = "", resource: str = "", namespace: str = ""):
+        super().__init__(message)
+        self.verb, self.resource, self.namespace = verb, resource, namespace
+
+
 class Conflict(errors.TemporaryError):
     """The object exists already or changed meanwhile (HTTP 409); reading it again may help."""
 
@@ -585,8 +593,29 @@ def _error_for(
             delay=delay,
         )
     if code == 403:
-        return errors.PermanentError(f"{text}; grant scanqueue's role the {verb} permission")
+        return _forbidden(verb, kind, where, text)
     return errors.PermanentError(text)
+
+
+_RBAC_VERBS = {"read": "get", "read log of": "get", "resume": "patch"}
+
+
+def _forbidden(verb: str, kind: str, where: str, text: str) -> Forbidden:
+    """A 403 as the RBAC rule that would allow it: verb, resource, namespace."""
+    rbac_verb = _RBAC_VERBS.get(verb, verb)
+    resource = "pods/log" if verb == "read log of" else f"{kind.lower()}s"
+    if where == "all namespaces":
+        namespace, scope = "", "cluster-wide (a ClusterRole)"
+    else:
+        namespace = where.split("/", 1)[0]
+        scope = f"in namespace {namespace}"
+    return Forbidden(
+        f"{text}; the identity in use may not {rbac_verb} {resource} {scope}: grant it that "
+        f"(verbs: [{rbac_verb}], resources: [{resource}]) — see docs/rbac.md",
+        verb=rbac_verb,
+        resource=resource,
+        namespace=namespace,
+    )
 
 
 def _retry_after(headers: Any) -> float | None:

@@ -1,11 +1,11 @@
-"""``watcher.explain``: per container, its digest, the credentials to try in order, its scan."""
+"""``explain.pod``: per container, its digest, the credentials to try in order, its scan."""
 
 from __future__ import annotations
 
 import base64
 from typing import Any
 
-from scanqueue import config, dedupe, kube, store, watcher
+from scanqueue import config, dedupe, explain, kube, store
 from tests.support import sim_fixtures
 from tests.support.watcher_fixtures import Workloads, wait_for
 
@@ -48,7 +48,7 @@ def test_explain_lists_candidates_in_kubelet_order_without_values(
     try:
         dedupe.claim(r, cluster="eu", digests=[digest], ttl_seconds=60)
         with store.connect(database_url) as conn:
-            views = watcher.explain(
+            views = explain.pod(
                 settings=settings,
                 cluster="eu",
                 namespace="shop",

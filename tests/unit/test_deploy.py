@@ -390,9 +390,13 @@ def test_every_watched_namespace_has_the_worker_pull_secret_role() -> None:
 def test_workers_consume_every_cluster_queue_and_the_control_queue() -> None:
     worker = _one("Deployment", "scanqueue-worker", FARM_NS)
     (container,) = worker["spec"]["template"]["spec"]["containers"]
-    (queues,) = [a.partition("=")[2] for a in container["command"] if a.startswith("--queues=")]
+    # no --queues: the worker consumes the app's queues, built from the config it mounts
+    assert not [a for a in container["command"] if a.startswith(("--queues", "-Q"))]
+    from workers import app
+
+    queues = {q.name for q in app.make_app(_settings()).conf.task_queues}
     expected = {f"scan.{c.name}" for c in _settings().clusters} | {"scanqueue.control"}
-    assert set(queues.split(",")) == expected
+    assert queues == expected
 
 
 def test_singletons_are_never_doubled_during_a_rollout() -> None:
