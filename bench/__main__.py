@@ -61,6 +61,18 @@ HEADLINES: list[tuple[str, str, tuple[str, ...]]] = [
     ("pipeline", "  scans/s, 1 worker process", ("1_worker", "scans_per_second")),
     ("pipeline", "  2 workers, from watcher start", ("2_worker", "end_to_end_scans_per_second")),
     ("pipeline", "  2 workers, API requests per scan", ("2_worker", "api_requests_per_scan")),
+    (
+        "pipeline",
+        "  2 workers, scan-task messages per scan",
+        ("2_worker", "scan_task_messages_per_scan"),
+    ),
+    ("pipeline", "  scans/s, 2 workers, max_inflight 5", ("2_worker_cap_5", "scans_per_second")),
+    (
+        "pipeline",
+        "  cap 5: scan-task messages per scan",
+        ("2_worker_cap_5", "scan_task_messages_per_scan"),
+    ),
+    ("pipeline", "  cap 5: most scan Jobs at once", ("2_worker_cap_5", "most_jobs_at_once")),
     ("ingest", "finding rows/s, COPY", ("copy", "finding_rows_per_second")),
     ("ingest", "  finding rows/s, row-by-row INSERT", ("insert", "finding_rows_per_second")),
     ("ingest", "  COPY / INSERT", ("copy_speedup",)),

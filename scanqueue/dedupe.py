@@ -301,6 +301,14 @@ def free_job_slot(conn: redis.Redis, *, cluster: str, job: str) -> None:
     _call(lambda: conn.zrem(jobs_key(cluster), job), f"free a scan Job slot in {cluster}")
 
 
+def move_job_slot(conn: redis.Redis, *, cluster: str, job: str, to: str, now: float) -> None:
+    """Hand the slot of ``job`` (finished) to ``to`` (its next attempt), in one transaction."""
+    pipe = conn.pipeline(transaction=True)
+    pipe.zrem(jobs_key(cluster), job)
+    pipe.zadd(jobs_key(cluster), {to: now})
+    _call(pipe.execute, f"hand a scan Job slot over in {cluster}")
+
+
 def jobs_in_flight(conn: redis.Redis, *, cluster: str) -> int:
     return int(_call(lambda: conn.zcard(jobs_key(cluster)), f"count scan Jobs in {cluster}"))
 

@@ -22,12 +22,24 @@ import redis.exceptions
 from celery import Task
 from celery.exceptions import SoftTimeLimitExceeded
 
-from scanqueue import dedupe, discovery, errors, images, kube, metrics, registry, scans, store
+from scanqueue import (
+    dedupe,
+    discovery,
+    errors,
+    images,
+    kube,
+    metrics,
+    registry,
+    scans,
+    status,
+    store,
+)
 from workers.app import app, queue_name, settings_of
 
 log = logging.getLogger(__name__)
 
 MAX_TEMPORARY_RETRIES = 8  # then the scan fails with the last reason
+STARTED_GRACE_SECONDS = 60.0  # a waiting scan started this long ago without its task: again
 _farms: dict[str, scans.Farm] = {}
 _farms_lock = threading.Lock()
 
@@ -92,9 +104,19 @@ def farm(cluster: str) -> scans.Farm:
                 ),
                 redis=dedupe.client(settings.broker.url),
                 registry=registry_client,
+                publish=_publisher(cluster),
             )
             _farms[cluster] = found
         return found
+
+
+def _publisher(cluster: str) -> Any:
+    """Sends a scan task for ``cluster`` (a waiting scan whose slot was freed)."""
+
+    def publish(kwargs: dict[str, Any]) -> None:
+        scan.apply_async(kwargs=kwargs, queue=queue_name(cluster))
+
+    return publish
 
 
 def _backoff(retries: int, delay: float | None) -> float:
@@ -114,8 +136,9 @@ def scan(self: Task, request: dict[str, Any], failures: int = 0) -> dict[str, st
     """Submit the scan Job for one request payload (references only; never a secret).
 
     ``failures`` counts the temporary failures so far (API, registry, database): after
-    ``MAX_TEMPORARY_RETRIES`` the scan ends failed with the last reason. Waiting for a
-    free in-flight slot (``Busy``) is not a failure and is retried without limit.
+    ``MAX_TEMPORARY_RETRIES`` the scan ends failed with the last reason. A scan whose
+    cluster is at ``max_inflight`` is parked (outcome ``waiting``), not retried: the
+    task returns, and the scan's task is sent again once, when a slot is freed.
     """
     try:
         parsed = discovery.from_payload(request)
@@ -128,10 +151,8 @@ def scan(self: Task, request: dict[str, Any], failures: int = 0) -> dict[str, st
 
     try:
         where = farm(parsed.cluster)
+        status.count_scan_task(where.redis, cluster=parsed.cluster)
         result = scans.submit(where, parsed)
-    except scans.Busy as e:
-        metrics.SCANS.labels(parsed.cluster, "busy").inc()
-        raise again(_backoff(0, e.delay), failures) from None
     except errors.ConfigError as e:
         # a cluster this worker's settings do not know: nothing to record it in
         log.error("scan request for an unknown cluster dropped: %s", e,
@@ -192,7 +213,11 @@ def collect(cluster: str) -> list[dict[str, str]]:
     if not lock.acquire():
         return []
     try:
-        results = scans.collect(farm(cluster))
+        where = farm(cluster)
+        results = scans.collect(where)
+        status.record(where.redis, cluster=cluster, what="collect", now=where.clock().timestamp())
+        # the safety net: slots freed without a start (a worker died in between) start here
+        scans.start_waiting(where, stale_after=STARTED_GRACE_SECONDS)
         _record(cluster, results)
         _jobs_in_flight(cluster)
         return [r.as_dict() for r in results]
@@ -216,7 +241,9 @@ def sweep(cluster: str) -> dict[str, int]:
     if not lock.acquire():
         return {}
     try:
-        swept = scans.sweep(farm(cluster))
+        where = farm(cluster)
+        swept = scans.sweep(where)
+        status.record(where.redis, cluster=cluster, what="sweep", now=where.clock().timestamp())
         return {
             "jobs": swept.jobs,
             "secrets": swept.secrets,

@@ -9,7 +9,8 @@ collaborators passed in a ``Farm``. One module per job:
 - ``submission``: create the Job suspended, its Secret owned by it, resume;
 - ``collection``: store finished Jobs' reports, or hand the scan to the next candidate;
 - ``sweeping``: delete what outlived its deadline, fail lost scans;
-- ``ending``: end a scan without a result, delete a Job with its slot.
+- ``ending``: end a scan without a result, delete a Job, free its slot for a waiting scan;
+- ``pending``: scans waiting for an in-flight slot (Redis), started when one is freed.
 
 It must never:
 
@@ -34,7 +35,7 @@ as before the split.
 from __future__ import annotations
 
 from scanqueue.scans.collection import collect
-from scanqueue.scans.ending import fail
+from scanqueue.scans.ending import fail, start_waiting
 from scanqueue.scans.model import (
     ANNOTATION_CANDIDATE,
     ANNOTATION_REQUEST,
@@ -62,6 +63,7 @@ __all__ = [
     "next_start",
     "plan_step",
     "read_candidates",
+    "start_waiting",
     "submit",
     "sweep",
 ]

@@ -231,8 +231,10 @@ def _handle_failure(
         # The next candidate gets its own Job (attempt + 1) before this one is deleted, so
         # a failure to submit leaves this Job for the next pass to try again.
         history = [f"attempt {attempt}: the cluster's pull was refused: {last}"]
-        # this Job has finished: its slot goes to the next attempt's Job
-        dedupe.free_job_slot(farm.redis, cluster=farm.cluster.name, job=job_name)
+        # this Job has finished: its slot goes to the next attempt's Job, not to a waiting scan
+        following = manifests.job_name(farm.cluster.name, request.digest or "", attempt + 1)
+        dedupe.move_job_slot(farm.redis, cluster=farm.cluster.name, job=job_name, to=following,
+                             now=farm.clock().timestamp())  # fmt: skip
         try:
             return submission.submit(
                 farm,

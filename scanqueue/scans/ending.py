@@ -18,7 +18,7 @@ from scanqueue import (
     manifests,
     store,
 )
-from scanqueue.scans import model
+from scanqueue.scans import model, pending
 
 log = logging.getLogger(__name__)
 
@@ -67,8 +67,44 @@ def end(
 
 
 def fail(farm: model.Farm, request: discovery.ScanRequest, *, reason: str) -> model.Result:
-    """End ``request`` as failed with ``reason`` (bad input, retries exhausted)."""
-    return end(farm, request, status="failed", reason=reason, attempt=1)
+    """End ``request`` as failed with ``reason`` (bad input, retries exhausted).
+
+    Its slot (taken by its first submit, which kept it for the retries) goes to
+    the next waiting scan.
+    """
+    result = end(farm, request, status="failed", reason=reason, attempt=1)
+    cluster = farm.cluster.name
+    pending.forget(farm.redis, cluster=cluster, scan_id=request.scan_id,
+                   namespace=request.namespace)  # fmt: skip
+    if request.digest:
+        free_slot(farm, manifests.job_name(cluster, request.digest, 1))
+    return result
+
+
+def free_slot(farm: model.Farm, job_name: str) -> None:
+    """Give back the slot of ``job_name`` and start the next waiting scan in it."""
+    dedupe.free_job_slot(farm.redis, cluster=farm.cluster.name, job=job_name)
+    start_waiting(farm)
+
+
+def start_waiting(farm: model.Farm, *, stale_after: float | None = None) -> int:
+    """Publish the scan tasks of waiting scans while slots are free; return how many.
+
+    With ``stale_after`` (the periodic pass, the safety net), scans started more
+    than that many seconds ago whose task never arrived are published again.
+    """
+    if farm.publish is None:
+        return 0
+    now = farm.clock().timestamp()
+    cluster = farm.cluster.name
+    payloads = pending.start(farm.redis, cluster=cluster, limit=farm.cluster.max_inflight,
+                             now=now, max_age=farm.slot_max_age)  # fmt: skip
+    if stale_after is not None:
+        payloads += pending.restart_stale(farm.redis, cluster=cluster, now=now,
+                                          older_than=stale_after)  # fmt: skip
+    for payload in payloads:
+        farm.publish(payload)
+    return len(payloads)
 
 
 def delete(farm: model.Farm, job_name: str, *, secret: bool = True) -> None:
@@ -76,8 +112,8 @@ def delete(farm: model.Farm, job_name: str, *, secret: bool = True) -> None:
     with ``secret``, delete its Secret explicitly too, so that a credential never waits on
     the garbage collector (skipped only where the Job never had one)."""
     kube.delete_job(api=farm.api, namespace=farm.namespace, name=job_name)
-    dedupe.free_job_slot(farm.redis, cluster=farm.cluster.name, job=job_name)
     if secret:
         kube.delete_secret(
             api=farm.api, namespace=farm.namespace, name=manifests.secret_name(job_name)
         )
+    free_slot(farm, job_name)

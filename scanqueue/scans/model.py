@@ -32,7 +32,9 @@ REFUSED = re.compile(
     r"no basic auth credentials|401 Unauthorized|403 Forbidden",
 )
 
-Outcome = Literal["submitted", "adopted", "busy", "succeeded", "failed", "timeout", "refused"]
+Outcome = Literal[
+    "submitted", "adopted", "busy", "waiting", "succeeded", "failed", "timeout", "refused"
+]
 
 
 class Busy(errors.TemporaryError):
@@ -50,6 +52,15 @@ class Farm:
     redis: redis.Redis
     registry: registry.Client | None  # None: never ask registries from the farm
     clock: Callable[[], datetime] = lambda: datetime.now(UTC)
+    # Sends one scan task with these kwargs on this cluster's queue: how a freed slot
+    # starts a waiting scan. None: waiting scans are started by nobody here.
+    publish: Callable[[dict[str, Any]], None] | None = None
+
+    @property
+    def slot_max_age(self) -> float:
+        """Seconds after which a slot is stale: no scan Job lives longer."""
+        scan = self.settings.scan
+        return float(scan.job_deadline_seconds + scan.sweep_margin_seconds)
 
     @property
     def namespace(self) -> str:

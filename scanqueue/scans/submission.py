@@ -21,7 +21,7 @@ from scanqueue import (
     registry,
     store,
 )
-from scanqueue.scans import ending, model, plan
+from scanqueue.scans import ending, model, pending, plan
 
 log = logging.getLogger(__name__)
 
@@ -36,11 +36,14 @@ def submit(
 ) -> model.Result:
     """Create (or adopt) the scan Job of ``request`` for the first usable plan step from ``start``.
 
-    Returns the ``model.Result``; records the scan as running. Ends the scan as
-    refused (a row with every candidate's answer) when no step is usable.
-    Raises ``Busy`` when the cluster is at its in-flight cap, ``TemporaryError``
-    for API/registry trouble worth a retry, ``PermanentError`` for bad input
-    (the task stores it as the scan's reason).
+    Returns the ``model.Result``; records the scan as running. The cap comes
+    first, before any API call: a first attempt that finds its cluster at
+    ``max_inflight`` is parked (outcome ``waiting``) and started by whoever
+    frees a slot (``scans.pending``). Ends the scan as refused (a row with every
+    candidate's answer) when no step is usable. Raises ``Busy`` when a later
+    attempt lost the slot handed over to it, ``TemporaryError`` for API/registry
+    trouble worth a retry (the slot is kept for it), ``PermanentError`` for bad
+    input (the task stores it as the scan's reason; the slot is given back).
     """
     digest = request.digest
     if not digest:
@@ -48,6 +51,47 @@ def submit(
             f"scan request for {request.namespace}/{request.pod} container {request.container} "
             "has no image digest; the watcher publishes running containers only"
         )
+    job_name = manifests.job_name(farm.cluster.name, digest, attempt)
+    if attempt > 1:
+        take_slot(farm, job_name)  # handed over by the refused attempt (collection)
+    elif not _take_or_park(farm, request, job_name):
+        return model.Result("waiting", request.scan_id, digest, job_name, "waiting for a slot")
+    try:
+        result = _submit_in_slot(farm, request, job_name=job_name, attempt=attempt,
+                                 start=start, history=history)  # fmt: skip
+    except errors.PermanentError:
+        ending.free_slot(farm, job_name)
+        raise
+    if result.outcome == "refused":  # no Job was made: its slot goes to a waiting scan
+        ending.free_slot(farm, job_name)
+    return result
+
+
+def _take_or_park(farm: model.Farm, request: discovery.ScanRequest, job_name: str) -> bool:
+    return pending.take_or_park(
+        farm.redis,
+        cluster=farm.cluster.name,
+        job=job_name,
+        limit=farm.cluster.max_inflight,
+        now=farm.clock().timestamp(),
+        max_age=farm.slot_max_age,
+        scan_id=request.scan_id,
+        namespace=request.namespace,
+        payload={"request": discovery.to_payload(request)},
+    )
+
+
+def _submit_in_slot(
+    farm: model.Farm,
+    request: discovery.ScanRequest,
+    *,
+    job_name: str,
+    attempt: int,
+    start: int,
+    history: Sequence[str],
+) -> model.Result:
+    """``submit`` once the Job's slot is held: plan, create or adopt, Secret, resume."""
+    digest = request.digest or ""
     image = images.parse(request.image)
     candidates, notes = plan.read_candidates(farm, request, image)
     refusals = list(history)
@@ -80,22 +124,14 @@ def submit(
         credential=plan.kind(step.credential),
         node_name=request.node if step.mode == "node" else None,
     )
-    job_name = spec.job_name
-    # The cap first, exact across every worker (an atomic Redis slot per Job name;
-    # a redelivery of the same Job keeps its slot), then create-or-adopt the Job.
-    take_slot(farm, job_name)
+    assert spec.job_name == job_name
     body = manifests.scan_job(spec)
     annotations = body["metadata"].setdefault("annotations", {})
     payload = json.dumps(discovery.to_payload(request), sort_keys=True)
     annotations[model.ANNOTATION_REQUEST] = payload
     annotations[model.ANNOTATION_CANDIDATE] = str(step.index)
     annotations[model.ANNOTATION_SOURCE] = step.source or ""
-    try:
-        job = kube.create_job(api=farm.api, body=body)  # 409: the existing Job is returned
-    except errors.PermanentError:
-        # refused for good (422...): the slot taken for it must not wait for its expiry
-        dedupe.free_job_slot(farm.redis, cluster=farm.cluster.name, job=job_name)
-        raise
+    job = kube.create_job(api=farm.api, body=body)  # 409: the existing Job is returned
     owner = (job.get("metadata", {}).get("labels") or {}).get(manifests.LABEL_SCAN_ID)
     if owner != request.scan_id:
         # Another scan of this digest (an earlier claim that expired) runs this very Job:
@@ -168,7 +204,7 @@ def take_slot(farm: model.Farm, job_name: str) -> None:
         job=job_name,
         limit=farm.cluster.max_inflight,
         now=farm.clock().timestamp(),
-        max_age=scan.job_deadline_seconds + scan.sweep_margin_seconds,
+        max_age=farm.slot_max_age,
     )
     if not admitted:
         raise model.Busy(

@@ -51,10 +51,20 @@ def test_ingest_bench_stores_every_finding_with_both_methods() -> None:
     assert result["copy_speedup"]["median"] > 0
 
 
-def test_pipeline_bench_stores_every_scan_through_real_processes() -> None:
-    result = pipeline.run(digests=3, workers=(1,), repeats=1, timeout=120)
-    assert result["digests"] == 3
-    assert result["1_worker"]["scans_per_second"]["runs"] == 1
+def test_pipeline_bench_stores_every_scan_through_real_processes_under_a_small_cap() -> None:
+    """Sized so that scans waiting for a slot matter: 60 digests, 2 in flight at most.
+
+    With the old retry-on-a-timer (every waiting scan re-sent about once a second) this
+    cost hundreds of scan-task messages and ran out of its timeout; waiting scans now
+    cost one more message each at most.
+    """
+    result = pipeline.run(digests=60, configs=(("2_worker_cap_2", 2, 2),), repeats=1,
+                          timeout=120)  # fmt: skip
+    assert result["digests"] == 60
+    figures = result["2_worker_cap_2"]
+    assert figures["scans_per_second"]["runs"] == 1
+    assert figures["most_jobs_at_once"]["max"] <= 2
+    assert figures["scan_task_messages_per_scan"]["max"] <= 3
 
 
 def test_watcher_bench_publishes_one_task_per_digest_and_measures_rss() -> None:
