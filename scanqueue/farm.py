@@ -36,7 +36,7 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import IO, Literal
 
-from scanqueue import config, errors, logs, processes, roles
+from scanqueue import config, errors, logs, processes, roles, supervisor
 
 FLOWER_USER = "scanqueue"  # user of the Flower password generated for the embedded default
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
@@ -59,6 +59,8 @@ class Options:
     state_dir: Path | None = None  # kept; None: a temporary directory removed at the end
     private_services: bool = False  # embedded default: own Redis and Postgres, whatever answers
     log_level: str = "INFO"
+    # when a role that died is restarted, and when the farm gives up
+    restarts: supervisor.Policy = dataclasses.field(default_factory=supervisor.Policy)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -398,12 +400,13 @@ def _supervise(
         cluster = demo_env.CLUSTER
     deadline = time.monotonic() + options.timeout_seconds
     last = ""
-    while not stop.wait(1.0):
-        for process in started:
-            if not process.running:
-                say(f"scanqueue: {process.name} {process.exit_reason()}; stopping the farm. "
-                    f"Its log ({process.log}):\n{process.tail()}")  # fmt: skip
-                return Outcome(1, settings.database.url, cluster)
+    keeper = supervisor.Supervisor(started, say=say, policy=options.restarts)
+    while not stop.wait(0.5):
+        try:
+            keeper.check()
+        except supervisor.CrashLoopError as e:
+            say(f"scanqueue: stopping the farm: {e}")
+            return Outcome(1, settings.database.url, cluster)
         if not digests:
             continue
         done, failed, pending = _progress(settings.database.url, digests)
