@@ -51,6 +51,14 @@ class InvalidPayload(errors.PermanentError):
     """A scan task payload this version cannot read; the message says what is wrong."""
 
 
+class NewerPayload(InvalidPayload):
+    """A payload of a later version than this worker reads: a newer watcher published it.
+
+    Not the task's fault: a worker of the newer release can run it, so the task
+    is put back on its queue, not dropped (upgrade workers before watchers).
+    """
+
+
 @dataclasses.dataclass(frozen=True, slots=True)
 class Workload:
     """The object a person manages: a Deployment, CronJob, StatefulSet... or the bare Pod."""
@@ -297,6 +305,11 @@ def from_payload(payload: Mapping[str, Any]) -> ScanRequest:
             f"scan request payload must be an object, got {type(payload).__name__}"
         )
     version = payload.get("v")
+    if isinstance(version, int) and not isinstance(version, bool) and version > PAYLOAD_VERSION:
+        raise NewerPayload(
+            f"scan request payload has version {version}, newer than the {PAYLOAD_VERSION} "
+            "this worker reads: upgrade the workers (then the watchers; docs/operations.md)"
+        )
     if version != PAYLOAD_VERSION:
         raise InvalidPayload(
             f"scan request payload has version {version!r}; this scanqueue reads version "

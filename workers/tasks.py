@@ -6,6 +6,8 @@
   A Redis lock keeps one collect per cluster at a time.
 - ``scanqueue.sweep`` (beat, per cluster): delete what outlived its deadline,
   fail scans whose Job vanished, prune old scans.
+- ``scanqueue.prune`` (beat, daily, control queue): delete inventory rows of
+  containers gone longer than ``database.retain_gone_days``.
 
 Collaborators (API client, Postgres pool, Redis, registry client) are built
 lazily once per worker process and cluster: after the prefork pool forked.
@@ -34,12 +36,14 @@ from scanqueue import (
     status,
     store,
 )
-from workers.app import app, queue_name, settings_of
+from workers.app import CONTROL_QUEUE, app, queue_name, settings_of
 
 log = logging.getLogger(__name__)
 
 MAX_TEMPORARY_RETRIES = 8  # then the scan fails with the last reason
 STARTED_GRACE_SECONDS = 60.0  # a waiting scan started this long ago without its task: again
+NEWER_PAYLOAD_DELAY_SECONDS = 60  # a payload of a newer release waits this long for its worker
+NEWER_PAYLOAD_RETRIES = 60  # ...this many times (an hour), then it is dropped with a log line
 _farms: dict[str, scans.Farm] = {}
 _farms_lock = threading.Lock()
 
@@ -142,6 +146,16 @@ def scan(self: Task, request: dict[str, Any], failures: int = 0) -> dict[str, st
     """
     try:
         parsed = discovery.from_payload(request)
+    except discovery.NewerPayload as e:
+        # a newer watcher published it; a worker of that release can run it: put it back
+        if failures >= NEWER_PAYLOAD_RETRIES:
+            log.error("scan request of a newer release dropped after %d tries: %s", failures, e)
+            return {"outcome": "failed", "detail": str(e)}
+        log.warning("scan request requeued: %s", e)
+        raise self.retry(
+            kwargs={"request": request, "failures": failures + 1},
+            countdown=NEWER_PAYLOAD_DELAY_SECONDS,
+        ) from None
     except errors.PermanentError as e:
         log.error("unreadable scan request dropped: %s", e)
         return {"outcome": "failed", "detail": str(e)}
@@ -277,7 +291,40 @@ def _schedule() -> dict[str, dict[str, Any]]:
             "args": (cluster.name,),
             "options": options,
         }
+    if settings.database.retain_gone_days:
+        schedule["prune"] = {
+            "task": "scanqueue.prune",
+            "schedule": PRUNE_INTERVAL_SECONDS,
+            "options": {"queue": CONTROL_QUEUE, "expires": PRUNE_INTERVAL_SECONDS},
+        }
     return schedule
+
+
+PRUNE_INTERVAL_SECONDS = 86400.0  # containers gone for days: once a day is enough
+
+
+@app.task(name="scanqueue.prune", queue=CONTROL_QUEUE)
+def prune() -> dict[str, int]:
+    """Delete inventory rows of containers gone longer than ``database.retain_gone_days``."""
+    from datetime import UTC, datetime, timedelta
+
+    settings = settings_of(app)
+    days = settings.database.retain_gone_days
+    if not days:
+        return {}
+    try:
+        with store.connect(settings.database.url) as conn:
+            pruned = store.prune_gone(conn, gone_before=datetime.now(UTC) - timedelta(days=days))
+    except errors.TemporaryError as e:
+        log.warning("prune stopped (tried again tomorrow): %s", e)
+        return {}
+    log.info(
+        "pruned %d containers and %d workloads gone for more than %d days",
+        pruned.containers,
+        pruned.workloads,
+        days,
+    )
+    return {"containers": pruned.containers, "workloads": pruned.workloads}
 
 
 app.conf.beat_schedule = _schedule()

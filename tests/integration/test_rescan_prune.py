@@ -7,6 +7,7 @@ with ``failures.delay``), the inventory the way the watcher writes it.
 from __future__ import annotations
 
 import functools
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -14,6 +15,7 @@ import pytest
 import redis
 
 from scanqueue import cli, config, dedupe, failures, store
+from tests.support.worker_fixtures import WorkerProcess
 
 NOW = datetime.now(UTC)
 D_WEB = "sha256:" + "1" * 64
@@ -40,7 +42,7 @@ def farm_config(
     path = tmp_path / "scanqueue.toml"
     path.write_text(
         f'[database]\nurl = "{database_url}"\nretain_gone_days = 7\n'
-        f'[broker]\nurl = "{redis_url}"\n'
+        f'[broker]\nurl = "{redis_url}"\nresult_backend = "{redis_url}"\n'
         '[[clusters]]\nname = "alpha"\nkubeconfig = "/nonexistent"\n'
         '[[clusters]]\nname = "beta"\nkubeconfig = "/nonexistent"\n',
         encoding="utf-8",
@@ -165,3 +167,20 @@ def test_prune_deletes_containers_gone_longer_than_the_retention_and_their_workl
         workloads = [r[0] for r in conn.execute("SELECT name FROM workloads ORDER BY 1")]
     assert rows == [("api-1", False), ("db-1", True), ("web-1", False), ("web-1", False)]
     assert "old" not in workloads and "db" in workloads
+
+
+def test_the_daily_prune_task_runs_on_the_control_queue_of_a_real_worker(
+    farm_config: Path,
+    redis_url: str,
+    database_url: str,
+    worker_factory: Callable[..., WorkerProcess],
+) -> None:
+    from workers import app as worker_app
+
+    worker_factory(farm_config, queues=[worker_app.CONTROL_QUEUE])
+    client = worker_app.make_app(config.load(farm_config, environ={}))
+    result = client.send_task("scanqueue.prune", queue=worker_app.CONTROL_QUEUE)
+    assert result.get(timeout=60) == {"containers": 1, "workloads": 1}
+    with store.connect(database_url) as conn:
+        pods = [r[0] for r in conn.execute("SELECT pod FROM containers ORDER BY 1")]
+    assert "old-1" not in pods and len(pods) == 4

@@ -268,8 +268,17 @@ def _fields(request: discovery.ScanRequest) -> dict[str, Any]:
 
 def test_payload_of_another_version_is_refused_with_a_clear_reason() -> None:
     payload = discovery.to_payload(discovery.requests(pod(), cluster="c", owners=resolver())[0])
-    with pytest.raises(discovery.InvalidPayload, match=r"version 2.*same release"):
+    with pytest.raises(discovery.InvalidPayload, match=r"version 0.*same release"):
+        discovery.from_payload({**payload, "v": 0})
+
+
+def test_payload_of_a_newer_release_is_told_apart_so_the_worker_requeues_it() -> None:
+    payload = discovery.to_payload(discovery.requests(pod(), cluster="c", owners=resolver())[0])
+    with pytest.raises(discovery.NewerPayload, match=r"version 2, newer.*upgrade the workers"):
         discovery.from_payload({**payload, "v": 2})
+    with pytest.raises(discovery.InvalidPayload) as caught:
+        discovery.from_payload({**payload, "v": "2"})
+    assert not isinstance(caught.value, discovery.NewerPayload)
 
 
 @pytest.mark.parametrize(
