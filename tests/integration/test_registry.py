@@ -271,7 +271,9 @@ def test_redirect_to_another_origin_goes_without_the_authorization_header(
         )
 
     assert any("Authorization" in r.headers for r in front.seen), "A got its own credential"
-    assert caught.value.refusals[0].kind == "unauthorized"
+    # B's 401 is B's challenge, not A's: refused, never answered with A's credential
+    assert caught.value.refusals[0].kind == "bad-challenge"
+    assert "challenge from another origin" in caught.value.refusals[0].detail
     sent_to_b = proxy.sent()
     assert b"/v2/team/app/manifests/1" in sent_to_b
     assert b"authorization" not in sent_to_b.lower()

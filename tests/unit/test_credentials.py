@@ -499,3 +499,13 @@ def test_a_password_written_into_a_key_is_never_shown() -> None:
     assert found.key == "https://***@reg.example.com"
     for shown in (repr(found), str(found), found.origin):
         assert planted not in shown
+
+
+def test_glob_classes_read_bang_literally_and_malformed_globs_never_match_as_in_go() -> None:
+    # The one matcher for "whose credential is this" (the registry client uses it too):
+    # Go's filepath.Match negates with '^' only, so '[!x]' is the class {'!', 'x'}, where
+    # fnmatch would read "anything but x"; a malformed class matches nothing.
+    assert credentials.urls_match("reg[!x].example.com", "regx.example.com/app")
+    assert not credentials.urls_match("reg[!x].example.com", "rega.example.com/app")
+    assert not credentials.urls_match("reg[]a].example.com", "rega.example.com/app")
+    assert not credentials.urls_match("reg[a-.example.com", "rega.example.com/app")

@@ -3,10 +3,15 @@
 from __future__ import annotations
 
 import base64
+import urllib.parse
 
 import pytest
+import urllib3.util
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from scanqueue import config, credentials, errors, images, registry
+from scanqueue.registry import urls
 
 
 @pytest.mark.parametrize(
@@ -66,31 +71,32 @@ def test_malformed_challenges_say_what_is_wrong(header: str, says: str) -> None:
 
 
 @pytest.mark.parametrize(
-    ("key", "target", "belongs"),
+    ("key", "image"),
     [
-        ("registry.example.com", "registry.example.com", True),
-        ("REGISTRY.example.com", "registry.example.com", True),
-        ("registry.example.com", "other.example.com", False),
-        ("127.0.0.1:5000", "127.0.0.1:5000", True),
-        ("127.0.0.1:5000", "127.0.0.1:5001", False),
-        ("127.0.0.1", "127.0.0.1:5000", False),
-        ("127.0.0.1:5000", "127.0.0.1", False),
-        ("*.example.com", "registry.example.com", True),
-        ("*.example.com", "a.registry.example.com", False),
-        ("*.example.com", "example.com", False),
-        ("reg?.example.com", "reg1.example.com", True),
-        ("index.docker.io", "docker.io", True),
-        ("docker.io", "docker.io", True),
-        ("registry-1.docker.io", "docker.io", True),
-        ("index.docker.io", "quay.io", False),
-        ("[::1]:5000", "[::1]:5000", True),
-        ("[::1]:5000", "[::1]:5001", False),
+        ("registry.example.invalid", "other.example.invalid/team/app:1"),
+        ("127.0.0.1:5000", "127.0.0.1:5001/team/app:1"),
+        ("127.0.0.1", "127.0.0.1:5000/team/app:1"),
+        ("127.0.0.1:5000", "127.0.0.1/team/app:1"),
+        ("*.example.invalid", "a.registry.example.invalid/team/app:1"),
+        ("registry.example.invalid/team", "registry.example.invalid/other/app:1"),
+        # fnmatch reads [!x] as "not x"; the kubelet (Go's filepath.Match) reads it literally
+        ("reg[!x].example.invalid", "rega.example.invalid/team/app:1"),
+        # a malformed glob: fnmatch reads "[]a]" as "']' or 'a'", Go refuses it (no match)
+        ("reg[]a].example.invalid", "rega.example.invalid/team/app:1"),
+        ("registry-1.docker.io", "docker.io/library/nginx:1"),
+        ("[::1]:5000", "[::1]:5001/team/app:1"),
     ],
 )
-def test_a_credential_belongs_only_to_its_own_host_and_port(
-    key: str, target: str, belongs: bool
+def test_a_credential_the_kubelet_would_not_use_is_refused_before_any_network_use(
+    key: str, image: str
 ) -> None:
-    assert registry.credential_belongs_to(key, target) is belongs
+    # the hosts do not exist (or nothing listens): any network use would be "unreachable"
+    client = registry.Client(settings=config.ScanSettings(allow_anonymous=False))
+    credential = credentials.Credential(registry=key, username="ana", password="pw", source="s")
+    with pytest.raises(registry.NoCredentialAccepted) as caught:
+        client.resolve(images.parse(image), [credential])
+    assert [r.kind for r in caught.value.refusals] == ["not-sent"]
+    assert f"belongs to {key}, not " in str(caught.value)
 
 
 @pytest.mark.parametrize(
@@ -178,3 +184,92 @@ def test_credential_for_another_registry_is_refused_before_any_network_use() -> 
         client.resolve(images.parse("b.invalid/team/app:1"), [other])
     assert [r.kind for r in caught.value.refusals] == ["not-sent"]
     assert "belongs to a.invalid, not b.invalid" in str(caught.value)
+
+
+# --- issue 19: one parser decides and connects ------------------------------------------
+
+_BASE = "http://127.0.0.1:5000/v2/team/app/manifests/1"
+_PIECES = [
+    "http://", "https://", "HTTPS://", "//", "http:", "/", "\\", "@", ":", "#", "?", ".",
+    "%40", "%5C", "%2F", "%3A", "%00", "\t", " ", "\x00", "\u00a0", "\u3002", "\uff0e",
+    "127.0.0.1", "127.0.0.1:5000", "127.0.0.1:6000", "[::1]", "[::1]:5000", "localhost",
+    "a.example", "A.EXAMPLE:443", "user:pw", "/v2/x",
+]  # fmt: skip
+_LOCATIONS = st.one_of(
+    st.lists(st.sampled_from(_PIECES), min_size=1, max_size=8).map("".join),
+    st.text(max_size=40),
+)
+
+
+@settings(max_examples=2000, deadline=None)
+@given(location=_LOCATIONS)
+def test_a_location_is_either_refused_or_read_the_same_by_every_parser(location: str) -> None:
+    """Whatever ``urls.join`` accepts, urllib3 (which connects) and urllib.parse read with
+    the origin the client decides on; a credential's origin is never a guess."""
+    base = urls.parse(_BASE)
+    try:
+        target = urls.join(base, location)
+    except urls.UnsafeURLError as e:
+        assert str(e)
+        return
+    connected = urllib3.util.parse_url(target.url)
+    assert connected.auth is None
+    assert (connected.scheme, connected.host) == (target.origin.scheme, target.origin.host)
+    assert (connected.port or {"http": 80, "https": 443}[target.origin.scheme]) == (
+        target.origin.port
+    )
+    # what a client that joined and handed the raw string to urllib3 would have reached
+    naive = urllib3.util.parse_url(urllib.parse.urljoin(_BASE, location))
+    naive_port = naive.port or {"http": 80, "https": 443}.get(naive.scheme or "", 0)
+    assert (naive.scheme, naive.host, naive_port) == (
+        target.origin.scheme,
+        target.origin.host,
+        target.origin.port,
+    )
+    split = urllib.parse.urlsplit(target.url)
+    assert (split.hostname or "") == target.origin.host.strip("[]")
+
+
+@pytest.mark.parametrize(
+    ("location", "says"),
+    [
+        ("http://127.0.0.1:6000\\@127.0.0.1:5000/v2/", "backslash"),
+        ("http://ana@127.0.0.1:5000/v2/", "userinfo"),
+        ("http://127.0.0.1:5000%2F@127.0.0.1:6000/", "userinfo"),
+        ("http://127.0.0.1:5000\t@x/", "control character 0x09"),
+        ("http://127.0.0.1 :5000/", "a space"),
+        ("http://127.0.0.1%2e:5000/", "percent-encoded"),
+        ("http://a.example\u3002com/", "non-ASCII"),
+        ("ftp://127.0.0.1:5000/", "not http or https"),
+        ("javascript:alert(1)", "not http or https"),
+        ("http://127.0.0.1:99999/", "cannot be parsed"),
+        ("", "without a Location"),
+    ],
+)
+def test_ambiguous_locations_are_refused_saying_why(location: str, says: str) -> None:
+    with pytest.raises(urls.UnsafeURLError) as caught:
+        urls.join(urls.parse(_BASE), location)
+    assert says in str(caught.value)
+
+
+def test_a_url_without_a_host_is_refused() -> None:
+    with pytest.raises(urls.UnsafeURLError, match="no host"):
+        urls.parse("http:///v2/")
+
+
+@pytest.mark.parametrize(
+    ("location", "origin"),
+    [
+        ("/v2/other", ("http", "127.0.0.1", 5000)),
+        ("//a.example/x", ("http", "a.example", 80)),
+        ("HTTPS://A.Example/x", ("https", "a.example", 443)),
+        ("https://a.example:443/x", ("https", "a.example", 443)),
+        ("http://[::1]:5000/x", ("http", "[::1]", 5000)),
+        ("x?y#z", ("http", "127.0.0.1", 5000)),
+    ],
+)
+def test_plain_locations_resolve_to_the_origin_urllib3_connects_to(
+    location: str, origin: tuple[str, str, int]
+) -> None:
+    target = urls.join(urls.parse(_BASE), location)
+    assert target.origin == urls.Origin(*origin)
