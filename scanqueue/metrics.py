@@ -141,6 +141,58 @@ class QueueDepth(Collector):
         yield family
 
 
+OLDEST_IN_FLIGHT = "scanqueue_oldest_in_flight_seconds"  # read from Redis at scrape time
+LAST_COLLECT = "scanqueue_last_collect_timestamp_seconds"
+LAST_SWEEP = "scanqueue_last_sweep_timestamp_seconds"
+SCANS_WAITING = "scanqueue_scans_waiting"
+
+
+class FarmStatus(Collector):
+    """What makes a stall visible, per cluster, read from Redis at scrape time (``status``):
+
+    ``scanqueue_oldest_in_flight_seconds`` (age of the oldest in-flight slot),
+    ``scanqueue_last_collect_timestamp_seconds`` / ``..._last_sweep_...`` (when a
+    pass last completed) and ``scanqueue_scans_waiting`` (for an in-flight slot).
+    Alert on ``time() - last_collect > 5 * interval and jobs in flight``.
+    """
+
+    def __init__(self, client: redis.Redis, queues: Mapping[str, str]) -> None:
+        self._client = client
+        self._queues = dict(queues)  # cluster -> queue name
+
+    def describe(self) -> list[Any]:
+        return []
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        import time
+
+        from scanqueue import status
+
+        clusters = sorted(self._queues)
+        queues = [self._queues[c] for c in clusters]
+        try:
+            found = status.read(self._client, clusters=clusters, queues=queues, now=time.time())
+        except Exception as e:  # a scrape must not fail because Redis is away
+            log.debug("farm status not read: %s", type(e).__name__)
+            return
+        oldest = GaugeMetricFamily(OLDEST_IN_FLIGHT, "Age of the oldest scan Job slot in flight "
+                                   "(0: none in flight)", labels=["cluster"])  # fmt: skip
+        collect = GaugeMetricFamily(LAST_COLLECT, "When the last collect pass completed "
+                                    "(Unix time)", labels=["cluster"])  # fmt: skip
+        sweep = GaugeMetricFamily(LAST_SWEEP, "When the last sweep completed (Unix time)",
+                                  labels=["cluster"])  # fmt: skip
+        waiting = GaugeMetricFamily(SCANS_WAITING, "Scans waiting for an in-flight slot",
+                                    labels=["cluster"])  # fmt: skip
+        for s in found:
+            oldest.add_metric([s.cluster], s.oldest_in_flight_seconds or 0.0)
+            if s.last_collect is not None:
+                collect.add_metric([s.cluster], s.last_collect)
+            if s.last_sweep is not None:
+                sweep.add_metric([s.cluster], s.last_sweep)
+            waiting.add_metric([s.cluster], s.waiting)
+        yield from (oldest, collect, sweep, waiting)
+
+
 def worker_registry(client: redis.Redis, queues: Mapping[str, str]) -> Any:
     """The registry a worker serves: every pool process's samples plus queue depth.
 
@@ -157,6 +209,7 @@ def worker_registry(client: redis.Redis, queues: Mapping[str, str]) -> Any:
         served = prometheus_client.CollectorRegistry()
         served.register(_Forward(REGISTRY))
     served.register(QueueDepth(client, queues))
+    served.register(FarmStatus(client, queues))
     return served
 
 

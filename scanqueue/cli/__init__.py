@@ -26,6 +26,7 @@ from scanqueue.cli import (
     pullsecrets,
     results,
     sim,
+    status,
 )
 
 Command = parsing.Command
@@ -76,4 +77,5 @@ def build_parser() -> argparse.ArgumentParser:
     farm.add_commands(sub)
     exporter.add_commands(sub)
     maintenance.add_commands(sub)
+    status.add_commands(sub)
     return parser
