@@ -37,6 +37,7 @@ class DatabaseSettings:
     pool_max_size: int = 4  # connections at most per process
     retention_scans_per_digest: int = 5  # scans kept per image digest; older ones pruned
     retain_gone_days: int = 30  # inventory rows of containers gone this long are pruned; 0 = never
+    password_file: str = ""  # file holding the password (url then has none); empty = none
 
 
 @dataclasses.dataclass(frozen=True)
@@ -44,6 +45,7 @@ class BrokerSettings:
     url: str = "redis://127.0.0.1:6379/0"  # Celery broker and dedupe store (Redis)
     result_backend: str = ""  # Celery result backend; empty = same Redis as the broker
     visibility_timeout_seconds: int = 3600  # redelivery after a worker dies; > hard limit
+    password_file: str = ""  # file holding the Redis password (url then has none); empty = none
 
 
 @dataclasses.dataclass(frozen=True)
@@ -261,6 +263,55 @@ def _check(settings: Settings) -> None:
         raise errors.ConfigError(f"{where}: database.retain_gone_days must be 0 (never) or more")
     if settings.database.pool_min_size > settings.database.pool_max_size:
         raise errors.ConfigError(f"{where}: database.pool_min_size exceeds pool_max_size")
+    for name, section in (("database", settings.database), ("broker", settings.broker)):
+        if section.password_file:
+            if _url_has_password(section.url):
+                raise errors.ConfigError(
+                    f"{where}: {name}.url carries a password and {name}.password_file is set; "
+                    f"remove the password from {name}.url"
+                )
+            # a missing or empty file is an error now, not at the first connection
+            read_password_file(section.password_file, f"{name}.password_file")
+
+
+def database_password(database: DatabaseSettings) -> str | None:
+    """The database password from ``database.password_file`` (``None``: the URL or libpq's
+    own sources say it); ``ConfigError`` if the file is unreadable or empty."""
+    return read_password_file(database.password_file, "database.password_file")
+
+
+def broker_password(broker: BrokerSettings) -> str | None:
+    """The Redis password from ``broker.password_file``, as ``database_password``."""
+    return read_password_file(broker.password_file, "broker.password_file")
+
+
+def read_password_file(path: str, key: str) -> str | None:
+    """The secret in the file ``path`` (one trailing newline dropped); ``None`` for no path.
+
+    Read when a connection is made, so a rotated file is picked up by new
+    connections. Raises ``ConfigError`` naming ``key`` and the file (never
+    its content) when it cannot be read or is empty.
+    """
+    if not path:
+        return None
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as e:
+        reason = e.strerror if isinstance(e, OSError) and e.strerror else type(e).__name__
+        raise errors.ConfigError(
+            f"{key}: cannot read {path} ({reason}); mount the secret file there or fix the path"
+        ) from None
+    secret = text[:-1] if text.endswith("\n") else text
+    if secret.endswith("\r"):
+        secret = secret[:-1]
+    if not secret:
+        raise errors.ConfigError(f"{key}: {path} is empty; it must hold the password")
+    return secret
+
+
+def _url_has_password(url: str) -> bool:
+    authority = url.partition("://")[2].partition("/")[0]
+    return "@" in authority and ":" in authority.rpartition("@")[0]
 
 
 def _convert(

@@ -110,12 +110,17 @@ def failed_key(digest: str, cluster: str) -> str:
 SOCKET_TIMEOUT_SECONDS = 10.0  # longest wait for one Redis command or connection
 
 
-def client(url: str) -> redis.Redis:
-    """A Redis client for ``url`` (strings decoded). Connects lazily, on the first command."""
+def client(url: str, *, password: str | None = None) -> redis.Redis:
+    """A Redis client for ``url`` (strings decoded). Connects lazily, on the first command.
+
+    ``password`` (``config.broker_password``) is passed apart from the URL, which then
+    carries none.
+    """
     # Timeouts: a command on a connection Redis will never answer (a restart caught
     # half-way) raises TimeoutError, a TemporaryError to callers, instead of hanging.
     return redis.Redis.from_url(
         url,
+        password=password or None,
         decode_responses=True,
         health_check_interval=30,
         socket_timeout=SOCKET_TIMEOUT_SECONDS,

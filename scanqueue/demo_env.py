@@ -307,11 +307,13 @@ class Postgres:
             self.process.stop(30)
 
 
-def redis_answers(url: str) -> bool:
-    """Whether a Redis answers PING at ``url``."""
+def redis_answers(url: str, *, password: str | None = None) -> bool:
+    """Whether a Redis answers PING at ``url`` (with ``password``, kept apart from the URL)."""
     import redis
 
-    client = redis.Redis.from_url(url, socket_connect_timeout=1, socket_timeout=2)
+    client = redis.Redis.from_url(
+        url, password=password or None, socket_connect_timeout=1, socket_timeout=2
+    )
     try:
         return bool(client.ping())
     except redis.RedisError:

@@ -363,7 +363,9 @@ def _flower_env(auth: str | None) -> dict[str, str]:
 def _check_services(settings: config.Settings) -> None:
     from scanqueue import demo_env
 
-    if not demo_env.redis_answers(settings.broker.url):
+    if not demo_env.redis_answers(
+        settings.broker.url, password=config.broker_password(settings.broker)
+    ):
         raise errors.TemporaryError(
             f"Redis does not answer at broker.url ({logs.redact(settings.broker.url)}, "
             f"from {settings.source}); start it (make services) or fix the URL"
@@ -373,7 +375,9 @@ def _check_services(settings: config.Settings) -> None:
 def _migrate(settings: config.Settings, say: Callable[[str], None]) -> None:
     from scanqueue import store
 
-    with store.connect(settings.database.url) as conn:
+    with store.connect(
+        settings.database.url, password=config.database_password(settings.database)
+    ) as conn:
         applied = store.migrate(conn)
         conn.commit()
         versions = store.applied_versions(conn)
@@ -409,7 +413,9 @@ def _supervise(
             return Outcome(1, settings.database.url, cluster)
         if not digests:
             continue
-        done, failed, pending = _progress(settings.database.url, digests)
+        done, failed, pending = _progress(
+            settings.database.url, digests, config.database_password(settings.database)
+        )
         line = f"  progress     {len(done)}/{len(digests)} images scanned" + (
             f", {len(failed)} failed" if failed else ""
         )
@@ -431,14 +437,16 @@ def _supervise(
     return Outcome(0, settings.database.url, cluster)
 
 
-def _progress(url: str, digests: set[str]) -> tuple[set[str], list[str], set[str]]:
+def _progress(
+    url: str, digests: set[str], password: str | None = None
+) -> tuple[set[str], list[str], set[str]]:
     """(succeeded digests, "digest: status: why" of failed ones, digests not finished yet)."""
     from scanqueue import store
 
     succeeded: set[str] = set()
     failed: dict[str, str] = {}
     try:
-        with store.connect(url) as conn:
+        with store.connect(url, password=password) as conn:
             rows = conn.execute(
                 """SELECT DISTINCT ON (digest) digest, status, error FROM scans
                     WHERE digest = ANY(%s)

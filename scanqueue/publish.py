@@ -37,9 +37,10 @@ class Publisher:
     Connects lazily, on the first publish; call ``close`` when done.
     """
 
-    def __init__(self, broker_url: str) -> None:
+    def __init__(self, broker_url: str, *, password: str | None = None) -> None:
         self._app = celery.Celery("scanqueue-watcher", broker=broker_url, set_as_current=False)
         self._app.conf.update(
+            broker_password=password or None,  # kombu keeps it when the URL has none
             task_serializer="json",
             accept_content=["json"],
             task_create_missing_queues=True,

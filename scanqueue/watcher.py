@@ -627,17 +627,22 @@ def run(
     chosen = [settings.cluster(n) for n in clusters] if clusters else list(settings.clusters)
     if not chosen:
         raise errors.ConfigError(f"{settings.source}: no [[clusters]] configured; nothing to watch")
-    redis_client = dedupe.client(settings.broker.url)
+    redis_client = dedupe.client(
+        settings.broker.url, password=config.broker_password(settings.broker)
+    )
     pool = store.pool(
         settings.database.url,
         min_size=settings.database.pool_min_size,
         max_size=settings.database.pool_max_size,
+        password=config.database_password(settings.database),
     )
     publishers: list[publish.Publisher] = []
     threads: list[threading.Thread] = []
     try:
         for cluster in chosen:
-            publisher = publish.Publisher(settings.broker.url)
+            publisher = publish.Publisher(
+                settings.broker.url, password=config.broker_password(settings.broker)
+            )
             publishers.append(publisher)
             watcher = ClusterWatcher(
                 cluster=cluster,

@@ -61,6 +61,10 @@ def make_app(settings: config.Settings) -> Celery:
     queues = [Queue(queue_name(c.name)) for c in settings.clusters] + [Queue(CONTROL_QUEUE)]
     app.conf.update(
         broker_connection_retry_on_startup=True,
+        # from broker.password_file, apart from the URL; Celery hands it to kombu (broker)
+        # and to the Redis result backend
+        broker_password=config.broker_password(settings.broker),
+        redis_password=config.broker_password(settings.broker),
         result_backend=settings.broker.result_backend or None,
         task_ignore_result=not settings.broker.result_backend,
         task_serializer="json",
@@ -165,7 +169,9 @@ class MetricsServer(bootsteps.StartStopStep):  # type: ignore[misc]
         metrics.serve_worker(
             self.port,
             address=self.address,
-            client=dedupe.client(settings.broker.url),
+            client=dedupe.client(
+                settings.broker.url, password=config.broker_password(settings.broker)
+            ),
             queues={c.name: queue_name(c.name) for c in settings.clusters},
         )
         logging.getLogger(__name__).info(

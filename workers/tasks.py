@@ -25,6 +25,7 @@ from celery import Task
 from celery.exceptions import SoftTimeLimitExceeded
 
 from scanqueue import (
+    config,
     dedupe,
     discovery,
     errors,
@@ -105,8 +106,11 @@ def farm(cluster: str) -> scans.Farm:
                     settings.database.url,
                     min_size=settings.database.pool_min_size,
                     max_size=settings.database.pool_max_size,
+                    password=config.database_password(settings.database),
                 ),
-                redis=dedupe.client(settings.broker.url),
+                redis=dedupe.client(
+                    settings.broker.url, password=config.broker_password(settings.broker)
+                ),
                 registry=registry_client,
                 publish=_publisher(cluster),
             )

@@ -110,14 +110,23 @@ def _cmd_explain(args: argparse.Namespace) -> int:
     settings = config.load()
     cluster = _explain_cluster(args, settings)
     api = kube.api_client(cluster)
-    redis_client = None if args.no_redis else dedupe.client(settings.broker.url)
+    redis_client = (
+        None
+        if args.no_redis
+        else dedupe.client(settings.broker.url, password=config.broker_password(settings.broker))
+    )
     skipped = ["last scan (--no-database)"] if args.no_database else []
     try:
         with contextlib.ExitStack() as stack:
             conn = None
             if not args.no_database:
                 try:
-                    conn = stack.enter_context(store.connect(settings.database.url))
+                    conn = stack.enter_context(
+                        store.connect(
+                            settings.database.url,
+                            password=config.database_password(settings.database),
+                        )
+                    )
                 except errors.TemporaryError as e:
                     skipped.append(f"last scan: {e}")
             views = explain.pod(

@@ -42,8 +42,10 @@ def _cmd_exporter(args: argparse.Namespace) -> int:
     from scanqueue.store import overview
 
     logs.setup("INFO", "json")
-    url = args.database_url or config.load().database.url
-    pool = store.pool(url, min_size=1, max_size=2)
+    settings = config.load()
+    url = args.database_url or settings.database.url
+    password = config.database_password(settings.database)
+    pool = store.pool(url, min_size=1, max_size=2, password=password)
 
     def fetch() -> overview.Snapshot:
         with pool.connection() as conn:

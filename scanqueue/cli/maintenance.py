@@ -71,7 +71,9 @@ def _targets(args: argparse.Namespace, settings: config.Settings) -> list[tuple[
             "rescan: name what to rescan: --digest, --image, --workload, --namespace, "
             "--cluster or --all"
         )
-    with store.connect(settings.database.url) as conn:
+    with store.connect(
+        settings.database.url, password=config.database_password(settings.database)
+    ) as conn:
         return store.select_digests(
             conn,
             clusters=clusters,
@@ -90,7 +92,9 @@ def _cmd_rescan(args: argparse.Namespace) -> int:
     if not targets:
         print("rescan: no running container matches; nothing to do")
         return 0
-    redis_client = dedupe.client(settings.broker.url)
+    redis_client = dedupe.client(
+        settings.broker.url, password=config.broker_password(settings.broker)
+    )
     cleared = 0
     try:
         for cluster, digest in targets:
@@ -132,7 +136,9 @@ def _cmd_prune(args: argparse.Namespace) -> int:
     if days == 0:
         print("prune: database.retain_gone_days is 0: inventory rows are kept forever")
         return 0
-    with store.connect(settings.database.url) as conn:
+    with store.connect(
+        settings.database.url, password=config.database_password(settings.database)
+    ) as conn:
         pruned = store.prune_gone(conn, gone_before=datetime.now(UTC) - timedelta(days=days))
     print(
         f"prune: deleted {pruned.containers} container row(s) gone for more than {days} day(s) "

@@ -19,11 +19,17 @@ def add_commands(sub: parsing.Subparsers) -> None:
     _add_results_commands(sub)
 
 
+def _database(args: argparse.Namespace) -> tuple[str, str | None]:
+    """The database URL (``--database-url`` or the settings') and the settings' password."""
+    settings = config.load()
+    return args.database_url or settings.database.url, config.database_password(settings.database)
+
+
 def _cmd_migrate(args: argparse.Namespace) -> int:
     from scanqueue import store
 
-    url = args.database_url or config.load().database.url
-    with store.connect(url) as conn:
+    url, password = _database(args)
+    with store.connect(url, password=password) as conn:
         applied = store.migrate(conn)
         versions = store.applied_versions(conn)
     if applied:
@@ -101,8 +107,8 @@ def _cmd_reports_import(args: argparse.Namespace) -> int:
     from scanqueue import reports, store
 
     report = reports.parse_file(args.file)
-    url = args.database_url or config.load().database.url
-    with store.connect(url) as conn:
+    url, password = _database(args)
+    with store.connect(url, password=password) as conn:
         scan_id = store.import_report(
             conn, cluster=args.cluster, image=args.image, report=report, at=datetime.now(UTC)
         )
@@ -114,10 +120,10 @@ def _cmd_reports_import(args: argparse.Namespace) -> int:
 def _cmd_report(args: argparse.Namespace) -> int:
     from scanqueue import store
 
-    url = args.database_url or config.load().database.url
+    url, password = _database(args)
     if args.format == "html":
-        return _report_html(args, url)
-    with store.connect(url) as conn:
+        return _report_html(args, url, password)
+    with store.connect(url, password=password) as conn:
         table = store.report(
             conn,
             by=args.by,
@@ -137,7 +143,7 @@ def _cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
-def _report_html(args: argparse.Namespace, url: str) -> int:
+def _report_html(args: argparse.Namespace, url: str, password: str | None) -> int:
     from datetime import UTC, datetime
 
     from scanqueue import errors, store
@@ -149,7 +155,7 @@ def _report_html(args: argparse.Namespace, url: str) -> int:
             "--format html shows the whole farm; drop --cluster, --namespace, --min-severity "
             "and --fixable, or use --format table, csv or json for a filtered report"
         )
-    with store.connect(url) as conn:
+    with store.connect(url, password=password) as conn:
         data = overview.overview(conn, now=datetime.now(UTC))
     sys.stdout.write(html.render(data))
     return 0

@@ -91,10 +91,17 @@ def migrations(directory: Path = MIGRATIONS_DIR) -> list[Migration]:
 
 
 @contextmanager
-def connect(url: str) -> Iterator[psycopg.Connection[tuple[object, ...]]]:
-    """Open one connection to ``url``; translate connection failures to ``TemporaryError``."""
+def connect(
+    url: str, *, password: str | None = None
+) -> Iterator[psycopg.Connection[tuple[object, ...]]]:
+    """Open one connection to ``url``; translate connection failures to ``TemporaryError``.
+
+    ``password`` (``config.database_password``) is passed apart from the URL,
+    which then carries none.
+    """
+    extra = {"password": password} if password else {}
     try:
-        conn = psycopg.connect(url, connect_timeout=10)
+        conn = psycopg.connect(url, connect_timeout=10, **extra)
     except psycopg.OperationalError as e:
         raise errors.TemporaryError(f"cannot connect to Postgres: {no_password(str(e))}") from e
     try:
@@ -172,7 +179,12 @@ class Pool(psycopg_pool.ConnectionPool[Any]):
 
 
 def pool(
-    url: str, *, min_size: int = 1, max_size: int = 4, timeout: float = 15.0
+    url: str,
+    *,
+    min_size: int = 1,
+    max_size: int = 4,
+    timeout: float = 15.0,
+    password: str | None = None,
 ) -> psycopg_pool.ConnectionPool[Any]:
     """Open a connection pool for this process (one per process; close it on shutdown).
 
@@ -184,7 +196,7 @@ def pool(
         url,
         min_size=min_size,
         max_size=max_size,
-        kwargs={"connect_timeout": 10},
+        kwargs={"connect_timeout": 10, **({"password": password} if password else {})},
         name="scanqueue",
         open=False,
     )
