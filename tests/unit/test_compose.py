@@ -103,7 +103,7 @@ def test_farm_services_wait_for_migrate_to_complete() -> None:
 
 def test_every_long_running_service_has_a_healthcheck() -> None:
     for name in ("redis", "postgres"):
-        assert SERVICES[name]["healthcheck"]["test"][0] == "CMD"
+        assert SERVICES[name]["healthcheck"]["test"][0] in ("CMD", "CMD-SHELL")
     assert len(_all("HEALTHCHECK")) == 1  # the farm services inherit the image's check
     for name in ("watcher", "worker", "beat", "flower"):
         assert "healthcheck" not in SERVICES[name], f"{name} overrides the image health check"
@@ -118,9 +118,64 @@ def test_compose_command_is_a_real_scanqueue_or_celery_command(name: str) -> Non
 def test_no_secret_value_is_written_in_the_compose_file() -> None:
     for name, service in SERVICES.items():
         for key, value in (service.get("environment") or {}).items():
-            if any(word in key for word in ("PASSWORD", "AUTH", "TOKEN", "SECRET")):
+            if key.endswith("_FILE"):
+                assert str(value).startswith("/run/secrets/"), (name, key)
+            elif any(word in key for word in ("PASSWORD", "AUTH", "TOKEN", "SECRET")):
                 assert re.fullmatch(r"\$\{[A-Z_]+:\?[^}]+\}", str(value)), (name, key)
             assert not re.search(r"://[^/@\s]*:[^/@\s]*@", str(value)), (name, key)
+
+
+# The only secret left in an environment: Flower reads basic auth nowhere else, and it is
+# one process (no pool, no exec healthcheck of its own) that passes it to nobody.
+ENV_SECRETS_ALLOWED = {("flower", "FLOWER_BASIC_AUTH")}
+NEEDS = {  # compose secrets per service
+    "redis": {"redis_password"},
+    "postgres": {"postgres_password"},
+    "migrate": {"postgres_password"},
+    "watcher": {"postgres_password", "redis_password"},
+    "worker": {"postgres_password", "redis_password"},
+    "beat": {"redis_password"},
+    "flower": {"redis_password"},
+}
+
+
+def test_passwords_are_compose_secrets_mounted_only_where_needed() -> None:
+    assert set(COMPOSE["secrets"]) == {"postgres_password", "redis_password"}
+    for name, wanted in NEEDS.items():
+        assert set(SERVICES[name].get("secrets", [])) == wanted, name
+        for key, value in (SERVICES[name].get("environment") or {}).items():
+            if key.endswith("PASSWORD_FILE"):
+                assert value.removeprefix("/run/secrets/") in wanted, (name, key)
+
+
+def test_no_password_is_an_environment_variable() -> None:
+    for name, service in SERVICES.items():
+        for key in service.get("environment") or {}:
+            if key.endswith("_FILE") or (name, key) in ENV_SECRETS_ALLOWED:
+                continue
+            assert not any(w in key for w in ("PASSWORD", "PGPASS", "AUTH", "TOKEN")), (name, key)
+
+
+def test_every_farm_service_that_connects_names_its_password_files() -> None:
+    for name in FARM:
+        env = SERVICES[name]["environment"]
+        assert "SCANQUEUE_DATABASE_PASSWORD_FILE" in env or "SCANQUEUE_DATABASE_URL" not in env
+        assert "SCANQUEUE_BROKER_PASSWORD_FILE" in env or "SCANQUEUE_BROKER_URL" not in env
+
+
+def test_redis_requires_the_password_from_its_secret_file() -> None:
+    text = " ".join(SERVICES["redis"]["command"])
+    assert "requirepass" in text and "/run/secrets/redis_password" in text
+    assert "$$(cat /run/secrets/redis_password)" in text, "$$: compose must not interpolate it"
+    assert "--requirepass" not in text, "argv is visible to every process of the host"
+    probe = " ".join(SERVICES["redis"]["healthcheck"]["test"])
+    assert "REDISCLI_AUTH=" in probe and "/run/secrets/redis_password" in probe
+
+
+def test_postgres_takes_its_password_from_the_secret_file() -> None:
+    env = SERVICES["postgres"]["environment"]
+    assert env["POSTGRES_PASSWORD_FILE"] == "/run/secrets/postgres_password"
+    assert "POSTGRES_PASSWORD" not in env
 
 
 def test_beat_and_flower_get_no_database_password() -> None:
@@ -128,6 +183,13 @@ def test_beat_and_flower_get_no_database_password() -> None:
         env = SERVICES[name]["environment"]
         assert "PGPASSWORD" not in env
         assert "SCANQUEUE_DATABASE_URL" not in env
+        assert "postgres_password" not in SERVICES[name]["secrets"]
+
+
+def test_watcher_and_worker_mount_different_kubeconfig_folders_by_default() -> None:
+    (watcher,) = [m for m in _mounts("watcher") if m["target"] == KUBE_TARGET]
+    (worker,) = [m for m in _mounts("worker") if m["target"] == KUBE_TARGET]
+    assert watcher["source"] != worker["source"], "the watcher must not hold the worker's token"
 
 
 def test_farm_containers_run_as_the_image_user_with_a_read_only_root() -> None:

@@ -363,9 +363,18 @@ def test_flower_requires_basic_auth_from_the_secret() -> None:
     assert "FLOWER_UNAUTHENTICATED_API" not in env
 
 
-def _settings() -> config.Settings:
+def config_map_settings() -> dict[str, Any]:
+    """The parsed scanqueue.toml of the ConfigMap."""
     cm = _one("ConfigMap", "scanqueue-config", FARM_NS)
-    data = tomllib.loads(cm["data"]["scanqueue.toml"])
+    return tomllib.loads(cm["data"]["scanqueue.toml"])
+
+
+def _settings() -> config.Settings:
+    """The ConfigMap's settings; its password files exist only in the pods (Secret volumes,
+    tests/unit/test_deploy_secrets.py), so they are left out here."""
+    data = config_map_settings()
+    for section in ("database", "broker"):
+        data.get(section, {}).pop("password_file", None)
     return config.from_mapping(data, environ={}, source="deploy/30-config.yaml")
 
 
