@@ -317,7 +317,9 @@ def prune() -> dict[str, int]:
     if not days:
         return {}
     try:
-        with store.connect(settings.database.url) as conn:
+        with store.connect(
+            settings.database.url, password=config.database_password(settings.database)
+        ) as conn:
             pruned = store.prune_gone(conn, gone_before=datetime.now(UTC) - timedelta(days=days))
     except errors.TemporaryError as e:
         log.warning("prune stopped (tried again tomorrow): %s", e)
