@@ -15,6 +15,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import re
+import ssl
 import tomllib
 import types
 import typing
@@ -46,6 +47,7 @@ class BrokerSettings:
     result_backend: str = ""  # Celery result backend; empty = same Redis as the broker
     visibility_timeout_seconds: int = 3600  # redelivery after a worker dies; > hard limit
     password_file: str = ""  # file holding the Redis password (url then has none); empty = none
+    ca_file: str = ""  # CA bundle (PEM) for rediss:// URLs; empty = the system CAs
 
 
 @dataclasses.dataclass(frozen=True)
@@ -189,6 +191,21 @@ def from_mapping(
     )
     _check(settings)
     return settings
+
+
+def redis_tls(broker: BrokerSettings, url: str) -> dict[str, Any] | None:
+    """TLS options for a ``rediss://`` ``url`` (redis-py and kombu take the same keys).
+
+    None for ``redis://``. The server's certificate is always verified, against
+    ``broker.ca_file`` when set, else the system CAs. An ACL user and its password
+    go in the URL (``rediss://USER:PASSWORD@HOST:PORT/0``).
+    """
+    if not url.startswith("rediss://"):
+        return None
+    options: dict[str, Any] = {"ssl_cert_reqs": ssl.CERT_REQUIRED}
+    if broker.ca_file:
+        options["ssl_ca_certs"] = broker.ca_file
+    return options
 
 
 _ENV_IGNORED = frozenset({"SCANQUEUE_CONFIG"})

@@ -34,8 +34,8 @@ from __future__ import annotations
 import dataclasses
 import functools
 import uuid
-from collections.abc import Callable, Iterable, Sequence
-from typing import Literal, TypeVar, cast
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import Any, Literal, TypeVar, cast
 
 import redis
 
@@ -110,11 +110,13 @@ def failed_key(digest: str, cluster: str) -> str:
 SOCKET_TIMEOUT_SECONDS = 10.0  # longest wait for one Redis command or connection
 
 
-def client(url: str, *, password: str | None = None) -> redis.Redis:
+def client(
+    url: str, *, password: str | None = None, tls: Mapping[str, Any] | None = None
+) -> redis.Redis:
     """A Redis client for ``url`` (strings decoded). Connects lazily, on the first command.
 
     ``password`` (``config.broker_password``) is passed apart from the URL, which then
-    carries none.
+    carries none. ``tls``: options from ``config.redis_tls`` for a ``rediss://`` URL.
     """
     # Timeouts: a command on a connection Redis will never answer (a restart caught
     # half-way) raises TimeoutError, a TemporaryError to callers, instead of hanging.
@@ -125,6 +127,7 @@ def client(url: str, *, password: str | None = None) -> redis.Redis:
         health_check_interval=30,
         socket_timeout=SOCKET_TIMEOUT_SECONDS,
         socket_connect_timeout=SOCKET_TIMEOUT_SECONDS,
+        **dict(tls or {}),
     )
 
 

@@ -15,7 +15,7 @@ holds names and references, never a credential value; JSON only.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from typing import Any
 
 import celery
@@ -37,8 +37,16 @@ class Publisher:
     Connects lazily, on the first publish; call ``close`` when done.
     """
 
-    def __init__(self, broker_url: str, *, password: str | None = None) -> None:
+    def __init__(
+        self,
+        broker_url: str,
+        *,
+        password: str | None = None,
+        tls: Mapping[str, Any] | None = None,
+    ) -> None:
         self._app = celery.Celery("scanqueue-watcher", broker=broker_url, set_as_current=False)
+        if tls:  # rediss:// (config.redis_tls): kombu wants the options, not only the scheme
+            self._app.conf.broker_use_ssl = dict(tls)
         self._app.conf.update(
             broker_password=password or None,  # kombu keeps it when the URL has none
             task_serializer="json",

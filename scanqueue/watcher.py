@@ -628,7 +628,9 @@ def run(
     if not chosen:
         raise errors.ConfigError(f"{settings.source}: no [[clusters]] configured; nothing to watch")
     redis_client = dedupe.client(
-        settings.broker.url, password=config.broker_password(settings.broker)
+        settings.broker.url,
+        password=config.broker_password(settings.broker),
+        tls=config.redis_tls(settings.broker, settings.broker.url),
     )
     pool = store.pool(
         settings.database.url,
@@ -641,7 +643,9 @@ def run(
     try:
         for cluster in chosen:
             publisher = publish.Publisher(
-                settings.broker.url, password=config.broker_password(settings.broker)
+                settings.broker.url,
+                password=config.broker_password(settings.broker),
+                tls=config.redis_tls(settings.broker, settings.broker.url),
             )
             publishers.append(publisher)
             watcher = ClusterWatcher(

@@ -94,6 +94,12 @@ def make_app(settings: config.Settings) -> Celery:
         timezone="UTC",
         enable_utc=True,
     )
+    broker_tls = config.redis_tls(settings.broker, settings.broker.url)
+    if broker_tls:  # rediss://: verify the server's certificate (broker.ca_file or system CAs)
+        app.conf.broker_use_ssl = broker_tls
+    backend_tls = config.redis_tls(settings.broker, settings.broker.result_backend)
+    if backend_tls:
+        app.conf.redis_backend_use_ssl = backend_tls
     app.conf.scanqueue_settings = settings
     return app
 
@@ -170,7 +176,9 @@ class MetricsServer(bootsteps.StartStopStep):  # type: ignore[misc]
             self.port,
             address=self.address,
             client=dedupe.client(
-                settings.broker.url, password=config.broker_password(settings.broker)
+                settings.broker.url,
+                password=config.broker_password(settings.broker),
+                tls=config.redis_tls(settings.broker, settings.broker.url),
             ),
             queues={c.name: queue_name(c.name) for c in settings.clusters},
         )

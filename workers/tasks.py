@@ -109,7 +109,9 @@ def farm(cluster: str) -> scans.Farm:
                     password=config.database_password(settings.database),
                 ),
                 redis=dedupe.client(
-                    settings.broker.url, password=config.broker_password(settings.broker)
+                    settings.broker.url,
+                    password=config.broker_password(settings.broker),
+                    tls=config.redis_tls(settings.broker, settings.broker.url),
                 ),
                 registry=registry_client,
                 publish=_publisher(cluster),

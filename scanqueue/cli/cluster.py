@@ -113,7 +113,11 @@ def _cmd_explain(args: argparse.Namespace) -> int:
     redis_client = (
         None
         if args.no_redis
-        else dedupe.client(settings.broker.url, password=config.broker_password(settings.broker))
+        else dedupe.client(
+            settings.broker.url,
+            password=config.broker_password(settings.broker),
+            tls=config.redis_tls(settings.broker, settings.broker.url),
+        )
     )
     skipped = ["last scan (--no-database)"] if args.no_database else []
     try:

@@ -93,7 +93,9 @@ def _cmd_rescan(args: argparse.Namespace) -> int:
         print("rescan: no running container matches; nothing to do")
         return 0
     redis_client = dedupe.client(
-        settings.broker.url, password=config.broker_password(settings.broker)
+        settings.broker.url,
+        password=config.broker_password(settings.broker),
+        tls=config.redis_tls(settings.broker, settings.broker.url),
     )
     cleared = 0
     try:

@@ -52,7 +52,11 @@ def _cmd_status(args: argparse.Namespace) -> int:
     for name in names:
         settings.cluster(name)  # an unknown name is a configuration error
     intervals = args.stall_intervals or status.STALL_INTERVALS
-    client = dedupe.client(settings.broker.url, password=config.broker_password(settings.broker))
+    client = dedupe.client(
+        settings.broker.url,
+        password=config.broker_password(settings.broker),
+        tls=config.redis_tls(settings.broker, settings.broker.url),
+    )
     queues = [publish.queue_name(n) for n in names]
     try:
         found = status.read(client, clusters=names, queues=queues, now=time.time())

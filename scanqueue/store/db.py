@@ -99,7 +99,7 @@ def connect(
     ``password`` (``config.database_password``) is passed apart from the URL,
     which then carries none.
     """
-    extra = {"password": password} if password else {}
+    extra: dict[str, Any] = {"password": password} if password else {}
     try:
         conn = psycopg.connect(url, connect_timeout=10, **extra)
     except psycopg.OperationalError as e:
