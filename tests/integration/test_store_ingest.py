@@ -129,20 +129,20 @@ def test_newer_advisory_text_updates_the_vulnerability_row(
     assert row == ("updated title",)
 
 
-def test_insert_baseline_writes_the_same_findings_as_copy(
+def test_insert_baseline_writes_the_same_findings_as_one_statement(
     store_conn: store.Connection, trivy_reports: dict[str, reports.Report]
 ) -> None:
     report = trivy_reports["python-slim-debian-13"]
-    _start(store_conn, "copy")
+    _start(store_conn, "set")
     _start(store_conn, "insert", digest=DIGEST_B)
-    store.finish_scan(store_conn, scan_id="copy", report=report, finished_at=T0)
+    store.finish_scan(store_conn, scan_id="set", report=report, finished_at=T0)
     store.finish_scan(
         store_conn, scan_id="insert", report=report, finished_at=T0, findings_via="insert"
     )
     query = """SELECT ordinal, vulnerability_id, package, installed_version, fixed_version,
                       status, severity, target, class, type, package_path
                  FROM findings WHERE scan_id = %s ORDER BY ordinal"""
-    copied = store_conn.execute(query, ("copy",)).fetchall()
+    copied = store_conn.execute(query, ("set",)).fetchall()
     assert len(copied) == 128
     assert copied == store_conn.execute(query, ("insert",)).fetchall()
 
