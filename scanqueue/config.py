@@ -28,6 +28,7 @@ from scanqueue import errors
 ScanMode = Literal["auto", "registry", "node"]
 _NAME = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
 _QUANTITY = re.compile(r"^[0-9]+(\.[0-9]+)?(m|k|M|G|T|P|E|Ki|Mi|Gi|Ti|Pi|Ei)?$")
+_TRIVY_TAG = re.compile(r":v?(\d+)\.(\d+)(?:\.\d+)?$")  # the tag of a trivy_image, if a version
 _SUBDOMAIN = re.compile(r"^[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?$")
 
 
@@ -247,6 +248,12 @@ def _cluster(raw: Any, index: int, source: str) -> ClusterSettings:
             )
     if cluster.ca_bundle_configmap and not _SUBDOMAIN.match(cluster.ca_bundle_configmap):
         raise errors.ConfigError(f"{where}.ca_bundle_configmap must be a ConfigMap name")
+    version = _TRIVY_TAG.search(cluster.trivy_image.rpartition("/")[2])
+    if cluster.ca_bundle_configmap and version and (int(version[1]), int(version[2])) < (0, 70):
+        raise errors.ConfigError(
+            f"{where}: ca_bundle_configmap needs Trivy's --cacert (Trivy 0.70 or later); "
+            f"trivy_image {cluster.trivy_image!r} is older: set a newer trivy_image"
+        )
     return cluster
 
 

@@ -93,7 +93,8 @@ SCAN_DURATION = Histogram(
 )
 JOBS_IN_FLIGHT = Gauge(
     "scanqueue_jobs_in_flight",
-    "Scan Jobs not finished in the cluster's scan namespace, at the last collect pass",
+    "Scan Jobs holding one of the cluster's max_inflight slots (created, not yet collected, "
+    "failed or swept), at the last collect pass",
     ["cluster"],
     multiprocess_mode="mostrecent",
     registry=REGISTRY,

@@ -126,7 +126,7 @@ def test_a_bad_quantity_is_refused_at_load_naming_the_key() -> None:
 
 @pytest.mark.parametrize("mode", ["registry", "node"])
 def test_ca_bundle_configmap_is_mounted_and_given_to_trivy(mode: str) -> None:
-    built = job(mode, ca_bundle_configmap="internal-ca")
+    built = job(mode, ca_bundle_configmap="internal-ca", trivy_image="aquasec/trivy:0.76.0")
     kubernetes_validate.validate(built, "1.30", strict=True)
     pod = built["spec"]["template"]["spec"]
     assert {"name": "ca", "configMap": {"name": "internal-ca", "optional": False,
@@ -149,3 +149,12 @@ def test_without_a_ca_bundle_there_is_no_ca_volume_or_flag() -> None:
 def test_java_db_repository_is_passed_to_trivy() -> None:
     args = trivy(job(java_db_repository="mirror.internal/aquasec/trivy-java-db:1"))["args"]
     assert args[args.index("--java-db-repository") + 1] == "mirror.internal/aquasec/trivy-java-db:1"
+
+
+def test_a_ca_bundle_with_a_trivy_image_older_than_cacert_is_refused_at_load() -> None:
+    base = {"name": "a", "kubeconfig": "/k", "ca_bundle_configmap": "internal-ca"}
+    with pytest.raises(errors.ConfigError, match=r"Trivy 0.70 or later.*aquasec/trivy:0.57.1"):
+        config.from_mapping({"clusters": [{**base, "trivy_image": "aquasec/trivy:0.57.1"}]})
+    for image in ("aquasec/trivy:0.76.0", "mirror.internal:5000/trivy:v0.70.1", "trivy@sha256:00"):
+        settings = config.from_mapping({"clusters": [{**base, "trivy_image": image}]})
+        assert settings.clusters[0].ca_bundle_configmap == "internal-ca"
