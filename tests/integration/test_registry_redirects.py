@@ -404,3 +404,88 @@ def test_for_any_location_only_the_registry_itself_ever_receives_the_credential(
             assert request.headers.get("Host") == world.a.host, (world.location, request.path)
     assert_never_received(world.b_proxy.sent(), secrets_of("alice", world.password))
     assert not any("Authorization" in r.headers for r in world.b.seen), world.location
+
+
+class RealmWorld:
+    """A bearer registry whose own realm (on A's origin) redirects the token request to a
+    generated ``Location``; B (behind its capturing proxy) redirects once more."""
+
+    def __init__(self, start_proxy: StartProxy, start_server: StartServer) -> None:
+        self.password = canary("generated-realm-password")
+        self.identity_token = canary("generated-realm-identity")
+        self.location = ""
+        self.status = 307
+        self.b = start_server(self._b_script)
+        self.b_proxy = start_proxy(self.b.port)
+        self.a = start_server(self._a_script)
+
+    def _a_script(self, request: Seen) -> Answer:
+        if request.path.startswith("/token"):
+            return self.status, {"Location": self.location}, b""
+        realm = f"http://{self.a.host}/token"
+        return 401, {"WWW-Authenticate": f'Bearer realm="{realm}",service="a"'}, b""
+
+    def _b_script(self, request: Seen) -> Answer:
+        if "again" not in request.path and self.location:
+            return self.status, {"Location": self.location + "?again"}, b""
+        return 404, {}, b""
+
+    def secrets(self) -> list[bytes]:
+        return [*secrets_of("alice", self.password), self.identity_token.encode()]
+
+
+@pytest.fixture
+def realm_world(capturing_proxy: StartProxy, scripted_server: StartServer) -> RealmWorld:
+    return RealmWorld(capturing_proxy, scripted_server)
+
+
+@settings(
+    max_examples=150,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
+@given(
+    raw=LOCATIONS,
+    status=st.sampled_from([301, 302, 303, 307, 308]),
+    identity=st.booleans(),
+)
+@example(raw="http://127.0.0.1:{pb}\\@127.0.0.1:{pa}/token", status=307, identity=True)
+@example(raw="http://127.0.0.1:{pb}\\@127.0.0.1:{pa}/token", status=302, identity=False)
+@example(raw="http://127.0.0.1:{pb}/token", status=308, identity=True)
+def test_for_any_location_a_token_request_carries_its_credential_only_to_the_realm_origin(
+    raw: str, status: int, identity: bool, realm_world: RealmWorld
+) -> None:
+    """The realm's own redirects (generated): the Basic header of a token ``GET`` and the
+    identity token in a refresh-token ``POST`` body reach only the realm's origin, as the
+    server there received them; B's capture never holds either."""
+    world = realm_world
+    pa, pb = str(world.a.port), str(world.b_proxy.port)
+    location = raw.replace("{pa}", pa).replace("{pb}", pb)
+    world.location = location.replace("{a}", world.a.host).replace("{b}", world.b_proxy.host)
+    world.status = status
+    seen_before = len(world.a.seen)
+    candidate = (
+        credentials.Credential(
+            registry=world.a.host, username="<token>", token=world.identity_token,
+            source="s", token_kind="identitytoken",
+        ) if identity else alice(world.a.host, world.password)
+    )  # fmt: skip
+
+    with registry.Client(
+        settings=scan_settings(registry_timeout_seconds=2.0), max_attempts=1
+    ) as client:
+        try:
+            client.resolve(images.parse(f"{world.a.host}/team/app:1"), [candidate])
+        except (registry.NoCredentialAccepted, registry.RegistryUnavailable) as e:
+            assert world.password not in str(e) and world.identity_token not in str(e)
+
+    for request in world.a.seen[seen_before:]:
+        carries = "Authorization" in request.headers or world.identity_token.encode() in (
+            request.body
+        )
+        if carries:
+            assert request.headers.get("Host") == world.a.host, (world.location, request.path)
+    capture = world.b_proxy.sent()
+    leaked = [s for s in world.secrets() if s in capture]
+    assert not leaked, f"server B received a secret after {world.location!r}"
+    assert b"authorization:" not in capture.lower()
