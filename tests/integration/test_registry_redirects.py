@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import base64
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -369,6 +369,16 @@ def world(capturing_proxy: StartProxy, scripted_server: StartServer) -> World:
     return World(capturing_proxy, scripted_server)
 
 
+@pytest.fixture
+def client() -> Iterator[registry.Client]:
+    """One client for all generated examples, as a worker keeps one (its TLS context costs
+    ~0.1 s to build); endpoint and token caches then carry across examples, as in a worker."""
+    with registry.Client(
+        settings=scan_settings(registry_timeout_seconds=2.0), max_attempts=1
+    ) as shared:
+        yield shared
+
+
 @settings(
     max_examples=300,
     deadline=None,
@@ -379,7 +389,7 @@ def world(capturing_proxy: StartProxy, scripted_server: StartServer) -> World:
 @example(raw="//127.0.0.1:{pb}\\@127.0.0.1:{pa}" + MANIFEST)
 @example(raw="http://127.0.0.1:{pa}" + MANIFEST)  # back to A: A may get its credential
 def test_for_any_location_only_the_registry_itself_ever_receives_the_credential(
-    raw: str, world: World
+    raw: str, world: World, client: registry.Client
 ) -> None:
     """Generated redirect chains (A redirects to the value, B to it again): every request
     that carries the credential reached A under A's own name (its Host header), and B's
@@ -389,15 +399,12 @@ def test_for_any_location_only_the_registry_itself_ever_receives_the_credential(
     world.location = location.replace("{a}", world.a.host).replace("{b}", world.b_proxy.host)
     seen_before = len(world.a.seen)
 
-    with registry.Client(
-        settings=scan_settings(registry_timeout_seconds=2.0), max_attempts=1
-    ) as client:
-        try:
-            client.resolve(
-                images.parse(f"{world.a.host}/team/app:1"), [alice(world.a.host, world.password)]
-            )
-        except (registry.NoCredentialAccepted, registry.RegistryUnavailable) as e:
-            assert world.password not in str(e)
+    try:
+        client.resolve(
+            images.parse(f"{world.a.host}/team/app:1"), [alice(world.a.host, world.password)]
+        )
+    except (registry.NoCredentialAccepted, registry.RegistryUnavailable) as e:
+        assert world.password not in str(e)
 
     for request in world.a.seen[seen_before:]:
         if "Authorization" in request.headers:
@@ -453,7 +460,7 @@ def realm_world(capturing_proxy: StartProxy, scripted_server: StartServer) -> Re
 @example(raw="http://127.0.0.1:{pb}\\@127.0.0.1:{pa}/token", status=302, identity=False)
 @example(raw="http://127.0.0.1:{pb}/token", status=308, identity=True)
 def test_for_any_location_a_token_request_carries_its_credential_only_to_the_realm_origin(
-    raw: str, status: int, identity: bool, realm_world: RealmWorld
+    raw: str, status: int, identity: bool, realm_world: RealmWorld, client: registry.Client
 ) -> None:
     """The realm's own redirects (generated): the Basic header of a token ``GET`` and the
     identity token in a refresh-token ``POST`` body reach only the realm's origin, as the
@@ -471,13 +478,10 @@ def test_for_any_location_a_token_request_carries_its_credential_only_to_the_rea
         ) if identity else alice(world.a.host, world.password)
     )  # fmt: skip
 
-    with registry.Client(
-        settings=scan_settings(registry_timeout_seconds=2.0), max_attempts=1
-    ) as client:
-        try:
-            client.resolve(images.parse(f"{world.a.host}/team/app:1"), [candidate])
-        except (registry.NoCredentialAccepted, registry.RegistryUnavailable) as e:
-            assert world.password not in str(e) and world.identity_token not in str(e)
+    try:
+        client.resolve(images.parse(f"{world.a.host}/team/app:1"), [candidate])
+    except (registry.NoCredentialAccepted, registry.RegistryUnavailable) as e:
+        assert world.password not in str(e) and world.identity_token not in str(e)
 
     for request in world.a.seen[seen_before:]:
         carries = "Authorization" in request.headers or world.identity_token.encode() in (
