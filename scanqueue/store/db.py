@@ -10,7 +10,8 @@ recorded in ``scanqueue_migrations``; an advisory lock serialises concurrent
 
 It must never connect at import time, never hold a module-level connection or
 pool (callers open one per process and pass it down), and never let a password
-from a connection string reach an exception message.
+from a connection string reach an exception message (every message it builds from
+psycopg's text goes through ``logs.redact``, the one redaction of the package).
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ from typing import Any, ParamSpec, TypeVar
 import psycopg
 import psycopg_pool
 
-from scanqueue import errors
+from scanqueue import errors, logs
 
 Connection = psycopg.Connection[Any]
 _P = ParamSpec("_P")
@@ -46,12 +47,12 @@ def translated(func: Callable[_P, _R]) -> Callable[_P, _R]:
         except (psycopg.OperationalError, psycopg.InterfaceError, psycopg_pool.PoolTimeout) as e:
             raise errors.TemporaryError(
                 f"Postgres, in store.{func.__name__}: {type(e).__name__}: "
-                + no_password(" ".join(str(e).split()))
+                + logs.redact(" ".join(str(e).split()))
             ) from e
         except (psycopg.DataError, psycopg.IntegrityError, psycopg.ProgrammingError) as e:
             raise errors.PermanentError(
                 f"Postgres refused store.{func.__name__}: {type(e).__name__}: "
-                + " ".join(str(e).split())
+                + logs.redact(" ".join(str(e).split()))
             ) from e
 
     return wrapper
@@ -103,7 +104,7 @@ def connect(
     try:
         conn = psycopg.connect(url, connect_timeout=10, **extra)
     except psycopg.OperationalError as e:
-        raise errors.TemporaryError(f"cannot connect to Postgres: {no_password(str(e))}") from e
+        raise errors.TemporaryError(f"cannot connect to Postgres: {logs.redact(str(e))}") from e
     try:
         yield conn
     finally:
@@ -151,11 +152,6 @@ def applied_versions(conn: psycopg.Connection[tuple[object, ...]]) -> list[int]:
     return [int(str(row[0])) for row in rows]
 
 
-def no_password(message: str) -> str:
-    """Drop a password that libpq may echo back from a connection string."""
-    return re.sub(r"(password=)\S+", r"\1***", re.sub(r"(://[^:/@]+:)[^@]+@", r"\1***@", message))
-
-
 class Pool(psycopg_pool.ConnectionPool[Any]):
     """A connection pool whose ``connection()`` raises ``TemporaryError`` when Postgres is gone.
 
@@ -173,7 +169,7 @@ class Pool(psycopg_pool.ConnectionPool[Any]):
         except (psycopg_pool.PoolTimeout, psycopg.OperationalError, psycopg.InterfaceError) as e:
             raise errors.TemporaryError(
                 f"Postgres connection of pool {self.name}: {type(e).__name__}: "
-                + no_password(" ".join(str(e).split()))
+                + logs.redact(" ".join(str(e).split()))
                 + "; is Postgres up? retried"
             ) from e
 
@@ -205,7 +201,7 @@ def pool(
     except psycopg_pool.PoolTimeout as e:
         p.close()
         raise errors.TemporaryError(
-            f"cannot open a Postgres pool to {no_password(url)} within {timeout:g}s; "
+            f"cannot open a Postgres pool to {logs.redact(url)} within {timeout:g}s; "
             "check database.url and that Postgres is running"
         ) from e
     return p
