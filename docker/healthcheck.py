@@ -5,14 +5,18 @@ environment. It reads the main process's command line (PID 1, or what
 docker-init/tini runs) and checks what that role must be able to do:
 
 - ``celery ... worker``: the worker answers a ping over the broker (it is
-  alive *and* consuming), addressed by its ``--hostname``;
-- ``celery ... beat``: the broker is reachable (beat only sends);
+  alive *and* consuming), addressed by its ``--hostname``; with ``--max-age N``
+  also: it finished a task within the last N seconds (its heartbeat stamp,
+  ``workers.heartbeat``), so a worker whose pool runs nothing is unhealthy;
+- ``celery ... beat``: the broker is reachable (beat only sends); with
+  ``--max-age N``: beat published a task within the last N seconds (it sends
+  a heartbeat task every 10 s), so a wedged scheduler is unhealthy;
 - ``celery ... flower``: ``GET /healthcheck`` answers 200 (no auth needed);
 - ``scanqueue watch --metrics-port N``: ``GET /metrics`` answers 200;
 - anything else (``scanqueue migrate``, a shell): healthy while it runs.
 
-Without arguments it checks PID 1; ``healthcheck.py -- CMD ...`` checks the role
-CMD would run (for exec probes and tests). Exit 0 healthy, 1 unhealthy, with
+Without arguments it checks PID 1; ``healthcheck.py [--max-age N] -- CMD ...``
+checks the role CMD would run (for exec probes and tests). Exit 0 healthy, 1 unhealthy, with
 one line saying why. It never prints a URL,
 an environment value or an exception text that could carry a password.
 """
@@ -99,8 +103,37 @@ def _loopback(address: str | None) -> str:
     return "127.0.0.1" if address in (None, "", "0.0.0.0", "::") else str(address)  # noqa: S104
 
 
-def check(argv: Sequence[str], *, hostname: str | None = None) -> tuple[bool, str]:
-    """Check the role ``argv`` runs; return (healthy, one line saying why)."""
+def _fresh(who: str, did: str, key: str, max_age: float) -> tuple[bool, str]:
+    """Whether the heartbeat stamp ``key`` is at most ``max_age`` seconds old, and why."""
+    import time
+
+    from scanqueue import dedupe
+    from workers import heartbeat
+    from workers.app import app, settings_of
+
+    try:
+        client = dedupe.client(settings_of(app).broker.url)
+        try:
+            age = heartbeat.age(client, key, now=time.time())
+        finally:
+            client.close()
+    except Exception as e:  # Redis down: nothing can be proven
+        return False, f"{who}: heartbeat unreadable ({type(e).__name__})"
+    if age is None:
+        return False, f"{who} never {did} (no heartbeat in Redis)"
+    if age > max_age:
+        return False, f"{who} last {did} {age:.0f}s ago (more than {max_age:g}s)"
+    return True, f"{who} {did} {age:.0f}s ago".replace(" but ", " and ")
+
+
+def check(
+    argv: Sequence[str], *, hostname: str | None = None, max_age: float | None = None
+) -> tuple[bool, str]:
+    """Check the role ``argv`` runs; return (healthy, one line saying why).
+
+    ``max_age``: a worker or beat must also have done its work (finished,
+    resp. published, a task) within that many seconds.
+    """
     kind = role(argv)
     args = _program(argv)
     if kind == "flower":
@@ -122,24 +155,37 @@ def check(argv: Sequence[str], *, hostname: str | None = None) -> tuple[bool, st
                     conn.ensure_connection(max_retries=1, timeout=TIMEOUT)
             except Exception as e:  # any failure to connect is "unhealthy"
                 return False, f"beat: broker unreachable ({type(e).__name__})"
-            return True, "beat: broker reachable"
+            if max_age is None:
+                return True, "beat: broker reachable"
+            from workers import heartbeat
+
+            return _fresh("beat", "published a task", heartbeat.BEAT_KEY, max_age)
         name = worker_name(argv, hostname or socket.gethostname())
         try:
             replies = app.control.ping(destination=[name], timeout=TIMEOUT)
         except Exception as e:  # broker down: the worker cannot work either
             return False, f"worker {name}: ping failed ({type(e).__name__})"
-        if any(name in reply for reply in replies):
+        if not any(name in reply for reply in replies):
+            return False, f"worker {name} did not answer a ping within {TIMEOUT:g}s"
+        if max_age is None:
             return True, f"worker {name} answered a ping"
-        return False, f"worker {name} did not answer a ping within {TIMEOUT:g}s"
+        from workers import heartbeat
+
+        return _fresh(f"worker {name} answered a ping but", "finished a task",
+                      heartbeat.worker_key(name), max_age)  # fmt: skip
     return True, f"{kind}: healthy while it runs"
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Check PID 1's role, or the role of the command given as arguments (``-- CMD ...``)."""
     given = list(sys.argv[1:] if argv is None else argv)
+    max_age = None
+    if given[:1] == ["--max-age"] and len(given) > 1:
+        max_age = float(given[1])
+        given = given[2:]
     if given[:1] == ["--"]:
         given = given[1:]
-    healthy, why = check(given or main_command())
+    healthy, why = check(given or main_command(), max_age=max_age)
     print(why)
     return 0 if healthy else 1
 

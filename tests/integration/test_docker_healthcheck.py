@@ -12,6 +12,7 @@ import base64
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -20,10 +21,13 @@ import urllib.request
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
+import celery
 import prometheus_client
 import pytest
+import redis
 import yaml
 
+from scanqueue import processes, roles
 from tests.support import ops_commands, services
 from tests.support.worker_fixtures import WorkerProcess
 
@@ -92,6 +96,90 @@ def test_beat_is_healthy_only_while_the_broker_is_reachable(tmp_path: Path, redi
     assert down.returncode == 1
     assert "broker unreachable" in down.stdout
     assert password not in down.stdout + down.stderr
+
+
+def _health_max_age(config_path: Path, max_age: float, *command: str) -> tuple[int, str]:
+    done = subprocess.run(
+        [sys.executable, str(SCRIPT), "--max-age", str(max_age), "--", *command],
+        env=_env(config_path), capture_output=True, text=True, timeout=60, check=False,
+        cwd=config_path.parent,
+    )  # fmt: skip
+    return done.returncode, done.stdout + done.stderr
+
+
+def _until(what: str, check: Callable[[], bool], timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not check():
+        assert time.monotonic() < deadline, what
+        time.sleep(0.2)
+
+
+def test_worker_whose_pool_stopped_working_is_unhealthy_though_it_answers_pings(
+    tmp_path: Path, redis_url: str, worker_factory: Callable[..., WorkerProcess]
+) -> None:
+    config_path = _settings(tmp_path, redis_url)
+    worker = worker_factory(config_path, queues=["scan.alpha", "scanqueue.control"])
+    command = ["celery", "-A", "workers.app", "worker", f"--hostname={worker.name}@%h"]
+    code, out = _health_max_age(config_path, 60, *command)
+    assert code == 1, out
+    assert "never finished a task" in out
+    client = redis.Redis.from_url(redis_url)
+    producer = celery.Celery(broker=redis_url)
+    producer.send_task("scanqueue.heartbeat", queue="scanqueue.control")
+    key = f"scanqueue:heartbeat:worker:{worker.name}@{socket.gethostname()}"
+    _until("the worker stamped its heartbeat", lambda: client.get(key) is not None)
+    code, out = _health_max_age(config_path, 60, *command)
+    assert code == 0, out
+    assert "finished a task" in out
+
+    assert worker.process is not None
+    pool = worker.process.children()
+    assert pool
+    for pid in pool:  # the pool hangs; the main process still answers pings
+        os.kill(pid, signal.SIGSTOP)
+    try:
+        time.sleep(2.5)
+        producer.send_task("scanqueue.heartbeat", queue="scanqueue.control")
+        code, out = _health_max_age(config_path, 2, *command)
+        assert code == 1, out
+        assert "answered a ping but last finished a task" in out
+        assert _health(config_path, *command).returncode == 0  # without --max-age: "alive"
+    finally:
+        for pid in pool:
+            os.kill(pid, signal.SIGCONT)
+        client.close()
+
+
+def test_beat_that_stopped_publishing_is_unhealthy_though_the_broker_answers(
+    tmp_path: Path, redis_url: str
+) -> None:
+    config_path = _settings(tmp_path, redis_url)
+    argv = roles.beat(schedule=tmp_path / "beat-schedule")
+    beat = processes.Process("beat", argv, tmp_path / "beat.log", env=_env(config_path))
+    beat.start()
+    client = redis.Redis.from_url(redis_url)
+    try:
+        _until(
+            "beat stamped its heartbeat", lambda: client.get("scanqueue:heartbeat:beat") is not None
+        )
+        first = client.get("scanqueue:heartbeat:beat")
+        # the collect of cluster alpha every 5 s (and the heartbeat task): each publish stamps
+        _until("beat stamped again", lambda: client.get("scanqueue:heartbeat:beat") != first,
+               timeout=20)  # fmt: skip
+        command = ["celery", "-A", "workers.app", "beat", "--schedule=/tmp/x"]
+        code, out = _health_max_age(config_path, 30, *command)
+        assert code == 0, out
+        assert "beat published a task" in out
+        beat.kill(signal.SIGSTOP)  # wedged: alive, sends nothing
+        time.sleep(3)
+        code, out = _health_max_age(config_path, 2, *command)
+        assert code == 1, out
+        assert "beat last published a task" in out
+        assert _health(config_path, *command).returncode == 0  # the broker still answers
+    finally:
+        beat.kill(signal.SIGCONT)
+        beat.stop(10)
+        client.close()
 
 
 def _flower_command(port: int) -> list[str]:

@@ -32,7 +32,28 @@ def problems(argv: Sequence[str]) -> list[str]:
         return _celery(argv[1:])
     if argv[0] == "python" and argv[1:2] == ["-c"]:
         return []  # inline health checks are checked by compiling them (see callers)
+    if argv[0] == "python" and argv[1:2] == [HEALTHCHECK]:
+        return _healthcheck(argv[2:])
     return [f"{argv[0]!r} is neither scanqueue nor celery"]
+
+
+HEALTHCHECK = "/usr/local/lib/scanqueue/healthcheck.py"  # where docker/Dockerfile copies it
+
+
+def _healthcheck(args: list[str]) -> list[str]:
+    """``healthcheck.py [--max-age N] -- CMD``: N a number of seconds, CMD a real command."""
+    found = []
+    if ("COPY", f"docker/healthcheck.py {HEALTHCHECK}") not in dockerfile():
+        found.append(f"docker/Dockerfile does not copy docker/healthcheck.py to {HEALTHCHECK}")
+    if args[:1] == ["--max-age"]:
+        try:
+            float(args[1])
+        except (IndexError, ValueError):
+            found.append(f"healthcheck.py --max-age needs seconds, got {args[1:2]}")
+        args = args[2:]
+    if args[:1] != ["--"] or len(args) < 2:
+        return [*found, "healthcheck.py: the role's command must follow --"]
+    return [*found, *problems(args[1:])]
 
 
 def _scanqueue(args: list[str]) -> list[str]:

@@ -418,3 +418,20 @@ def test_singletons_are_never_doubled_during_a_rollout() -> None:
 def test_trivy_server_is_optional_and_not_applied_by_default() -> None:
     assert not any(d["metadata"]["name"] == "trivy-server" for d in APPLIED)
     assert (DEPLOY / "optional" / "trivy-server.yaml").exists()
+
+
+@pytest.mark.parametrize(("name", "max_age"), [("scanqueue-worker", 600), ("scanqueue-beat", 120)])
+def test_worker_and_beat_liveness_probes_fail_when_the_role_stopped_doing_its_work(
+    name: str, max_age: int
+) -> None:
+    (container,) = [c for n, pod in _pod_specs(APPLIED) if n == name for c in pod["containers"]]
+    probe = container["livenessProbe"]["exec"]["command"]
+    # healthcheck.py --max-age: the role's heartbeat (workers/heartbeat.py), not only its process
+    assert probe[:5] == ["python", ops_commands.HEALTHCHECK, "--max-age", str(max_age), "--"]
+    role = probe[5:]
+    assert role[:4] == container["command"][:4]  # the same role as the container runs
+    for option in (o for o in role[4:] if o.startswith("--hostname=")):
+        assert option in container["command"], "the probe pings another worker than it runs"
+    # the probe gives the role at least its max-age, and restarts it within a few periods
+    spec = container["livenessProbe"]
+    assert spec["periodSeconds"] * spec["failureThreshold"] <= 3 * max_age
