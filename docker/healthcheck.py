@@ -107,12 +107,13 @@ def _fresh(who: str, did: str, key: str, max_age: float) -> tuple[bool, str]:
     """Whether the heartbeat stamp ``key`` is at most ``max_age`` seconds old, and why."""
     import time
 
-    from scanqueue import dedupe
+    from scanqueue import config, dedupe
     from workers import heartbeat
     from workers.app import app, settings_of
 
     try:
-        client = dedupe.client(settings_of(app).broker.url)
+        broker = settings_of(app).broker
+        client = dedupe.client(broker.url, password=config.broker_password(broker))
         try:
             age = heartbeat.age(client, key, now=time.time())
         finally:

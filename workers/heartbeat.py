@@ -28,7 +28,7 @@ from typing import Any
 import redis
 from celery import signals
 
-from scanqueue import dedupe
+from scanqueue import config, dedupe
 from workers.app import CONTROL_QUEUE, app, settings_of
 
 TASK = "scanqueue.heartbeat"
@@ -59,7 +59,8 @@ class _Stamper:
         self._last[key] = now
         try:
             if self._client is None:
-                self._client = dedupe.client(settings_of(app).broker.url)
+                broker = settings_of(app).broker
+                self._client = dedupe.client(broker.url, password=config.broker_password(broker))
             self._client.set(key, f"{now:.3f}", ex=STAMP_TTL_SECONDS)
         except (redis.RedisError, OSError) as e:
             log.warning("heartbeat %s not written: %s", key, type(e).__name__)
