@@ -198,8 +198,8 @@ def redis_tls(broker: BrokerSettings, url: str) -> dict[str, Any] | None:
     """TLS options for a ``rediss://`` ``url`` (redis-py and kombu take the same keys).
 
     None for ``redis://``. The server's certificate is always verified, against
-    ``broker.ca_file`` when set, else the system CAs. An ACL user and its password
-    go in the URL (``rediss://USER:PASSWORD@HOST:PORT/0``).
+    ``broker.ca_file`` when set, else the system CAs. An ACL user goes in the URL
+    (``rediss://USER@HOST:PORT/0``), its password in ``broker.password_file``.
     """
     if not url.startswith("rediss://"):
         return None

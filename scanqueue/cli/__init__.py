@@ -24,6 +24,7 @@ from scanqueue.cli import (
     maintenance,
     parsing,
     pullsecrets,
+    rbac,
     results,
     sim,
     status,
@@ -78,4 +79,5 @@ def build_parser() -> argparse.ArgumentParser:
     exporter.add_commands(sub)
     maintenance.add_commands(sub)
     status.add_commands(sub)
+    rbac.add_commands(sub)
     return parser
