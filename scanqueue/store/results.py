@@ -138,6 +138,8 @@ def _joined(values: Sequence[str | None]) -> str | None:
 # yet. Its row is locked first (FOR UPDATE), so a concurrent delivery of the same result
 # waits, then finds it succeeded and writes nothing. A scan being finished has no findings
 # yet: they are written only here, together with the status that ends the scan.
+# Anything else a success must write in the same transaction (an outbox row...) is one more
+# CTE reading ``go``: the ingest stays one statement and one round trip.
 # (Built from constants only: every value is a parameter.)
 _INGEST = f"""
 WITH scan AS (
