@@ -9,6 +9,7 @@ mistake fails here rather than in someone's cluster.
 from __future__ import annotations
 
 import dataclasses
+import re
 import tomllib
 from pathlib import Path
 from typing import Any
@@ -355,12 +356,24 @@ def test_secret_template_holds_no_real_value() -> None:
 
 
 def test_flower_requires_basic_auth_from_the_secret() -> None:
+    """Flower reads its basic auth from the Secret's file through flowerconfig.py (--conf)."""
     flower = _one("Deployment", "scanqueue-flower", FARM_NS)
-    (container,) = flower["spec"]["template"]["spec"]["containers"]
-    env = {e["name"]: e for e in container["env"]}
-    ref = env["FLOWER_BASIC_AUTH"]["valueFrom"]["secretKeyRef"]
-    assert ref["optional"] is False
-    assert "FLOWER_UNAUTHENTICATED_API" not in env
+    pod = flower["spec"]["template"]["spec"]
+    (container,) = pod["containers"]
+    (conf,) = [a.partition("=")[2] for a in container["command"] if a.startswith("--conf=")]
+    mounts = {m["mountPath"]: m["name"] for m in container["volumeMounts"]}
+    volumes = {v["name"]: v for v in pod["volumes"]}
+    directory, _, name = conf.rpartition("/")
+    assert volumes[mounts[directory]]["configMap"]["name"] == "scanqueue-config"
+    flowerconfig = _one("ConfigMap", "scanqueue-config", FARM_NS)["data"][name]
+    default = re.search(r'"SQ_FLOWER_BASIC_AUTH_FILE", "([^"]+)"', flowerconfig)
+    assert default is not None
+    auth_dir, _, auth_file = default.group(1).rpartition("/")
+    secret = volumes[mounts[auth_dir]]["secret"]
+    assert {"key": "flower-basic-auth", "path": auth_file} in secret["items"]
+    assert secret.get("optional") is not True, "without the key the pod must not start"
+    env = {e["name"] for e in container.get("env", [])}
+    assert not {"FLOWER_BASIC_AUTH", "FLOWER_UNAUTHENTICATED_API"} & env
 
 
 def config_map_settings() -> dict[str, Any]:

@@ -20,9 +20,6 @@ FARM_NS = test_deploy.FARM_NS
 SECRETS_DIR = "/etc/scanqueue/secrets"
 # (pod, variable) pairs allowed to take a secret as an env var, and why.
 ENV_SECRETS_ALLOWED = {
-    # Flower reads basic auth from its env or command line only; it is one process with no
-    # children and no exec probe (httpGet), so nothing inherits it.
-    ("scanqueue-flower", "FLOWER_BASIC_AUTH"),
     # trivy server takes --token from TRIVY_TOKEN; one process, httpGet probes.
     ("trivy-server", "TRIVY_TOKEN"),
 }
@@ -88,6 +85,8 @@ def test_each_pod_mounts_exactly_the_password_files_its_role_needs(
     files = _password_files()
     for container in pod["containers"]:
         wanted = {files[section] for section in _needs(container)}
+        if any(a.startswith("--conf=") for a in container["command"]):  # flowerconfig.py
+            wanted.add(f"{SECRETS_DIR}/flower-basic-auth")
         assert _mounted_files(pod, container) == wanted, name
 
 
