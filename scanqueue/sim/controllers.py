@@ -758,6 +758,14 @@ class Controllers:
         digest = kubelet.split_image(target)[3]
         if not self.emulator.real_pull:
             return kubelet.Outcome(0, self.emulator.reports.report_for(target, digest, now), digest)
+        ca_pem = ""
+        if "--cacert" in args[:-1]:
+            path = args[args.index("--cacert") + 1]
+            found = self._mounted_file(pod, container, path)
+            if found is None:
+                return kubelet.Outcome(1, f"FATAL\tFatal error\tfailed to read CA cert {path}: "
+                                          "no such file or directory\n")  # fmt: skip
+            ca_pem = found
         outcome = kubelet.pull(
             kubelet.ScanTarget(
                 image=target,
@@ -766,11 +774,31 @@ class Controllers:
                 token=env.get("TRIVY_REGISTRY_TOKEN", ""),
                 insecure=env.get("TRIVY_INSECURE", "").lower() == "true"
                 or env.get("TRIVY_NON_SSL", "").lower() == "true",
+                ca_pem=ca_pem,
             )
         )
         if outcome.exit_code != 0:
             return outcome
         return kubelet.Outcome(0, self.emulator.reports.report_for(target, digest, now), digest)
+
+    def _mounted_file(self, pod: Obj, container: Mapping[str, Any], path: str) -> str | None:
+        """The content of ``path`` in ``container`` when a ConfigMap volume provides it."""
+        volumes = {v.get("name"): v for v in (pod.get("spec") or {}).get("volumes") or []}
+        for mount in container.get("volumeMounts") or []:
+            prefix = str(mount.get("mountPath", "")).rstrip("/") + "/"
+            source = (volumes.get(mount.get("name")) or {}).get("configMap")
+            if not path.startswith(prefix) or not source:
+                continue
+            relative = path[len(prefix) :]
+            items = source.get("items") or []
+            key = next((i["key"] for i in items if i.get("path") == relative), None)
+            if key is None and not items:
+                key = relative
+            namespace = str(pod["metadata"].get("namespace", ""))
+            found = self.cluster.lookup(CONFIGMAPS, namespace, str(source.get("name", "")))
+            data = (found or {}).get("data") or {}
+            return None if key is None or key not in data else str(data[key])
+        return None
 
     def _do_finished(self, uid: str, name: str, outcome: kubelet.Outcome) -> None:
         self._running.discard(uid)

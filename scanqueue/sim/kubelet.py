@@ -18,6 +18,8 @@ import json
 import os
 import re
 import shutil
+import socket
+import ssl
 import subprocess
 import tempfile
 import threading
@@ -35,6 +37,7 @@ class ScanTarget:
     password: str = dataclasses.field(default="", repr=False)
     token: str = dataclasses.field(default="", repr=False)
     insecure: bool = False
+    ca_pem: str = ""  # Trivy's --cacert file, read from the pod's volume; added to system CAs
 
 
 @dataclasses.dataclass(frozen=True)
@@ -172,6 +175,28 @@ def plain_http(host: str) -> bool:
     )
 
 
+def speaks_tls(host: str, timeout: float = 2.0) -> bool:
+    """Whether ``host[:port]`` answers a TLS handshake (certificate not checked here).
+
+    Trivy tries https first even for loopback registries and falls back to http
+    only when the server does not speak TLS; a TLS registry's certificate is then
+    checked. The probe is a bare handshake, so no request reaches a registry log.
+    """
+    name, _, port = host.rpartition(":") if host.count(":") == 1 else (host, "", "")
+    context = ssl.create_default_context()
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE
+    try:
+        address = (name or host, int(port or 443))
+        with (
+            socket.create_connection(address, timeout=timeout) as raw,
+            context.wrap_socket(raw, server_hostname=name or host),
+        ):
+            return True
+    except (OSError, ValueError):  # ssl.SSLError is an OSError
+        return False
+
+
 def pull(target: ScanTarget, *, timeout: float = 60) -> Outcome:
     """Inspect ``target.image`` in its registry with skopeo and the given credential."""
     skopeo = shutil.which("skopeo")
@@ -190,8 +215,13 @@ def pull(target: ScanTarget, *, timeout: float = 60) -> Outcome:
         cmd = [skopeo, "inspect", "--raw", "--authfile", str(authfile)]
         if target.token:
             cmd += ["--registry-token", target.token]
-        if target.insecure or plain_http(host):
+        if target.insecure or (plain_http(host) and not speaks_tls(host)):
             cmd.append("--tls-verify=false")
+        elif target.ca_pem:  # like Trivy's --cacert: these CAs on top of the system ones
+            certs = Path(tmp, "certs")
+            certs.mkdir()
+            Path(certs, "ca.crt").write_text(target.ca_pem)
+            cmd += ["--cert-dir", str(certs)]
         cmd.append(f"docker://{target.image}")
         env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": tmp}
         try:
