@@ -449,7 +449,8 @@ def _node_pod(spec: ScanSpec) -> dict[str, Any]:
             "capabilities": {"drop": ["ALL"]},
         },
     }
-    skip = ["--skip-dirs", f"{WORK_DIR},{CONFIG_DIR},/proc,/sys,/dev"]
+    mounted = [WORK_DIR, CONFIG_DIR] + ([CA_DIR] if spec.cluster.ca_bundle_configmap else [])
+    skip = ["--skip-dirs", ",".join([*mounted, "/proc", "/sys", "/dev"])]  # ours, not the image's
     ours = [
         "--config",
         f"{CONFIG_DIR}/{CONFIG_FILE}",

@@ -514,3 +514,9 @@ def test_trivy_server_token_comes_from_a_secret_key_ref(changes: dict[str, Any])
     }
     assert [e["name"] for e in container(job)["env"]].count("TRIVY_TOKEN") == 1
     validate(job)
+
+
+def test_node_mode_skips_the_ca_bundle_it_mounts_into_the_image() -> None:
+    cluster = dataclasses.replace(CLUSTER, ca_bundle_configmap="corp-ca")
+    args = container(manifests.scan_job(spec(**NODE, cluster=cluster)))["args"]
+    assert manifests.CA_DIR in args[args.index("--skip-dirs") + 1].split(",")

@@ -74,6 +74,11 @@ VARIANTS = {
     "node": NODE,
     "node-server": {**NODE, "cluster": SERVER},
     "node-userns": {**NODE, "cluster": dataclasses.replace(CLUSTER, scan_user_namespaces=True)},
+    "ca-bundle": {"cluster": dataclasses.replace(CLUSTER, ca_bundle_configmap="corp-ca")},
+    "node-ca-bundle": {
+        **NODE,
+        "cluster": dataclasses.replace(CLUSTER, ca_bundle_configmap="corp-ca"),
+    },
 }
 
 
