@@ -281,7 +281,8 @@ def _execute_alone(conn: db.Connection, query: str, params: dict[str, Any]) -> A
     try:
         return conn.execute(query, params).fetchone()
     finally:
-        conn.autocommit = False
+        if not conn.closed:  # a lost connection raises what lost it, not this
+            conn.autocommit = False
 
 
 # ------------------------------------------------------------------ the row-by-row baseline

@@ -19,7 +19,7 @@ from datetime import UTC, datetime
 import psycopg
 import pytest
 
-from scanqueue import reports, store
+from scanqueue import errors, reports, store
 
 T0 = datetime(2026, 11, 1, 12, 0, tzinfo=UTC)
 DIGEST_A = "sha256:" + "a" * 64
@@ -276,3 +276,22 @@ def test_an_advisory_is_written_once_and_not_again_when_unchanged(
     again = store_conn.execute("SELECT id, xmin::text FROM vulnerabilities ORDER BY id").fetchall()
     assert len(first) == len(report.vulnerabilities)
     assert again == first  # no row rewritten (a rewrite would change its xmin)
+
+
+def test_a_connection_lost_during_the_ingest_is_a_temporary_error(
+    database_url: str, trivy_reports: dict[str, reports.Report]
+) -> None:
+    # The one-statement ingest runs in autocommit and sets the connection back afterwards;
+    # on a dead connection that must not turn the loss into a permanent failure.
+    with store.connect(database_url) as conn, store.connect(database_url) as admin:
+        _start(conn, "s1")
+        conn.commit()
+        admin.execute("SELECT pg_terminate_backend(%s)", (conn.info.backend_pid,))
+        admin.commit()
+        with pytest.raises(errors.TemporaryError, match=r"store\.finish_scan"):
+            store.finish_scan(
+                conn, scan_id="s1", report=trivy_reports["node-alpine-3.19"], finished_at=T0
+            )
+    with store.connect(database_url) as conn:
+        scan = store.get_scan(conn, "s1")
+        assert scan is not None and (scan.status, scan.findings) == ("running", 0)
