@@ -124,7 +124,11 @@ def join(base: Target, location: str) -> Target:
             f"Location holds {_describe(bad.group())} at position {bad.start()}, which URL "
             "parsers read differently"
         )
-    return parse(urllib.parse.urljoin(base.url, location))
+    try:
+        joined = urllib.parse.urljoin(base.url, location)
+    except ValueError as e:  # e.g. "Invalid IPv6 URL" for an unclosed "["
+        raise UnsafeURLError(f"Location cannot be parsed ({e})") from None
+    return parse(joined)
 
 
 def _stdlib_origin(url: str) -> Origin | None:
