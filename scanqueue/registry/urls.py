@@ -11,9 +11,9 @@ there is nothing left to re-parse.
 
 A URL that two reasonable parsers could read differently is refused with
 ``UnsafeURLError``, never followed: control characters, whitespace, a backslash,
-anything outside printable ASCII, userinfo (``@``), a ``%`` in the host, a
-scheme other than http(s), or any disagreement between urllib3 and
-``urllib.parse`` about scheme, host or port.
+anything outside printable ASCII, userinfo (``@``), a ``%`` in the host, a host
+that is not a DNS name or IP literal, a scheme other than http(s), or any
+disagreement between urllib3 and ``urllib.parse`` about scheme, host or port.
 
 This module must never do I/O, and never put a query string in a log line
 (a signed blob URL carries its own secret there): use ``Target.loggable``.
@@ -34,6 +34,8 @@ _DEFAULT_PORTS = {"http": 80, "https": 443}
 # turn "\" into "/").
 _UNSAFE_CHARS = re.compile(r"[^\x21-\x5b\x5d-\x7e]")
 _MAX_URL = 8192
+# A DNS name or IPv4 address (letters, digits, '.', '-', '_'), or an IPv6 literal.
+_HOST = re.compile(r"[a-z0-9._-]+|\[[0-9a-f:.]+\]")
 
 
 class UnsafeURLError(ValueError):
@@ -102,6 +104,8 @@ def parse(url: str) -> Target:
     host = (parsed.host or "").lower()
     if not host:
         raise UnsafeURLError("URL has no host")
+    if not _HOST.fullmatch(host):
+        raise UnsafeURLError("host holds characters no registry host name has")
     port = parsed.port if parsed.port is not None else _DEFAULT_PORTS[scheme]
     origin = Origin(scheme, host, port)
     if _stdlib_origin(url) != origin:

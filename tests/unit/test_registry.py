@@ -252,6 +252,8 @@ def test_a_location_is_either_refused_or_read_the_same_by_every_parser(location:
         ("javascript:alert(1)", "not http or https"),
         ("http://127.0.0.1:99999/", "cannot be parsed"),
         ("A://[", "cannot be parsed"),
+        ("http://a.example;x/", "no registry host name"),
+        ("//a{b}/", "no registry host name"),
         ("http://127.0.0.1:6000[@127.0.0.1:5000/", "cannot be parsed"),
         ("", "without a Location"),
     ],
