@@ -1,18 +1,20 @@
 """``scanqueue run`` and ``scanqueue demo``: the whole farm as local processes, one command.
 
 Why: ``make run`` must start everything a farm is (migrations, the watcher, a
-Celery worker with beat embedded, Flower) against the clusters of
+Celery worker, Celery beat, Flower) against the clusters of
 ``scanqueue.toml``, or, when there is no configuration and no kubeconfig, on
 the embedded default (``demo_env``: the demo scenario on the emulator plus a
 private registry), and say which in its first line.
 
 How: migrations run in this process; every other role is a subprocess started
-by its ordinary command line (``python -m scanqueue.cli watch``, ``python -m
-celery -A workers.app worker|flower``), each in its own process group with its
-log in the state directory. ``run`` supervises them until ``stop`` is set (the
-CLI sets it on SIGINT/SIGTERM) or, for the demo, until every digest of the
-demo cluster has a finished scan; then it stops them all, group by group
-(SIGTERM, then SIGKILL), so no process outlives it.
+by its ordinary command line (``roles``: ``python -m scanqueue.cli watch``,
+``python -m celery -A workers.app worker|beat|flower``), each a
+``processes.Process`` in its own process group with its log in the state
+directory. ``run`` supervises them (``supervisor``: a role that dies is named
+and restarted with backoff; a crash loop stops the farm with exit code 1)
+until ``stop`` is set (the CLI sets it on SIGINT/SIGTERM) or, for the demo,
+until every digest of the demo cluster has a finished scan; then it stops
+them all, group by group (SIGTERM, then SIGKILL), so no process outlives it.
 
 What it must never do:
 - import Celery or the workers package (it starts them by command line);
@@ -203,11 +205,11 @@ def run(
 
     Prints the banner to ``out`` (default stdout): the mode in the first line,
     then where Flower is and how to log in, the metrics endpoints, the logs,
-    and how to run ``scanqueue report``. ``before_stop(outcome)`` runs while
-    everything still runs (the demo prints its report from the demo's own
-    database). Raises ``ConfigError`` for settings
-    that cannot run (no cluster, Flower without auth), ``PermanentError`` when
-    a role exits while starting.
+    and how to run ``scanqueue report``; then each death and restart of a
+    role. ``before_stop(outcome)`` runs while everything still runs (the demo
+    prints its report from the demo's own database). Raises ``ConfigError``
+    for settings that cannot run (no cluster, Flower without auth),
+    ``PermanentError`` when a role exits while starting.
     """
     env = dict(os.environ if environ is None else environ)
     stream = out if out is not None else sys.stdout
@@ -215,18 +217,7 @@ def run(
     def say(line: str) -> None:
         print(line, file=stream, flush=True)
 
-    settings = config.load(environ=env)
-    if options.demo:
-        which: Mode = "embedded"
-        reason = (
-            f"{'demo' if options.until_scanned else '--demo'}: running the embedded default "
-            "(the bundled demo cluster on the Kubernetes API emulator, a local private registry)"
-        )
-        settings = dataclasses.replace(settings, clusters=())
-    else:
-        which, reason = mode(settings, environ=env)
-    if options.until_scanned and which != "embedded":
-        raise errors.ConfigError("waiting until scanned is for the demo cluster only")
+    which, reason, settings = _choose(options, config.load(environ=env), env)
     auth, how = flower_auth(
         env,
         embedded=which == "embedded",
@@ -235,13 +226,7 @@ def run(
     )
     _check_port_free(options.flower_address, options.flower_port)
     say(f"scanqueue: {reason}")
-    if options.state_dir is None:
-        state = Path(tempfile.mkdtemp(prefix="scanqueue-run-"))
-        # a private Postgres runs as another user: it may enter, not list
-        os.chmod(state, 0o711)  # noqa: S103
-    else:
-        state = options.state_dir
-        state.mkdir(parents=True, exist_ok=True)
+    state = _state_directory(options)
     world = None
     started: list[processes.Process] = []
     try:
@@ -258,51 +243,10 @@ def run(
         _check_services(settings)
         _migrate(settings, say)
         if auth is not None and how == "generated":
-            secret_file = state / "flower-password"
-            secret_file.touch(0o600)
-            secret_file.chmod(0o600)  # before the password goes in, whatever was there
-            secret_file.write_text(auth.partition(":")[2] + "\n")
-            how = f"basic auth: user {FLOWER_USER}, password in {secret_file}"
-        flower_port = _port(options.flower_port)
-        ports = {"worker": _port(options.worker_metrics_port),
-                 "watcher": _port(options.watcher_metrics_port)}  # fmt: skip
-        argv = commands(
-            settings=settings,
-            state=state,
-            options=options,
-            flower_port=flower_port,
-            worker_metrics_port=ports["worker"],
-            watcher_metrics_port=ports["watcher"],
-        )
-        log_dir = state / "logs"
-        log_dir.mkdir(exist_ok=True)
-        metrics_dir = state / "worker-metrics"
-        shutil.rmtree(metrics_dir, ignore_errors=True)
-        metrics_dir.mkdir()
-        base_env = {k: v for k, v in env.items() if k not in ("FLOWER_BASIC_AUTH",)}
-        base_env.setdefault("PYTHONUNBUFFERED", "1")
-        _importable_workers(base_env)
-        envs = {
-            "worker": {**base_env, "PROMETHEUS_MULTIPROC_DIR": str(metrics_dir)},
-            "watcher": base_env,
-            "beat": base_env,
-            "flower": {**base_env, **_flower_env(auth)},
-        }
-        # consumers first: the watcher publishes only once a worker and Flower are up
-        for name in ("worker", "beat", "flower"):
-            process = processes.Process(name, argv[name], log_dir / f"{name}.log", env=envs[name])
-            started.append(process.start())
-        worker, beat, flower = started
-        worker.wait_ready(lambda: roles.WORKER_READY in worker.output(), what="its 'ready.'")
-        beat.wait_ready(lambda: roles.BEAT_READY in beat.output(), what="waiting for its start")
-        flower_url = f"http://{_url_host(options.flower_address)}:{flower_port}"
-        flower.wait_ready(lambda: processes.http_ok(f"{flower_url}/healthcheck"),
-                          what="/healthcheck")  # fmt: skip
-        watcher = processes.Process("watcher", argv["watcher"], log_dir / "watcher.log",
-                                    env=envs["watcher"])  # fmt: skip
-        started.append(watcher.start())
-        watcher_url = f"http://127.0.0.1:{ports['watcher']}/metrics"
-        watcher.wait_ready(lambda: processes.http_ok(watcher_url), what="its metrics endpoint")
+            how = f"basic auth: user {FLOWER_USER}, password in {_password_file(state, auth)}"
+        banner = _start_roles(options, settings=settings, state=state, env=env, auth=auth,
+                              started=started)  # fmt: skip
+        flower_url, ports, log_dir = banner
         say(f"  flower       {flower_url}  ({how})")
         say(f"  metrics      worker http://127.0.0.1:{ports['worker']}/metrics, "
             f"watcher http://127.0.0.1:{ports['watcher']}/metrics")  # fmt: skip
@@ -324,6 +268,90 @@ def run(
             world.stop()
         if options.state_dir is None:
             shutil.rmtree(state, ignore_errors=True)
+
+
+def _choose(
+    options: Options, settings: config.Settings, env: Mapping[str, str]
+) -> tuple[Mode, str, config.Settings]:
+    """Which farm (``mode``, or the embedded default for ``--demo``), why, and its settings."""
+    if options.demo:
+        reason = (
+            f"{'demo' if options.until_scanned else '--demo'}: running the embedded default "
+            "(the bundled demo cluster on the Kubernetes API emulator, a local private registry)"
+        )
+        return "embedded", reason, dataclasses.replace(settings, clusters=())
+    which, reason = mode(settings, environ=env)
+    if options.until_scanned and which != "embedded":
+        raise errors.ConfigError("waiting until scanned is for the demo cluster only")
+    return which, reason, settings
+
+
+def _state_directory(options: Options) -> Path:
+    if options.state_dir is None:
+        state = Path(tempfile.mkdtemp(prefix="scanqueue-run-"))
+        # a private Postgres runs as another user: it may enter, not list
+        os.chmod(state, 0o711)  # noqa: S103
+        return state
+    options.state_dir.mkdir(parents=True, exist_ok=True)
+    return options.state_dir
+
+
+def _password_file(state: Path, auth: str) -> Path:
+    """Flower's generated password in a 0600 file of the state directory."""
+    secret_file = state / "flower-password"
+    secret_file.touch(0o600)
+    secret_file.chmod(0o600)  # before the password goes in, whatever was there
+    secret_file.write_text(auth.partition(":")[2] + "\n")
+    return secret_file
+
+
+def _start_roles(
+    options: Options,
+    *,
+    settings: config.Settings,
+    state: Path,
+    env: Mapping[str, str],
+    auth: str | None,
+    started: list[processes.Process],
+) -> tuple[str, dict[str, int], Path]:
+    """Start worker, beat, Flower, then the watcher (appended to ``started`` as they start),
+    each waited for; return Flower's URL, the metrics ports and the log directory."""
+    flower_port = _port(options.flower_port)
+    ports = {"worker": _port(options.worker_metrics_port),
+             "watcher": _port(options.watcher_metrics_port)}  # fmt: skip
+    argv = commands(settings=settings, state=state, options=options, flower_port=flower_port,
+                    worker_metrics_port=ports["worker"],
+                    watcher_metrics_port=ports["watcher"])  # fmt: skip
+    log_dir = state / "logs"
+    log_dir.mkdir(exist_ok=True)
+    metrics_dir = state / "worker-metrics"
+    shutil.rmtree(metrics_dir, ignore_errors=True)
+    metrics_dir.mkdir()
+    base_env = {k: v for k, v in env.items() if k not in ("FLOWER_BASIC_AUTH",)}
+    base_env.setdefault("PYTHONUNBUFFERED", "1")
+    _importable_workers(base_env)
+    envs = {
+        "worker": {**base_env, "PROMETHEUS_MULTIPROC_DIR": str(metrics_dir)},
+        "watcher": base_env,
+        "beat": base_env,
+        "flower": {**base_env, **_flower_env(auth)},
+    }
+    # consumers first: the watcher publishes only once a worker and Flower are up
+    for name in ("worker", "beat", "flower"):
+        process = processes.Process(name, argv[name], log_dir / f"{name}.log", env=envs[name])
+        started.append(process.start())
+    worker, beat, flower = started
+    worker.wait_ready(lambda: roles.WORKER_READY in worker.output(), what="its 'ready.'")
+    beat.wait_ready(lambda: roles.BEAT_READY in beat.output(), what="waiting for its start")
+    flower_url = f"http://{_url_host(options.flower_address)}:{flower_port}"
+    flower.wait_ready(lambda: processes.http_ok(f"{flower_url}/healthcheck"),
+                      what="/healthcheck")  # fmt: skip
+    watcher = processes.Process("watcher", argv["watcher"], log_dir / "watcher.log",
+                                env=envs["watcher"])  # fmt: skip
+    started.append(watcher.start())
+    watcher_url = f"http://127.0.0.1:{ports['watcher']}/metrics"
+    watcher.wait_ready(lambda: processes.http_ok(watcher_url), what="its metrics endpoint")
+    return flower_url, ports, log_dir
 
 
 def _check_port_free(address: str, port: int) -> None:

@@ -9,11 +9,16 @@ flight in both clusters when the roles die. First every process of the worker
 watcher and Flower. The farm's output must name each death (by signal) and
 each restart; once the log reads work again, every scan completes, no Job and
 no Secret is left in either cluster, and no digest was published twice.
+
+A role killed again and again (the watcher, five times) is not restarted
+forever: the farm stops with exit code 1, naming the role, its last death and
+its log, after backing off 1, 2, 4 and 8 seconds.
 """
 
 from __future__ import annotations
 
 import os
+import re
 import signal
 import time
 from collections.abc import Callable
@@ -165,4 +170,41 @@ def test_every_role_sigkilled_with_jobs_in_flight_is_restarted_and_every_scan_co
 
     command.proc.send_signal(signal.SIGINT)
     assert command.wait(90) == 0
+    assert processes_mentioning(str(command.state)) == []
+
+
+def test_a_role_that_keeps_dying_stops_the_farm_with_exit_1_naming_it(
+    farm_command: Callable[..., FarmCommand],
+    sim: sim_fixtures.SimCluster,
+    redis_url: str,
+    database_url: str,
+    tmp_path: Path,
+) -> None:
+    sim.create(rel.namespace(SCAN_NAMESPACE))
+    settings = write_settings(
+        tmp_path / "scanqueue.toml",
+        database_url=database_url,
+        redis_url=redis_url,
+        clusters=[("alpha", sim.kubeconfig)],
+        insecure=[],
+    )
+    command = farm_command("run", env={"SCANQUEUE_CONFIG": str(settings),
+                                       "FLOWER_BASIC_AUTH": "ops:crash-loop-pw"})  # fmt: skip
+    command.wait_line(r"^\s+flower\s+http://", timeout=120)
+    for crash in range(1, 6):
+        watcher = _role(command, "watch")
+        _kill(watcher)
+        if crash < 5:
+            command.wait_line(rf"^scanqueue: watcher restarted \(pid \d+, restart {crash}\)",
+                              timeout=60)  # fmt: skip
+    assert command.wait(90) == 1
+    stopped = command.wait_line(r"^scanqueue: stopping the farm: (.*)").group(1)
+    assert stopped.startswith(
+        f"watcher died 5 times within 300s, last killed by SIGKILL (pid {watcher}); "
+        "not restarting it again."
+    )
+    assert str(command.state / "logs" / "watcher.log") in stopped
+    died = re.compile(r"scanqueue: watcher died: .* restarting in (\S+)s ")
+    waits = [m.group(1) for line in command.lines if (m := died.match(line))]
+    assert waits == ["1", "2", "4", "8"]  # the backoff doubles
     assert processes_mentioning(str(command.state)) == []
