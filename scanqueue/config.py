@@ -97,6 +97,7 @@ class ClusterSettings:
     scan_ephemeral_storage_limit: str = "4Gi"  # scratch space at most, per scan pod
     ca_bundle_configmap: str = ""  # ConfigMap in scan_namespace, key ca.crt: CAs scan pods trust
     java_db_repository: str = ""  # Trivy Java DB image (air-gapped mirror); empty = Trivy's
+    trivy_db_repository: str = ""  # Trivy vulnerability DB image (mirror); empty = Trivy's
 
 
 @dataclasses.dataclass(frozen=True)

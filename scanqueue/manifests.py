@@ -371,6 +371,8 @@ def _trivy_options(spec: ScanSpec) -> list[str]:
         # Trivy >= 0.76 adds these CAs to the system ones for every HTTPS request it makes
         # (registry, DB repositories, server); SSL_CERT_FILE would replace the system CAs.
         options += ["--cacert", f"{CA_DIR}/{CA_KEY}"]
+    if spec.cluster.trivy_db_repository:
+        options += ["--db-repository", spec.cluster.trivy_db_repository]
     if spec.cluster.java_db_repository:
         options += ["--java-db-repository", spec.cluster.java_db_repository]
     return options

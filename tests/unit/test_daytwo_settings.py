@@ -144,10 +144,19 @@ def test_without_a_ca_bundle_there_is_no_ca_volume_or_flag() -> None:
     assert all(v["name"] != "ca" for v in built["spec"]["template"]["spec"]["volumes"])
     assert "--cacert" not in trivy(built)["args"]
     assert "--java-db-repository" not in trivy(built)["args"]
+    assert "--db-repository" not in trivy(built)["args"]
 
 
-def test_java_db_repository_is_passed_to_trivy() -> None:
-    args = trivy(job(java_db_repository="mirror.internal/aquasec/trivy-java-db:1"))["args"]
+@pytest.mark.parametrize("mode", ["registry", "node"])
+def test_db_mirrors_are_passed_to_trivy(mode: str) -> None:
+    built = job(
+        mode,
+        trivy_db_repository="mirror.internal/aquasec/trivy-db:2",
+        java_db_repository="mirror.internal/aquasec/trivy-java-db:1",
+    )
+    kubernetes_validate.validate(built, "1.30", strict=True)
+    args = trivy(built)["args"]
+    assert args[args.index("--db-repository") + 1] == "mirror.internal/aquasec/trivy-db:2"
     assert args[args.index("--java-db-repository") + 1] == "mirror.internal/aquasec/trivy-java-db:1"
 
 
