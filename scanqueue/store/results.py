@@ -274,9 +274,11 @@ def _execute_alone(conn: db.Connection, query: str, params: dict[str, Any]) -> A
     trips). Inside the caller's transaction it runs in a savepoint, as every
     write function does.
     """
-    if conn.autocommit or conn.info.transaction_status != pq.TransactionStatus.IDLE:
+    if conn.info.transaction_status != pq.TransactionStatus.IDLE:
         with conn.transaction():
             return conn.execute(query, params).fetchone()
+    if conn.autocommit:
+        return conn.execute(query, params).fetchone()
     conn.autocommit = True
     try:
         return conn.execute(query, params).fetchone()

@@ -295,3 +295,16 @@ def test_a_connection_lost_during_the_ingest_is_a_temporary_error(
     with store.connect(database_url) as conn:
         scan = store.get_scan(conn, "s1")
         assert scan is not None and (scan.status, scan.findings) == ("running", 0)
+
+
+def test_an_autocommit_connection_stores_a_report_that_others_see_at_once(
+    database_url: str, trivy_reports: dict[str, reports.Report]
+) -> None:
+    report = trivy_reports["node-alpine-3.19"]
+    with store.connect(database_url) as conn, store.connect(database_url) as other:
+        conn.autocommit = True
+        _start(conn, "s1")
+        store.finish_scan(conn, scan_id="s1", report=report, finished_at=T0)
+        assert conn.autocommit is True
+        scan = store.get_scan(other, "s1")
+        assert scan is not None and (scan.status, scan.findings) == ("succeeded", 7)
