@@ -69,11 +69,24 @@ def test_every_bind_mount_of_the_farm_is_read_only() -> None:
             assert mount["read_only"] is True, (name, mount["target"])
 
 
-def test_flower_requires_basic_auth_from_the_environment() -> None:
-    env = SERVICES["flower"]["environment"]
-    assert re.fullmatch(r"\$\{FLOWER_BASIC_AUTH:\?[^}]+\}", env["FLOWER_BASIC_AUTH"])
-    assert "FLOWER_UNAUTHENTICATED_API" not in env
-    assert all(p.startswith("127.0.0.1:") for p in SERVICES["flower"]["ports"])
+def test_flower_requires_basic_auth_from_a_secret_file() -> None:
+    flower = SERVICES["flower"]
+    env = flower["environment"]
+    assert "FLOWER_BASIC_AUTH" not in env and "FLOWER_UNAUTHENTICATED_API" not in env
+    assert env["SQ_FLOWER_BASIC_AUTH_FILE"] == "/run/secrets/flower_basic_auth"
+    assert "flower_basic_auth" in flower["secrets"]
+    (conf,) = [a.partition("=")[2] for a in flower["command"] if a.startswith("--conf=")]
+    (mount,) = [m for m in _mounts("flower") if m["target"] == conf]
+    assert (ROOT / mount["source"]).read_text() == (ROOT / "docker" / "flowerconfig.py").read_text()
+    assert all(p.startswith("127.0.0.1:") for p in flower["ports"])
+
+
+def test_compose_and_deploy_run_flower_with_the_same_settings_file() -> None:
+    deploy = [d for d in yaml.safe_load_all((ROOT / "deploy" / "30-config.yaml").read_text()) if d]
+    (config_map,) = [d for d in deploy if d["kind"] == "ConfigMap"]
+    text = (ROOT / "docker" / "flowerconfig.py").read_text()
+    body = text.split('"""', 2)[2].lstrip("\n")  # without the module docstring
+    assert body == config_map["data"]["flowerconfig.py"]
 
 
 def test_only_flower_publishes_a_port_and_only_on_loopback() -> None:
@@ -125,9 +138,9 @@ def test_no_secret_value_is_written_in_the_compose_file() -> None:
             assert not re.search(r"://[^/@\s]*:[^/@\s]*@", str(value)), (name, key)
 
 
-# The only secret left in an environment: Flower reads basic auth nowhere else, and it is
-# one process (no pool, no exec healthcheck of its own) that passes it to nobody.
-ENV_SECRETS_ALLOWED = {("flower", "FLOWER_BASIC_AUTH")}
+# No secret is an environment variable (Flower's basic auth comes from a file too, through
+# docker/flowerconfig.py); add (service, variable) here only with a reason.
+ENV_SECRETS_ALLOWED: set[tuple[str, str]] = set()
 NEEDS = {  # compose secrets per service
     "redis": {"redis_password"},
     "postgres": {"postgres_password"},
@@ -135,16 +148,16 @@ NEEDS = {  # compose secrets per service
     "watcher": {"postgres_password", "redis_password"},
     "worker": {"postgres_password", "redis_password"},
     "beat": {"redis_password"},
-    "flower": {"redis_password"},
+    "flower": {"redis_password", "flower_basic_auth"},
 }
 
 
 def test_passwords_are_compose_secrets_mounted_only_where_needed() -> None:
-    assert set(COMPOSE["secrets"]) == {"postgres_password", "redis_password"}
+    assert set(COMPOSE["secrets"]) == {"postgres_password", "redis_password", "flower_basic_auth"}
     for name, wanted in NEEDS.items():
         assert set(SERVICES[name].get("secrets", [])) == wanted, name
         for key, value in (SERVICES[name].get("environment") or {}).items():
-            if key.endswith("PASSWORD_FILE"):
+            if key.endswith("_FILE"):
                 assert value.removeprefix("/run/secrets/") in wanted, (name, key)
 
 
