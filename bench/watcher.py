@@ -12,9 +12,6 @@ Nothing consumes the queue: no worker runs.
 from __future__ import annotations
 
 import os
-import signal
-import subprocess
-import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -22,6 +19,7 @@ from typing import Any
 import psycopg
 
 from bench import _world
+from scanqueue import processes, roles
 from tests.support import farm_fixtures, services
 
 REPEATS = _world.env_int("WATCHER_REPEATS", 3)
@@ -55,15 +53,15 @@ def _one_run(
         insecure=[],
         scan={"verify_with_registry": False},
     )
-    log = (directory / "watcher.log").open("ab")
     started = time.perf_counter()
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "scanqueue.cli", "watch", "--cluster", _world.CLUSTER,
-         "--log-level", "WARNING"],
-        stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+    watcher = processes.Process(
+        "watcher",
+        roles.watcher(log_level="WARNING", clusters=[_world.CLUSTER]),
+        directory / "watcher.log",
         env={**os.environ, "SCANQUEUE_CONFIG": str(config_path)},
-    )  # fmt: skip
-    log.close()
+    ).start()
+    proc = watcher.proc
+    assert proc is not None
     try:
         published = inventory = 0.0
         deadline = started + timeout
@@ -85,13 +83,7 @@ def _one_run(
         peak = _peak_rss_mb(proc.pid)
         queued = _world.queue_length(svc.redis_url)
     finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGTERM)
-            try:
-                proc.wait(30)
-            except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait()
+        watcher.stop(30)
     if queued != digests:
         raise RuntimeError(f"{queued} tasks published for {digests} digests")
     return {"published_seconds": published, "inventory_seconds": inventory, "peak_rss_mb": peak}
