@@ -317,6 +317,24 @@ def move_job_slot(conn: redis.Redis, *, cluster: str, job: str, to: str, now: fl
     _call(pipe.execute, f"hand a scan Job slot over in {cluster}")
 
 
+def collect_key(cluster: str, job: str) -> str:
+    return f"{PREFIX}collecting:{cluster}:{job}"
+
+
+def claim_collect(conn: redis.Redis, *, cluster: str, job: str, ttl_seconds: int) -> bool:
+    """Claim the collect of finished scan Job ``job`` (SET NX): True for the one claimant.
+
+    Kept after a collect (the Job is gone; a late duplicate finds the claim) until it
+    expires; ``release_collect`` after a failure that leaves the Job for a later try.
+    """
+    key = collect_key(cluster, job)
+    return bool(_call(lambda: conn.set(key, "1", nx=True, ex=int(ttl_seconds)), f"claim {job}"))
+
+
+def release_collect(conn: redis.Redis, *, cluster: str, job: str) -> None:
+    _call(lambda: conn.delete(collect_key(cluster, job)), f"release the collect of {job}")
+
+
 def jobs_in_flight(conn: redis.Redis, *, cluster: str) -> int:
     return int(_call(lambda: conn.zcard(jobs_key(cluster)), f"count scan Jobs in {cluster}"))
 

@@ -313,11 +313,55 @@ def watch_pods(
             return core.list_pod_for_all_namespaces(**options)
         return core.list_namespaced_pod(namespace, **options)
 
-    response = _translate("watch", "Pod", where, None, start)
+    return _events("Pod", where, start)
+
+
+def list_job_pages(
+    *, api: ApiClient, namespace: str, label_selector: str, page_size: int = LIST_PAGE_SIZE
+) -> Iterator[tuple[list[Object], str]]:
+    """Yield the Jobs of ``namespace`` matching ``label_selector`` a page at a time, with the
+    list's resourceVersion (watch from it after the last page). ``Gone`` as for pods."""
+    batch = kubernetes.client.BatchV1Api(api)
+    return _pages(
+        "Job",
+        namespace,
+        lambda **kw: batch.list_namespaced_job(namespace, label_selector=label_selector, **kw),
+        page_size,
+    )
+
+
+def watch_jobs(
+    *,
+    api: ApiClient,
+    namespace: str,
+    label_selector: str,
+    resource_version: str,
+    timeout_seconds: int,
+) -> Iterator[tuple[str, Object]]:
+    """Yield ``(type, job)`` events after ``resource_version``, as ``watch_pods`` does for pods.
+
+    A 410 raises ``Gone``: list again (``list_job_pages``) and watch from there.
+    """
+    batch = kubernetes.client.BatchV1Api(api)
+    options: dict[str, Any] = {
+        "watch": True,
+        "label_selector": label_selector,
+        "resource_version": resource_version,
+        "timeout_seconds": timeout_seconds,
+        "allow_watch_bookmarks": True,
+        "_preload_content": False,
+        "_request_timeout": (CONNECT_TIMEOUT, timeout_seconds + WATCH_READ_MARGIN),
+    }
+    return _events("Job", namespace, lambda: batch.list_namespaced_job(namespace, **options))
+
+
+def _events(kind_name: str, where: str, start: Callable[[], Any]) -> Iterator[tuple[str, Object]]:
+    """The events of a watch response opened by ``start``; ERROR events raised, translated."""
+    response = _translate("watch", kind_name, where, None, start)
     try:
         lines: Iterator[str] = k8s_watch.iter_resp_lines(response)  # type: ignore[no-untyped-call]
         while True:
-            line = _translate("watch", "Pod", where, None, lambda: next(lines, None))
+            line = _translate("watch", kind_name, where, None, lambda: next(lines, None))
             if line is None:
                 return
             if not line:
@@ -327,12 +371,12 @@ def watch_pods(
                 kind, obj = event["type"], event["object"]
             except (ValueError, KeyError, TypeError) as e:
                 raise errors.TemporaryError(
-                    f"watch Pod in {where}: undecodable event ({e}); watch again"
+                    f"watch {kind_name} in {where}: undecodable event ({e}); watch again"
                 ) from e
             if kind == "ERROR":
                 status = obj if isinstance(obj, dict) else {}
                 code = int(status.get("code") or 0)
-                raise _error_for("watch", "Pod", where, code, status, delay=None)
+                raise _error_for("watch", kind_name, where, code, status, delay=None)
             yield kind, obj
     finally:
         with contextlib.suppress(Exception):

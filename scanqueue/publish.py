@@ -24,6 +24,7 @@ import kombu.exceptions
 from scanqueue import discovery, errors
 
 TASK_NAME = "scanqueue.scan"
+COLLECT_JOB_TASK = "scanqueue.collect_job"
 
 
 def queue_name(cluster: str) -> str:
@@ -82,6 +83,25 @@ class Publisher:
                 f"on queue {queue_name(request.cluster)}: {e}; is the broker (Redis) up?"
             ) from e
         return str(result.id)
+
+    def publish_collect(self, cluster: str, job: str) -> None:
+        """Send ``scanqueue.collect_job`` for the finished scan Job ``job`` of ``cluster``.
+
+        Raises ``TemporaryError`` when the broker cannot be reached.
+        """
+        try:
+            self._app.send_task(
+                COLLECT_JOB_TASK,
+                kwargs={"cluster": cluster, "job": job},
+                queue=queue_name(cluster),
+                retry=True,
+                retry_policy={"max_retries": 2, "interval_start": 0.2, "interval_step": 0.5},
+            )
+        except (kombu.exceptions.OperationalError, OSError) as e:
+            raise errors.TemporaryError(
+                f"cannot publish the collect of scan Job {job} on queue {queue_name(cluster)}: "
+                f"{e}; is the broker (Redis) up?"
+            ) from e
 
     @contextlib.contextmanager
     def batch(self) -> Iterator[Any]:

@@ -10,8 +10,8 @@ flight, and the time of the last collect and sweep. ``scanqueue status`` and
 the worker's metrics both read it here.
 
 ``scanqueue:status:<cluster>`` is a hash: ``last_collect``, ``last_sweep``
-(Unix seconds) and ``scan_tasks`` (scan-task messages received by workers,
-redeliveries included: what a burst costs the broker).
+(Unix seconds), ``scan_tasks`` and ``collect_tasks`` (scan and collect_job task
+messages received by workers, redeliveries included: what a burst costs the broker).
 
 It must never block on a Redis that does not answer (the client has
 timeouts), and it stores times and counts only.
@@ -76,7 +76,12 @@ def record(conn: redis.Redis, *, cluster: str, what: str, now: float) -> None:
 
 def count_scan_task(conn: redis.Redis, *, cluster: str) -> None:
     """Count one scan-task message received for ``cluster``."""
-    _call(lambda: conn.hincrby(status_key(cluster), "scan_tasks", 1), "count a scan task")
+    count_task(conn, cluster=cluster, what="scan_tasks")
+
+
+def count_task(conn: redis.Redis, *, cluster: str, what: str) -> None:
+    """Count one task message of kind ``what`` (``scan_tasks``, ``collect_tasks``) received."""
+    _call(lambda: conn.hincrby(status_key(cluster), what, 1), f"count {what}")
 
 
 def read(

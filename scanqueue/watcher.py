@@ -28,6 +28,7 @@ from __future__ import annotations
 import concurrent.futures
 import contextlib
 import dataclasses
+import functools
 import logging
 import random
 import threading
@@ -38,7 +39,7 @@ from typing import Any
 
 import redis
 
-from scanqueue import config, dedupe, discovery, errors, kube, metrics, publish, store
+from scanqueue import config, dedupe, discovery, errors, jobwatch, kube, metrics, publish, store
 
 log = logging.getLogger(__name__)
 
@@ -659,6 +660,13 @@ def run(
                 options=options,
             )
             threads.append(watcher.start())
+            jobs = jobwatch.JobWatcher(
+                cluster=cluster,
+                api=kube.api_client(cluster),
+                send=functools.partial(publisher.publish_collect, cluster.name),
+                stop=stop,
+            )
+            threads.append(jobs.start())
         for thread in threads:
             thread.join()
     finally:

@@ -2,8 +2,11 @@
 
 - ``scanqueue.scan`` (published by the watcher on ``scan.<cluster>``): submit
   the scan Job of one image digest. Late-acked and idempotent.
-- ``scanqueue.collect`` (beat, per cluster): store finished scans, clean up.
-  A Redis lock keeps one collect per cluster at a time.
+- ``scanqueue.collect_job`` (the watcher's Job watch, per finished Job): collect
+  that Job; each Job is claimed once, so collects run in parallel across workers.
+- ``scanqueue.collect`` (beat, per cluster): store finished scans, clean up, start
+  waiting scans if slots are free: the safety net. A Redis lock keeps one pass
+  per cluster at a time.
 - ``scanqueue.sweep`` (beat, per cluster): delete what outlived its deadline,
   fail scans whose Job vanished, prune old scans.
 - ``scanqueue.prune`` (beat, daily, control queue): delete inventory rows of
@@ -246,6 +249,23 @@ def collect(cluster: str) -> list[dict[str, str]]:
         return []
     finally:
         _release(lock)
+
+
+@app.task(name="scanqueue.collect_job", acks_late=True)
+def collect_job(cluster: str, job: str) -> dict[str, str]:
+    """Collect one finished scan Job (sent by the watcher's Job watch); claimed once."""
+    where = farm(cluster)
+    try:
+        status.count_task(where.redis, cluster=cluster, what="collect_tasks")
+        result = scans.collect_job(where, job)
+    except errors.TemporaryError as e:
+        log.warning("collect of %s stopped: %s; the periodic pass collects it", job, e,
+                    extra={"cluster": cluster, "job": job})  # fmt: skip
+        return {}
+    if result is None:
+        return {}
+    _record(cluster, [result])
+    return result.as_dict()
 
 
 def _jobs_in_flight(cluster: str) -> None:

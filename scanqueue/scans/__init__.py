@@ -34,7 +34,7 @@ as before the split.
 
 from __future__ import annotations
 
-from scanqueue.scans.collection import collect
+from scanqueue.scans.collection import collect, collect_job
 from scanqueue.scans.ending import fail, start_waiting
 from scanqueue.scans.model import (
     ANNOTATION_CANDIDATE,
@@ -59,6 +59,7 @@ __all__ = [
     "Step",
     "Swept",
     "collect",
+    "collect_job",
     "fail",
     "next_start",
     "plan_step",

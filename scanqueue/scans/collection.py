@@ -25,6 +25,26 @@ from scanqueue.scans import ending, model, plan, submission
 
 log = logging.getLogger(__name__)
 
+# How long a Job's collect stays claimed: one collect takes well under a second; a
+# claimant that died frees it after this, and a pass working from an older list of
+# Jobs does not collect a Job again within it.
+CLAIM_SECONDS = 60
+
+
+def collect_job(farm: model.Farm, name: str) -> model.Result | None:
+    """Collect the one finished scan Job ``name`` (sent by the Job watch); None if nothing to do.
+
+    Gone already (collected by another worker or a pass), or not finished: nothing.
+    """
+    try:
+        job = kube.read_job(api=farm.api, namespace=farm.namespace, name=name)
+    except kube.NotFound:
+        return None
+    state, reason = model.job_state(job)
+    if state not in ("complete", "failed"):
+        return None
+    return collect_safely(farm, job, state, reason)
+
 
 def collect(farm: model.Farm) -> list[model.Result]:
     """One reconcile pass over this cluster's scan Jobs: store finished ones and clean up.
@@ -81,10 +101,14 @@ def collect_safely(
     """
     name = str(job["metadata"]["name"])
     where = {"cluster": farm.cluster.name, "job": name}
+    cluster = farm.cluster.name
+    if not dedupe.claim_collect(farm.redis, cluster=cluster, job=name, ttl_seconds=CLAIM_SECONDS):
+        return None  # another worker collects it (or just did)
     try:
         return _collect_one(farm, job, state, reason, pods=pods)
     except errors.TemporaryError as e:
         log.warning("collecting a scan Job failed; retried on the next pass: %s", e, extra=where)
+        dedupe.release_collect(farm.redis, cluster=cluster, job=name)
         return None
     except errors.PermanentError as e:
         log.error("collecting a scan Job failed for good: %s", e, extra=where)
@@ -99,6 +123,7 @@ def collect_safely(
             )
             ending.delete(farm, name)
         except errors.ScanqueueError as again:
+            dedupe.release_collect(farm.redis, cluster=cluster, job=name)
             log.warning("could not end the scan of %s yet: %s", name, again, extra=where)
             return None
         return ended

@@ -227,6 +227,7 @@ def test_watcher_cannot_read_secrets_at_all() -> None:
 
 
 def test_watcher_lists_and_watches_pods_and_reads_owners_only() -> None:
+    """Plus list and watch on the scan Jobs, in the scan namespace only (jobwatch.py)."""
     got = {(g.namespace, g.group, g.resource, g.verb) for g in grants(WATCHER, APPLIED)}
     assert got == {
         (ns, group, resource, verb)
@@ -237,7 +238,7 @@ def test_watcher_lists_and_watches_pods_and_reads_owners_only() -> None:
             ("apps", "replicasets", "get"),
             ("batch", "jobs", "get"),
         ]
-    }
+    } | {(SCANS_NS, "batch", "jobs", "list"), (SCANS_NS, "batch", "jobs", "watch")}
 
 
 def test_scan_service_account_has_no_bindings_and_no_token() -> None:

@@ -49,6 +49,11 @@ CALLS = {
         (("apps", "replicasets", "get"), ("batch", "jobs", "get")),
         "watched",
     ),
+    # the watcher's Job watch (jobwatch.py), in the scan namespace
+    "list_job_pages": Call("list_namespaced_job", (("batch", "jobs", "list"),), "scans"),
+    "watch_jobs": Call(
+        "list_namespaced_job(namespace, **options)", (("batch", "jobs", "watch"),), "scans"
+    ),
     # the worker, in the watched namespaces: a pod's pull Secrets and service account
     "read_secret": Call("read_namespaced_secret", (("", "secrets", "get"),), "watched"),
     "read_service_account": Call(
@@ -61,6 +66,7 @@ CALLS = {
         (("batch", "jobs", "create"), ("batch", "jobs", "get")),
         "scans",
     ),
+    "read_job": Call("read_namespaced_job", (("batch", "jobs", "get"),), "scans"),
     "resume_job": Call("patch_namespaced_job", (("batch", "jobs", "patch"),), "scans"),
     "list_jobs": Call("list_namespaced_job", (("batch", "jobs", "list"),), "scans"),
     "delete_job": Call("delete_namespaced_job", (("batch", "jobs", "delete"),), "scans"),
@@ -83,14 +89,14 @@ CALLS = {
 }
 
 # Known to be coming, grant deliberately absent until the call exists.
-PENDING = {
-    "watch_jobs": "the watcher's Job watch: grant the watcher list and watch on batch jobs "
-    f"in {SCANS_NS} (a Role and RoleBinding in deploy/20-rbac-watcher.yaml), add it to CALLS",
-    "list_job_pages": "as watch_jobs",
-}
+PENDING: dict[str, str] = {}
 
 IDENTITIES = {
-    "watcher": (test_deploy.WATCHER, [ROOT / "scanqueue" / "watcher.py"], {"explain"}),
+    "watcher": (
+        test_deploy.WATCHER,
+        [ROOT / "scanqueue" / "watcher.py", ROOT / "scanqueue" / "jobwatch.py"],
+        {"explain"},
+    ),
     "worker": (test_deploy.WORKER, sorted((ROOT / "scanqueue" / "scans").glob("*.py")), set()),
 }
 
@@ -191,7 +197,10 @@ def test_the_watcher_is_bound_per_watched_namespace_not_cluster_wide() -> None:
         b for b in bindings if any(s["name"] == "scanqueue-watcher" for s in b.get("subjects", []))
     ]
     assert {b["kind"] for b in watcher} == {"RoleBinding"}
-    assert {b["metadata"]["namespace"] for b in watcher} == test_deploy._watched_namespaces()
+    # per watched namespace, plus the scan namespace for its Job watch (jobwatch.py)
+    assert {b["metadata"]["namespace"] for b in watcher} == test_deploy._watched_namespaces() | {
+        SCANS_NS
+    }
     assert all(g[0] is not None for g in _granted("watcher"))
 
 
