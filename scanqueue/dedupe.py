@@ -451,3 +451,32 @@ def clear_failed(
         step = 3 if fresh else 2
         dropped += sum(int(n) for n in results[::step])
     return dropped
+
+
+_CLEAR_IF_KIND = """
+local n = 0
+for i = 1, #KEYS do
+  if redis.call('GET', KEYS[i]) == ARGV[1] then n = n + redis.call('DEL', KEYS[i]) end
+end
+return n
+"""
+
+
+def clear_failed_of_kind(
+    conn: redis.Redis, digests: Sequence[str], *, cluster: str, kind: str
+) -> int:
+    """Drop the failed-here marks of ``digests`` in ``cluster`` set for ``kind`` only.
+
+    The watcher calls it with "credential" when a pod brings new pull secrets for
+    a digest: a wait for a timeout or a bad report is left alone. Returns how many.
+    """
+    dropped = 0
+    for start in range(0, len(digests), _BATCH):
+        keys = [failed_key(d, cluster) for d in digests[start : start + _BATCH]]
+        if keys:
+            found = _call(
+                lambda k=keys: conn.eval(_CLEAR_IF_KIND, len(k), *k, kind),  # type: ignore[misc]
+                f"clear {kind} marks in {cluster}",
+            )
+            dropped += int(cast(int, found))
+    return dropped

@@ -7,7 +7,8 @@ with a scan that cannot work. How long depends on why it failed:
 ``credential``
     no credential was accepted (401/403, no pull secret for the registry).
     Someone fixes the secret and expects a rescan soon, so the wait is short
-    (``scan.backoff_credential_seconds``); ``scanqueue rescan`` ends it at once.
+    (``scan.backoff_credential_seconds``); ``scanqueue rescan`` ends it at once,
+    and so does the watcher when a pod running the digest names new pull secrets.
 ``transient``
     the scan Job timed out, or its pod could not start (the scan image could
     not be pulled, the credential Secret was gone). Worth trying again soon,

@@ -134,6 +134,10 @@ class ClusterWatcher:
         self._checks: dict[str, discovery.ScanRequest] = {}
         self._oldest_pending: float | None = None
         self._decided: set[str] = set()  # digests claimed or found settled since the last pass
+        # (namespace, pull secrets, service account) seen running each digest: a new one may
+        # bring the credential that failed before, so its "failed here" wait ends at once
+        self._pullers: dict[str, set[tuple[str, tuple[str, ...], str]]] = {}
+        self._new_pullers: set[str] = set()  # digests with a new one, for the flusher
         self._flushing = False
         self._decide_backoff = Backoff(options.backoff_initial_seconds, options.backoff_max_seconds)
         self._decide_after = 0.0  # monotonic time before which digests are not decided
@@ -290,11 +294,27 @@ class ClusterWatcher:
             digest = request.digest
             if digest is None:
                 continue
-            if digest in self._decided:
+            if self._new_puller(digest, request):
+                self._checks[digest] = request  # scanned with the new pull secrets
+                self._decided.discard(digest)
+                self._mark_pending()
+            elif digest in self._decided:
                 self._known_hits.inc()
             elif digest not in self._checks:
                 self._checks[digest] = request
                 self._mark_pending()
+
+    def _new_puller(self, digest: str, request: discovery.ScanRequest) -> bool:
+        """Record who runs ``digest``; True when a known digest gets new pull secrets."""
+        puller = (request.namespace, request.pull_secrets, request.service_account)
+        seen = self._pullers.setdefault(digest, set())
+        if puller in seen:
+            return False
+        seen.add(puller)
+        if len(seen) == 1:
+            return False  # the first sighting: nothing changed
+        self._new_pullers.add(digest)
+        return True
 
     def _mark_pending(self) -> None:
         if self._oldest_pending is None:
@@ -360,10 +380,16 @@ class ClusterWatcher:
     def reevaluate(self) -> None:
         """Check every digest the cluster runs again at the next flush (rescans, turns)."""
         with self._lock:
+            pullers: dict[str, set[tuple[str, tuple[str, ...], str]]] = {}
             for entry in self._pods.values():
                 for request in entry.requests:
                     if request.digest is not None and request.digest not in self._checks:
                         self._checks[request.digest] = request
+                    if request.digest is not None:  # only what runs now: bounded memory
+                        pullers.setdefault(request.digest, set()).add(
+                            (request.namespace, request.pull_secrets, request.service_account)
+                        )
+            self._pullers = pullers
             self._decided.clear()
             self._mark_pending()
         self._wake.set()
@@ -515,6 +541,15 @@ class ClusterWatcher:
             return True
         digests = list(checks)
         interval = self._scan.rescan_interval_seconds
+        with self._lock:
+            changed, self._new_pullers = (
+                self._new_pullers & set(digests),
+                self._new_pullers - set(digests),
+            )
+        if changed:  # new pull secrets: a refused credential may work now
+            dedupe.clear_failed_of_kind(
+                self._redis, sorted(changed), cluster=self.name, kind="credential"
+            )
         unknown = dedupe.unsettled(self._redis, cluster=self.name, digests=digests)
         fresh: set[str] = set()
         if unknown:  # Redis may have lost its keys (restart): Postgres remembers scans

@@ -502,3 +502,47 @@ def test_digest_is_scanned_again_when_its_rescan_interval_ended(
     wait_for(lambda: not dedupe.is_fresh(watch_farm.redis, digest), what="the interval's end")
     watcher.reevaluate()
     wait_for(lambda: len(watch_farm.queued("eu")) == 2, what="the rescan")
+
+
+def test_a_pod_with_new_pull_secrets_ends_the_credential_wait_of_its_digest(
+    sim: sim_fixtures.SimCluster, watch_farm: Farm
+) -> None:
+    w = Workloads(sim)
+    w.deployment("shop", "web", IMAGES[0], 1, pull_secrets=["old-cred"])
+    digest = sim.digest_of(IMAGES[0])
+    watcher = watch_farm.watch(sim, "eu")
+    watch_farm.settle(watcher, containers=1)
+    assert len(watch_farm.queued("eu")) == 1
+    # the scan was refused: the worker marks the digest failed here for a credential
+    dedupe.mark_failed_backoff(
+        watch_farm.redis, digest, cluster="eu", kind="credential", scan_id=None,
+        delay=lambda _: 3600, window_seconds=3600,
+    )  # fmt: skip
+    watcher.reevaluate()
+    wait_for(watcher.idle, what="idle")
+    assert len(watch_farm.queued("eu")) == 1  # the wait holds
+
+    # the team adds a working pull secret: new pods name it
+    w.deployment("shop", "web-fixed", IMAGES[0], 1, pull_secrets=["new-cred"])
+    wait_for(lambda: len(watch_farm.queued("eu")) == 2, what="the digest published again")
+    assert watch_farm.requests("eu")[-1].pull_secrets == ("new-cred",)
+    assert dedupe.failed_marks(watch_farm.redis, digest, ["eu"]) == []
+
+
+def test_new_pull_secrets_do_not_end_a_wait_for_another_reason(
+    sim: sim_fixtures.SimCluster, watch_farm: Farm
+) -> None:
+    w = Workloads(sim)
+    w.deployment("shop", "web", IMAGES[0], 1, pull_secrets=["old-cred"])
+    digest = sim.digest_of(IMAGES[0])
+    watcher = watch_farm.watch(sim, "eu")
+    watch_farm.settle(watcher, containers=1)
+    dedupe.mark_failed_backoff(
+        watch_farm.redis, digest, cluster="eu", kind="failed", scan_id=None,
+        delay=lambda _: 3600, window_seconds=3600,
+    )  # fmt: skip
+    w.deployment("shop", "web-fixed", IMAGES[0], 1, pull_secrets=["new-cred"])
+    wait_for(lambda: watch_farm.settle(watcher, containers=2), what="both pods seen")
+    wait_for(watcher.idle, what="idle")
+    assert len(watch_farm.queued("eu")) == 1
+    assert [m.kind for m in dedupe.failed_marks(watch_farm.redis, digest, ["eu"])] == ["failed"]
