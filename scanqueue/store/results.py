@@ -150,26 +150,29 @@ WITH scan AS (
     UPDATE images i SET os_family = %(os_family)s, os_name = %(os_name)s
       FROM go WHERE i.digest = go.digest
 ), reported AS (
-    SELECT r.* FROM go, unnest(
-        {_split("advisory_id")}, {_split("advisory_title")}, {_split("advisory_severity")},
-        {_split("advisory_url")}, {_split("advisory_cvss_score", "numeric")},
-        {_split("advisory_cvss")}, {_split("advisory_published_at", "timestamptz")},
-        {_split("advisory_modified_at", "timestamptz")}
-    ) AS r(id, title, severity, url, cvss_score, cvss, published_at, modified_at)
+    SELECT r.id, r.title, r.severity, r.url, r.cvss_score, c.cvss, r.published_at,
+           r.modified_at
+      FROM go, unnest(
+          {_split("advisory_id")}, {_split("advisory_title")}, {_split("advisory_severity")},
+          {_split("advisory_url")}, {_split("advisory_cvss_score", "numeric")},
+          {_split("advisory_published_at", "timestamptz")},
+          {_split("advisory_modified_at", "timestamptz")}
+      ) WITH ORDINALITY AS r(id, title, severity, url, cvss_score, published_at, modified_at, n)
+      JOIN jsonb_array_elements(%(advisory_cvss)s::jsonb) WITH ORDINALITY AS c(cvss, n)
+        ON c.n = r.n
 ), changed AS (
     -- most advisories of a report are stored and unchanged: leave those rows alone
     SELECT r.* FROM reported r LEFT JOIN vulnerabilities v ON v.id = r.id
      WHERE v.id IS NULL
         OR ((v.title, v.severity, v.url, v.cvss_score, v.cvss, v.published_at, v.modified_at)
             IS DISTINCT FROM
-            (r.title, r.severity, r.url, r.cvss_score, r.cvss::jsonb, r.published_at,
-             r.modified_at)
+            (r.title, r.severity, r.url, r.cvss_score, r.cvss, r.published_at, r.modified_at)
             AND (v.modified_at IS NULL OR r.modified_at IS NULL
                  OR r.modified_at >= v.modified_at))
 ), advisories AS (
     INSERT INTO vulnerabilities AS v
            (id, title, severity, url, cvss_score, cvss, published_at, modified_at)
-    SELECT id, title, severity, url, cvss_score, cvss::jsonb, published_at, modified_at
+    SELECT id, title, severity, url, cvss_score, cvss, published_at, modified_at
       FROM changed
      ORDER BY id  -- one lock order for every report: concurrent ingests never deadlock
     ON CONFLICT (id) DO UPDATE SET
@@ -218,7 +221,6 @@ def _statement_params(
         "advisory_severity": [v.severity for v in advisories],
         "advisory_url": [v.url for v in advisories],
         "advisory_cvss_score": [_text(v.cvss_score) for v in advisories],
-        "advisory_cvss": [json.dumps(_plain(v.cvss)) for v in advisories],
         "advisory_published_at": [_text(v.published_at) for v in advisories],
         "advisory_modified_at": [_text(v.modified_at) for v in advisories],
         **_finding_columns(findings),
@@ -232,6 +234,8 @@ def _statement_params(
         "artifact": report.artifact,
         "n_advisories": len(advisories),
         "n_findings": len(findings),
+        # one JSON array, not one document per advisory: one json.dumps call, one parse
+        "advisory_cvss": json.dumps([_plain(v.cvss) for v in advisories]),
     }
     for name, values in columns.items():
         joined = _joined(values)
