@@ -229,7 +229,9 @@ def test_refusals_are_permanent(scripted: Callable[..., Any], code: int, reason:
 
 def test_forbidden_says_which_permission_to_grant(scripted: Callable[..., Any]) -> None:
     _, api = scripted(lambda r: status(403, "Forbidden", "secrets is forbidden"))
-    with pytest.raises(errors.PermanentError, match=r"grant .* the delete permission"):
+    with pytest.raises(
+        errors.PermanentError, match=r"may not delete secrets in namespace scans: grant it"
+    ):
         kube.delete_secret(api=api, namespace="scans", name="s")
 
 
