@@ -53,6 +53,8 @@ def finish_scan(
     succeeded is left as it is. Raises ``PermanentError`` for an unknown scan
     id (call ``start_scan`` first) or a scan started without a digest.
     """
+    # Whatever else a success writes goes in both ways below: a CTE of _INGEST reading
+    # ``go``, and a statement in _finish_row_by_row's transaction.
     params = _statement_params(scan_id, report, finished_at) if findings_via == "set" else None
     if params is None:  # the baseline, or a value the text columns cannot carry
         _finish_row_by_row(conn, scan_id, report, finished_at)
