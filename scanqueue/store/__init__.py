@@ -7,8 +7,10 @@ need to know which module holds it:
 - ``db``: connections, the pool, migrations, psycopg errors translated once;
 - ``inventory``: clusters, workloads, containers (what runs where);
 - ``scans``: scan rows and their state;
-- ``results``: a report's vulnerabilities and findings (the ingest);
-- ``reports``: the queries behind the views and ``scanqueue report``.
+- ``results``: a report's vulnerabilities and findings (the ingest: one statement);
+- ``reports``: the queries behind the views and ``scanqueue report``;
+- ``overview``: the farm at a glance (vulnerability metrics, the HTML report);
+- ``maintenance``: day-two selections and pruning of containers long gone.
 
 Write functions take a connection (from ``connect`` or a ``pool``) and run as
 one transaction each: they commit on return, or become a savepoint of the
