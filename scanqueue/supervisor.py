@@ -98,7 +98,12 @@ class Supervisor:
             elif role.restart_at is not None and now >= role.restart_at:
                 role.restart_at = None
                 role.restarts += 1
-                process.start()
+                try:
+                    process.start()
+                except OSError as e:  # its program vanished, no fds left: a crash like any other
+                    self._say(f"scanqueue: {process.name} could not be started: {e}")
+                    self._died(role, now)
+                    continue
                 self._say(f"scanqueue: {process.name} restarted (pid {process.pid}, "
                           f"restart {role.restarts})")  # fmt: skip
 

@@ -77,3 +77,16 @@ def test_a_role_that_keeps_crashing_stops_the_supervision_with_its_exit_and_log(
     ] * 2
     assert "restarting in 0.4s (crash 2," in said[2]  # the backoff doubled
     assert time.monotonic() - started >= 0.6
+
+
+def test_a_role_whose_program_vanished_counts_as_crashing_until_the_supervision_gives_up(
+    tmp_path: Path,
+) -> None:
+    role = processes.Process("flower", ["sleep", "300"], tmp_path / "flower.log").start()
+    said: list[str] = []
+    keeper = supervisor.Supervisor([role], say=said.append, policy=FAST)
+    role.argv = [str(tmp_path / "uninstalled-flower")]  # removed by an upgrade, say
+    role.kill(signal.SIGKILL)
+    with pytest.raises(supervisor.CrashLoopError, match="flower died 3 times"):
+        _until(lambda: False, keeper)
+    assert sum("could not be started" in line for line in said) == 2
