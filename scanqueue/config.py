@@ -26,6 +26,7 @@ from typing import Any, Literal
 from scanqueue import errors
 
 ScanMode = Literal["auto", "registry", "node"]
+Severity = Literal["CRITICAL", "HIGH", "MEDIUM", "LOW", "UNKNOWN"]
 _NAME = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
 _QUANTITY = re.compile(r"^[0-9]+(\.[0-9]+)?(m|k|M|G|T|P|E|Ki|Mi|Gi|Ti|Pi|Ei)?$")
 _TRIVY_TAG = re.compile(r":v?(\d+)\.(\d+)(?:\.\d+)?$")  # the tag of a trivy_image, if a version
@@ -101,10 +102,27 @@ class ClusterSettings:
 
 
 @dataclasses.dataclass(frozen=True)
+class AlertSettings:
+    min_severity: Severity = "CRITICAL"  # alert on new findings at this severity or above
+    fixable_only: bool = True  # alert only on findings that have a fixed version
+    generic_urls: tuple[str, ...] = ()  # webhooks receiving scanqueue's own JSON (one POST each)
+    alertmanager_urls: tuple[str, ...] = ()  # Alertmanager alert endpoints (.../api/v2/alerts)
+    slack_urls: tuple[str, ...] = ()  # Slack (or Mattermost) incoming-webhook URLs
+    timeout_seconds: float = 5.0  # connect and read timeout of one POST
+    max_attempts: int = 8  # POSTs tried per notification before it becomes a dead letter
+    retry_base_seconds: float = 10.0  # the first retry waits this long; doubled each time
+    retry_max_seconds: float = 600.0  # retries are at most this far apart
+    interval_seconds: float = 10.0  # beat plans new alerts and resends lost ones this often
+    max_age_seconds: int = 86400  # a scan older than this when planned alerts nothing
+    max_findings: int = 20  # findings listed in one notification; the rest are counted
+
+
+@dataclasses.dataclass(frozen=True)
 class Settings:
     database: DatabaseSettings = DatabaseSettings()
     broker: BrokerSettings = BrokerSettings()
     scan: ScanSettings = ScanSettings()
+    alerts: AlertSettings = AlertSettings()
     clusters: tuple[ClusterSettings, ...] = ()
     source: str = "defaults"  # where the settings came from, for messages
 
@@ -121,6 +139,7 @@ _SECTIONS: dict[str, type[Any]] = {
     "database": DatabaseSettings,
     "broker": BrokerSettings,
     "scan": ScanSettings,
+    "alerts": AlertSettings,
 }
 
 
@@ -188,6 +207,7 @@ def from_mapping(
         database=DatabaseSettings(**sections["database"]),
         broker=BrokerSettings(**sections["broker"]),
         scan=ScanSettings(**sections["scan"]),
+        alerts=AlertSettings(**sections["alerts"]),
         clusters=clusters,
         source=source,
     )
@@ -211,7 +231,7 @@ def redis_tls(broker: BrokerSettings, url: str) -> dict[str, Any] | None:
 
 
 _ENV_IGNORED = frozenset({"SCANQUEUE_CONFIG"})
-_ENV_HELP = "expected SCANQUEUE_<SECTION>_<KEY> with section database, broker or scan"
+_ENV_HELP = "expected SCANQUEUE_<SECTION>_<KEY> with section database, broker, scan or alerts"
 
 
 def _cluster(raw: Any, index: int, source: str) -> ClusterSettings:
@@ -297,6 +317,7 @@ def _check(settings: Settings) -> None:
                 )
             # a missing or empty file is an error now, not at the first connection
             read_password_file(section.password_file, f"{name}.password_file")
+    _check_alerts(settings.alerts, where)
 
 
 def database_password(database: DatabaseSettings) -> str | None:
@@ -337,6 +358,24 @@ def read_password_file(path: str, key: str) -> str | None:
 def _url_has_password(url: str) -> bool:
     authority = url.partition("://")[2].partition("/")[0]
     return "@" in authority and ":" in authority.rpartition("@")[0]
+
+
+def _check_alerts(alerts: AlertSettings, where: str) -> None:
+    from scanqueue import alerts as alerting  # the one webhook URL parser
+
+    for name in ("timeout_seconds", "retry_base_seconds", "interval_seconds", "max_findings"):
+        if getattr(alerts, name) <= 0:
+            raise errors.ConfigError(f"{where}: alerts.{name} must be positive")
+    if alerts.max_attempts < 1:
+        raise errors.ConfigError(f"{where}: alerts.max_attempts must be at least 1")
+    if alerts.retry_max_seconds < alerts.retry_base_seconds:
+        raise errors.ConfigError(f"{where}: alerts.retry_max_seconds is below retry_base_seconds")
+    for key in ("generic_urls", "alertmanager_urls", "slack_urls"):
+        for i, url in enumerate(getattr(alerts, key)):
+            try:
+                alerting.parse_webhook(key.removesuffix("_urls"), i, url)
+            except errors.PermanentError as e:
+                raise errors.ConfigError(f"{where}: alerts.{key}[{i}]: {e}") from None
 
 
 def _convert(

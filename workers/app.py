@@ -57,7 +57,7 @@ def restore_interval(broker: config.BrokerSettings) -> int:
 def make_app(settings: config.Settings) -> Celery:
     """Build the Celery app for ``settings``; does not connect to the broker."""
     # workers.heartbeat: the stamps docker/healthcheck.py --max-age reads
-    tasks = ["workers.tasks", "workers.heartbeat"]
+    tasks = ["workers.tasks", "workers.heartbeat", "workers.alerts"]
     app = Celery("scanqueue", broker=settings.broker.url, include=tasks)
     scan = settings.scan
     queues = [Queue(queue_name(c.name)) for c in settings.clusters] + [Queue(CONTROL_QUEUE)]

@@ -32,7 +32,7 @@ from psycopg import pq
 from psycopg.types.json import Jsonb
 
 from scanqueue import errors, images, reports
-from scanqueue.store import db, scans
+from scanqueue.store import alerts, db, scans
 
 FindingsVia = Literal["set", "insert"]
 
@@ -68,6 +68,7 @@ def finish_scan(
         raise errors.PermanentError(
             f"scan {scan_id} has no image digest; start it again with the digest scanned"
         )
+        alerts.enqueue(conn, scan_id)  # alerts on new findings: planned later, never here
 
 
 @db.translated

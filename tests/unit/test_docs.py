@@ -38,6 +38,7 @@ SECTIONS: list[tuple[str, type[Any]]] = [
     ("database", config.DatabaseSettings),
     ("broker", config.BrokerSettings),
     ("scan", config.ScanSettings),
+    ("alerts", config.AlertSettings),
     ("clusters", config.ClusterSettings),
 ]
 
