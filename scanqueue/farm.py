@@ -57,6 +57,7 @@ class Options:
     flower_port: int = 5555  # 0: a free port
     flower_unauthenticated: bool = False  # allow Flower without basic auth (loopback only)
     worker_metrics_port: int = 0  # 0: a free port
+    exporter_port: int = 0  # vulnerability metrics (scanqueue exporter); 0: a free port
     watcher_metrics_port: int = 0  # 0: a free port
     state_dir: Path | None = None  # kept; None: a temporary directory removed at the end
     private_services: bool = False  # embedded default: own Redis and Postgres, whatever answers
@@ -159,8 +160,9 @@ def commands(
     flower_port: int,
     worker_metrics_port: int,
     watcher_metrics_port: int,
+    exporter_port: int = 0,
 ) -> dict[str, list[str]]:
-    """The command line of each role, by name: worker, beat, watcher, flower."""
+    """The command line of each role, by name: worker, beat, watcher, flower, exporter."""
     return {
         "worker": roles.worker(
             queues=roles.queues(settings),
@@ -172,6 +174,7 @@ def commands(
         "beat": roles.beat(schedule=state / "beat-schedule", log_level=options.log_level),
         "watcher": roles.watcher(log_level=options.log_level, metrics_port=watcher_metrics_port),
         "flower": roles.flower(address=options.flower_address, port=flower_port),
+        "exporter": roles.exporter(port=exporter_port),
     }
 
 
@@ -250,7 +253,9 @@ def run(
         say(f"  flower       {flower_url}  ({how})")
         say(f"  metrics      worker http://127.0.0.1:{ports['worker']}/metrics, "
             f"watcher http://127.0.0.1:{ports['watcher']}/metrics")  # fmt: skip
-        say(f"  logs         {log_dir}/{{worker,beat,watcher,flower}}.log")
+        say(f"  findings     http://127.0.0.1:{ports['exporter']}/metrics  "
+            "(scanqueue exporter: vulnerability metrics)")  # fmt: skip
+        say(f"  logs         {log_dir}/{{worker,beat,watcher,flower,exporter}}.log")
         say(f"  report       SCANQUEUE_CONFIG={_config_path(settings, env)} scanqueue report"
             "   (also: --by image, --format csv)")  # fmt: skip
         say("  stop         Ctrl-C" if not options.until_scanned else
@@ -314,14 +319,16 @@ def _start_roles(
     auth: str | None,
     started: list[processes.Process],
 ) -> tuple[str, dict[str, int], Path]:
-    """Start worker, beat, Flower, then the watcher (appended to ``started`` as they start),
-    each waited for; return Flower's URL, the metrics ports and the log directory."""
+    """Start worker, beat, Flower, then the watcher and the exporter (appended to ``started``
+    as they start), each waited for; return Flower's URL, the ports and the log directory."""
     flower_port = _port(options.flower_port)
     ports = {"worker": _port(options.worker_metrics_port),
-             "watcher": _port(options.watcher_metrics_port)}  # fmt: skip
+             "watcher": _port(options.watcher_metrics_port),
+             "exporter": _port(options.exporter_port)}  # fmt: skip
     argv = commands(settings=settings, state=state, options=options, flower_port=flower_port,
                     worker_metrics_port=ports["worker"],
-                    watcher_metrics_port=ports["watcher"])  # fmt: skip
+                    watcher_metrics_port=ports["watcher"],
+                    exporter_port=ports["exporter"])  # fmt: skip
     log_dir = state / "logs"
     log_dir.mkdir(exist_ok=True)
     metrics_dir = state / "worker-metrics"
@@ -335,6 +342,7 @@ def _start_roles(
         "watcher": base_env,
         "beat": base_env,
         "flower": {**base_env, **_flower_env(auth)},
+        "exporter": base_env,
     }
     # consumers first: the watcher publishes only once a worker and Flower are up
     for name in ("worker", "beat", "flower"):
@@ -351,6 +359,11 @@ def _start_roles(
     started.append(watcher.start())
     watcher_url = f"http://127.0.0.1:{ports['watcher']}/metrics"
     watcher.wait_ready(lambda: processes.http_ok(watcher_url), what="its metrics endpoint")
+    exporter = processes.Process("exporter", argv["exporter"], log_dir / "exporter.log",
+                                 env=envs["exporter"])  # fmt: skip
+    started.append(exporter.start())
+    exporter_url = f"http://127.0.0.1:{ports['exporter']}/metrics"
+    exporter.wait_ready(lambda: processes.http_ok(exporter_url), what="its /metrics")
     return flower_url, ports, log_dir
 
 

@@ -90,3 +90,9 @@ def flower(*, address: str = "127.0.0.1", port: int) -> list[str]:
     """``celery flower`` on ``address:port`` (auth comes from the environment)."""
     return [python(), "-m", "celery", "-A", CELERY_APP, "flower",
             f"--address={address}", f"--port={port}"]  # fmt: skip
+
+
+def exporter(*, address: str = "127.0.0.1", port: int, ttl_seconds: float = 15.0) -> list[str]:
+    """``scanqueue exporter``: vulnerability metrics from Postgres; exactly one per farm."""
+    return [python(), "-m", "scanqueue.cli", "exporter", "--address", address,
+            "--port", str(port), "--ttl", str(ttl_seconds)]  # fmt: skip
