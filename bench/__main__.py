@@ -84,6 +84,9 @@ HEADLINES: list[tuple[str, str, tuple[str, ...]]] = [
     ("watcher", "10,000 pods: s to every task published", ("published_seconds",)),
     ("watcher", "  s to the whole inventory written", ("inventory_seconds",)),
     ("watcher", "  peak RSS, MB", ("peak_rss_mb",)),
+    ("exporter", "10,000 containers: ms per metrics scrape", ("scrape_ms_cached",)),
+    ("exporter", "  ms per scrape, refreshing all the time", ("scrape_ms_while_refreshing",)),
+    ("exporter", "  ms per refresh (queries + text)", ("refresh_ms",)),
 ]
 
 

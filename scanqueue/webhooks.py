@@ -1,7 +1,8 @@
 """POST a notification to one webhook: the only module of alerting that talks to the network.
 
 It connects to exactly the host and port of the parsed ``alerts.Webhook``
-(the one URL parser), with a connect and read timeout, and sorts the outcome
+(the one URL parser; the standard library's ``http.client`` is handed host,
+port and path, never a URL), with a connect and read timeout, and sorts the outcome
 into ``TemporaryError`` (timeout, refused connection, 5xx, 408, 429: retried
 with backoff) and ``PermanentError`` (any other 4xx, a redirect: dead letter
 at once, with the reason).
@@ -15,9 +16,9 @@ its password into an exception or a log line: a webhook is ``slack#0 (host)``.
 from __future__ import annotations
 
 import base64
+import http.client
 import logging
-
-import urllib3
+import ssl
 
 import scanqueue
 from scanqueue import alerts, errors
@@ -37,36 +38,29 @@ def post(webhook: alerts.Webhook, body: bytes, *, timeout: float) -> int:
     if webhook.username or webhook.password:
         token = base64.b64encode(f"{webhook.username}:{webhook.password}".encode()).decode()
         headers["Authorization"] = f"Basic {token}"
-    pool_class = (
-        urllib3.HTTPSConnectionPool if webhook.scheme == "https" else urllib3.HTTPConnectionPool
-    )
-    pool = pool_class(
-        webhook.host,
-        webhook.port,
-        timeout=urllib3.Timeout(connect=timeout, read=timeout),
-        retries=False,
-        maxsize=1,
-    )
-    try:
-        response = pool.urlopen(
-            "POST",
-            webhook.target,
-            body=body,
-            headers=headers,
-            redirect=False,
-            retries=False,
-            preload_content=True,
+    # http.client with the parsed host, port and path: no second URL parser decides where
+    # this goes, and it never follows a redirect.
+    conn: http.client.HTTPConnection
+    if webhook.scheme == "https":
+        conn = http.client.HTTPSConnection(
+            webhook.host, webhook.port, timeout=timeout, context=ssl.create_default_context()
         )
-    except urllib3.exceptions.TimeoutError:
+    else:
+        conn = http.client.HTTPConnection(webhook.host, webhook.port, timeout=timeout)
+    try:
+        conn.request("POST", webhook.target, body=body, headers=headers)
+        response = conn.getresponse()
+        response.read()
+    except TimeoutError:
         raise errors.TemporaryError(
             f"webhook {webhook.display} timed out after {timeout:g}s; retried later"
         ) from None
-    except urllib3.exceptions.HTTPError as e:
+    except (OSError, http.client.HTTPException) as e:
         raise errors.TemporaryError(
             f"webhook {webhook.display} unreachable ({type(e).__name__}); retried later"
         ) from None
     finally:
-        pool.close()
+        conn.close()
     status = int(response.status)
     if 200 <= status < 300:
         return status

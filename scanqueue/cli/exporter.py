@@ -70,5 +70,6 @@ def _cmd_exporter(args: argparse.Namespace) -> int:
     finally:
         server.shutdown()
         server.server_close()
+        cache.close()
         pool.close()
     return 0

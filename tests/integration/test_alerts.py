@@ -217,3 +217,19 @@ def test_a_scan_commits_its_alert_outbox_row_with_it_and_needs_no_webhook(
     # a redelivered result changes nothing: still one outbox row
     store.finish_scan(store_conn, scan_id="s1", report=af.report("x", R1), finished_at=now)
     assert store_conn.execute("SELECT count(*) FROM alert_outbox").fetchone() == (1,)
+
+
+def test_a_redirect_is_not_followed_and_gives_the_notification_up_at_once() -> None:
+    from scanqueue import alerts, errors, webhooks
+
+    receiver = af.Receiver(behaviour="redirect").start()
+    try:
+        hook = alerts.parse_webhook("generic", 0, f"http://u:{CANARY}@127.0.0.1:{receiver.port}/in")
+        with pytest.raises(errors.PermanentError, match="redirect") as raised:
+            webhooks.post(hook, b"{}", timeout=5)
+        assert CANARY not in str(raised.value) and "/in" not in str(raised.value)
+        assert [r.path for r in receiver.requests] == ["/in"]  # never /elsewhere
+    finally:
+        receiver.stop()
+    with pytest.raises(errors.TemporaryError, match="unreachable"):
+        webhooks.post(hook, b"{}", timeout=5)  # the receiver is gone: retried later

@@ -5,9 +5,10 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import time
 import urllib.request
 from collections import defaultdict
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -125,8 +126,12 @@ def test_cache_runs_the_queries_once_per_ttl_however_many_scrapes(inventory_url:
             assert cache.text() == first
         assert len(calls) == 1
         now[0] = 10.5
-        cache.text()
+        assert cache.text() == first  # served at once; the refresh runs in the background
+        wait_until(lambda: cache.refreshes == 2)
         assert len(calls) == 2
+        for _ in range(20):
+            cache.text()
+        assert len(calls) == 2  # fresh again until the next ttl
 
 
 def test_a_database_that_goes_away_serves_the_last_numbers_marked_stale(
@@ -144,11 +149,20 @@ def test_a_database_that_goes_away_serves_the_last_numbers_marked_stale(
         cache = vulnmetrics.Cache(fetch, ttl_seconds=1, clock=lambda: now[0])
         good = cache.text()
         state["fail"], now[0] = True, 2.0
+        assert cache.text() == good  # served while the background refresh fails
+        wait_until(lambda: cache.refreshes == 2)
         stale = cache.text()
     assert "scanqueue_vulnmetrics_up 1" in good and "scanqueue_vulnmetrics_up 0" in stale
     assert "scanqueue_vulnmetrics_refresh_errors_total 1" in stale
     pick = [line for line in good.splitlines() if line.startswith("scanqueue_workload_vuln")]
     assert pick and all(line in stale.splitlines() for line in pick)
+
+
+def wait_until(predicate: Callable[[], bool], timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.01)
 
 
 def store_error() -> Exception:
