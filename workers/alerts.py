@@ -44,7 +44,8 @@ def _db() -> Any:
     with _pool_lock:
         if not _pool:
             database = settings_of(app).database
-            _pool.append(store.pool(database.url, min_size=1, max_size=2))
+            password = config.database_password(database)
+            _pool.append(store.pool(database.url, min_size=1, max_size=2, password=password))
         return _pool[0]
 
 

@@ -68,7 +68,6 @@ def finish_scan(
         raise errors.PermanentError(
             f"scan {scan_id} has no image digest; start it again with the digest scanned"
         )
-        alerts.enqueue(conn, scan_id)  # alerts on new findings: planned later, never here
 
 
 @db.translated
@@ -205,6 +204,8 @@ WITH scan AS (
     UPDATE scans s SET status = 'succeeded', finished_at = %(finished_at)s, error = NULL,
                        scanner_version = %(scanner_version)s, artifact = %(artifact)s
       FROM go WHERE s.id = go.id
+), outbox AS (  -- alerts on new findings: planned later by the alerts task, never here
+    INSERT INTO alert_outbox (scan_id) SELECT id FROM go ON CONFLICT (scan_id) DO NOTHING
 )
 SELECT status, digest FROM scan"""  # noqa: S608
 # Sent without comments and runs of blanks: psycopg caches how it parses a query only up to
@@ -324,6 +325,7 @@ def _finish_row_by_row(
                 WHERE id = %s""",
             (finished_at, report.scanner_version, report.artifact, scan_id),
         )
+        alerts.enqueue(conn, scan_id)  # alerts on new findings: planned later, never here
 
 
 def _upsert_vulnerabilities(
