@@ -217,6 +217,17 @@ def test_a_scan_commits_its_alert_outbox_row_with_it_and_needs_no_webhook(
     # a redelivered result changes nothing: still one outbox row
     store.finish_scan(store_conn, scan_id="s1", report=af.report("x", R1), finished_at=now)
     assert store_conn.execute("SELECT count(*) FROM alert_outbox").fetchone() == (1,)
+    # the row-by-row path (the benchmark's baseline) writes it too
+    store.start_scan(
+        store_conn, scan_id="s2", cluster="c1", digest=D2, image=f"{REG}/team/db@{D2}",
+        mode="registry", attempt=1, credential_source=None, started_at=now,
+    )  # fmt: skip
+    store.finish_scan(
+        store_conn, scan_id="s2", report=af.report("y", R1), finished_at=now, findings_via="insert"
+    )
+    store_conn.commit()
+    rows = store_conn.execute("SELECT scan_id FROM alert_outbox ORDER BY 1").fetchall()
+    assert rows == [("s1",), ("s2",)]
 
 
 def test_a_redirect_is_not_followed_and_gives_the_notification_up_at_once() -> None:
