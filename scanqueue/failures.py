@@ -40,8 +40,8 @@ _CREDENTIAL = re.compile(
 )
 _TRANSIENT = re.compile(
     r"CreateContainerConfigError|ErrImagePull|ImagePullBackOff|ErrImageNeverPull|"
-    r"could not pull the scan container|collecting |retries exhausted|timed? ?out|"
-    r"DeadlineExceeded|temporar",
+    r"could not pull the scan container|collecting |gave up after \d+ retries|timed? ?out|"
+    r"DeadlineExceeded|temporar|retry later",
     re.IGNORECASE,
 )
 

@@ -48,6 +48,7 @@ def trivy(job: dict[str, Any]) -> dict[str, Any]:
                    "(ImagePullBackOff)", "transient"),
         ("failed", "its credential Secret was missing when the pod started "
                    "(CreateContainerConfigError)", "transient"),
+        ("failed", "gave up after 8 retries: create Job s/j: HTTP 503; retry later", "transient"),
         ("failed", "log of scan Job s/j is not a Trivy JSON report: starts with 'oops'", "failed"),
         ("failed", "scan Job s/j failed (BackoffLimitExceeded): FATAL db error", "failed"),
     ],
