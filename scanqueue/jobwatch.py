@@ -37,8 +37,27 @@ def finished(job: Mapping[str, Any]) -> bool:
     return model.job_state(job)[0] in ("complete", "failed")
 
 
+def summary(job: Mapping[str, Any]) -> dict[str, Any]:
+    """What a collect needs of a finished Job, to send with its task (pure).
+
+    Its name, labels, annotations (the scan request: references only, never a
+    credential), creation time and status: the worker then need not read the Job
+    again. Nothing of its pod template (no image pull details, no env).
+    """
+    metadata = job.get("metadata") or {}
+    return {
+        "metadata": {
+            key: metadata[key]
+            for key in ("name", "namespace", "uid", "labels", "annotations", "creationTimestamp")
+            if key in metadata
+        },
+        "spec": {"suspend": bool((job.get("spec") or {}).get("suspend"))},
+        "status": job.get("status") or {},
+    }
+
+
 class JobWatcher:
-    """Watches one cluster's scan Jobs until ``stop``; ``send(job_name)`` per finished Job.
+    """Watches one cluster's scan Jobs until ``stop``; ``send(name, summary)`` per finished Job.
 
     ``send`` raises ``TemporaryError`` when the broker cannot be reached; the Job
     is then left to the periodic collect pass. A Job is sent once per process
@@ -50,7 +69,7 @@ class JobWatcher:
         *,
         cluster: config.ClusterSettings,
         api: kube.ApiClient,
-        send: Callable[[str], None],
+        send: Callable[[str, dict[str, Any]], None],
         stop: threading.Event,
         watch_timeout_seconds: int = WATCH_TIMEOUT_SECONDS,
     ) -> None:
@@ -129,7 +148,7 @@ class JobWatcher:
         if name in self._sent or not finished(job):
             return
         try:
-            self._send(name)
+            self._send(name, summary(job))
         except errors.TemporaryError as e:
             log.warning("collect task for %s not sent (%s); the periodic pass collects it", name, e,
                         extra={"cluster": self.cluster.name, "job": name})  # fmt: skip

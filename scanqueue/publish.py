@@ -84,15 +84,16 @@ class Publisher:
             ) from e
         return str(result.id)
 
-    def publish_collect(self, cluster: str, job: str) -> None:
+    def publish_collect(self, cluster: str, job: str, summary: dict[str, Any]) -> None:
         """Send ``scanqueue.collect_job`` for the finished scan Job ``job`` of ``cluster``.
 
-        Raises ``TemporaryError`` when the broker cannot be reached.
+        ``summary`` is ``jobwatch.summary`` of the Job (names, annotations, status:
+        references only). Raises ``TemporaryError`` when the broker cannot be reached.
         """
         try:
             self._app.send_task(
                 COLLECT_JOB_TASK,
-                kwargs={"cluster": cluster, "job": job},
+                kwargs={"cluster": cluster, "job": job, "summary": summary},
                 queue=queue_name(cluster),
                 retry=True,
                 retry_policy={"max_retries": 2, "interval_start": 0.2, "interval_step": 0.5},

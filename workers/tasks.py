@@ -43,6 +43,7 @@ from scanqueue import (
 from workers.app import CONTROL_QUEUE, app, queue_name, settings_of
 
 log = logging.getLogger(__name__)
+kube.preload()  # in the worker's main process, before the pool forks
 
 MAX_TEMPORARY_RETRIES = 8  # then the scan fails with the last reason
 STARTED_GRACE_SECONDS = 60.0  # a waiting scan started this long ago without its task: again
@@ -252,12 +253,12 @@ def collect(cluster: str) -> list[dict[str, str]]:
 
 
 @app.task(name="scanqueue.collect_job", acks_late=True)
-def collect_job(cluster: str, job: str) -> dict[str, str]:
+def collect_job(cluster: str, job: str, summary: dict[str, Any] | None = None) -> dict[str, str]:
     """Collect one finished scan Job (sent by the watcher's Job watch); claimed once."""
     where = farm(cluster)
     try:
         status.count_task(where.redis, cluster=cluster, what="collect_tasks")
-        result = scans.collect_job(where, job)
+        result = scans.collect_job(where, job, summary)
     except errors.TemporaryError as e:
         log.warning("collect of %s stopped: %s; the periodic pass collects it", job, e,
                     extra={"cluster": cluster, "job": job})  # fmt: skip

@@ -31,15 +31,22 @@ log = logging.getLogger(__name__)
 CLAIM_SECONDS = 60
 
 
-def collect_job(farm: model.Farm, name: str) -> model.Result | None:
+def collect_job(
+    farm: model.Farm, name: str, summary: Mapping[str, Any] | None = None
+) -> model.Result | None:
     """Collect the one finished scan Job ``name`` (sent by the Job watch); None if nothing to do.
 
-    Gone already (collected by another worker or a pass), or not finished: nothing.
+    ``summary``: the Job as the watch saw it finished (``jobwatch.summary``), which
+    spares reading it again; without it the Job is read. Gone already (collected by
+    another worker or a pass), or not finished: nothing.
     """
-    try:
-        job = kube.read_job(api=farm.api, namespace=farm.namespace, name=name)
-    except kube.NotFound:
-        return None
+    if summary is not None and (summary.get("metadata") or {}).get("name") == name:
+        job: Mapping[str, Any] = summary
+    else:
+        try:
+            job = kube.read_job(api=farm.api, namespace=farm.namespace, name=name)
+        except kube.NotFound:
+            return None
     state, reason = model.job_state(job)
     if state not in ("complete", "failed"):
         return None

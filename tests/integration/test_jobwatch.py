@@ -63,8 +63,14 @@ def _complete(sim: sim_fixtures.SimCluster, names: set[str]) -> None:
 def watching(farm: scans.Farm) -> Iterator[tuple[jobwatch.JobWatcher, list[str]]]:
     sent: list[str] = []
     stop = threading.Event()
+
+    def send(name: str, summary: dict[str, Any]) -> None:
+        assert summary["metadata"]["name"] == name and jobwatch.finished(summary)
+        assert "template" not in str(summary)  # no pod template: no image, no env
+        sent.append(name)
+
     watcher = jobwatch.JobWatcher(
-        cluster=farm.cluster, api=farm.api, send=sent.append, stop=stop, watch_timeout_seconds=5
+        cluster=farm.cluster, api=farm.api, send=send, stop=stop, watch_timeout_seconds=5
     )
     thread = watcher.start()
     yield watcher, sent

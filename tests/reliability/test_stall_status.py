@@ -62,7 +62,11 @@ def test_status_and_metrics_show_a_cluster_whose_api_fails_with_jobs_in_flight(
     monkeypatch.setenv("SCANQUEUE_CONFIG", str(farm.config_path))
     rel.wait_finished(farm, 1)
     # healthy: collects keep completing, nothing in flight
-    farm.wait_for(lambda: _status(capsys)[0] == 0, timeout=30, what="status ok")
+    farm.wait_for(
+        lambda: (s := _status(capsys))[0] == 0 and s[1]["last_collect_s_ago"] is not None,
+        timeout=30,
+        what="status ok, a collect pass completed",
+    )
 
     # The API now fails every request a collect or a sweep makes (the Job watch's collect
     # tasks included); what a submit needs still works, so new scan Jobs go in flight.
