@@ -115,6 +115,7 @@ class AlertSettings:
     interval_seconds: float = 10.0  # beat plans new alerts and resends lost ones this often
     max_age_seconds: int = 86400  # a scan older than this when planned alerts nothing
     max_findings: int = 20  # findings listed in one notification; the rest are counted
+    keep_sent_days: int = 30  # delivered notifications are deleted after this; dead letters stay
 
 
 @dataclasses.dataclass(frozen=True)
@@ -363,7 +364,8 @@ def _url_has_password(url: str) -> bool:
 def _check_alerts(alerts: AlertSettings, where: str) -> None:
     from scanqueue import alerts as alerting  # the one webhook URL parser
 
-    for name in ("timeout_seconds", "retry_base_seconds", "interval_seconds", "max_findings"):
+    for name in ("timeout_seconds", "retry_base_seconds", "interval_seconds", "max_findings",
+                 "keep_sent_days"):  # fmt: skip
         if getattr(alerts, name) <= 0:
             raise errors.ConfigError(f"{where}: alerts.{name} must be positive")
     if alerts.max_attempts < 1:

@@ -39,6 +39,7 @@ log = logging.getLogger(__name__)
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 SEVERITIES = ("CRITICAL", "HIGH", "MEDIUM", "LOW", "UNKNOWN")
 IMAGE_STATES = ("scanned", "unscanned", "failing")
+DELIVERY_STATES = ("pending", "sent", "dead")
 
 # name -> (type, help, labels): what this module exports; the Grafana test reads it.
 METRICS: dict[str, tuple[str, str, tuple[str, ...]]] = {
@@ -56,6 +57,12 @@ METRICS: dict[str, tuple[str, str, tuple[str, ...]]] = {
         "gauge",
         "Age of the oldest latest-successful scan among the digests running in the cluster",
         ("cluster",),
+    ),
+    "scanqueue_alert_deliveries": (
+        "gauge",
+        "Alert notifications by state: pending (retrying), sent (kept alerts.keep_sent_days), "
+        "dead (dead letters, in the alert_dead_letters view)",
+        ("state",),
     ),
     "scanqueue_vulnmetrics_up": (
         "gauge",
@@ -144,6 +151,12 @@ def render(snapshot: overview.Snapshot | None, *, now: datetime, health: Health)
         for cluster, scanned_at in snapshot.oldest_scans:
             age = max(0.0, (now - scanned_at).total_seconds())
             lines.append(_sample("scanqueue_oldest_scan_age_seconds", {"cluster": cluster}, age))
+        lines += _header("scanqueue_alert_deliveries")
+        deliveries = dict(snapshot.alert_deliveries)
+        for state in DELIVERY_STATES:
+            lines.append(
+                _sample("scanqueue_alert_deliveries", {"state": state}, deliveries.get(state, 0))
+            )
     for name, value in (
         ("scanqueue_vulnmetrics_up", 1.0 if health.up else 0.0),
         ("scanqueue_vulnmetrics_refresh_seconds", round(health.refresh_seconds, 6)),

@@ -37,6 +37,8 @@ DISPATCH_TASK = "scanqueue.alerts.dispatch"
 DELIVER_TASK = "scanqueue.alerts.deliver"
 _pool: list[Any] = []
 _pool_lock = threading.Lock()
+_PRUNE_EVERY = timedelta(hours=1)
+_pruned_at: list[datetime] = []  # when this process last pruned sent deliveries
 
 
 def _db() -> Any:
@@ -80,6 +82,10 @@ def dispatch() -> dict[str, int]:
                 max_age_seconds=settings.max_age_seconds,
             )
             due = alert_store.due(conn, now=now, lease_seconds=_lease(settings))
+            if not _pruned_at or now - _pruned_at[0] > _PRUNE_EVERY:
+                keep = timedelta(days=settings.keep_sent_days)
+                alert_store.prune(conn, sent_before=now - keep)
+                _pruned_at[:] = [now]
     except errors.TemporaryError as e:
         log.warning("alert dispatch postponed to the next pass: %s", e)
         return {"planned": 0, "sent": 0}

@@ -216,3 +216,18 @@ def failed(
                     WHERE id = %s AND state = 'pending'""",
                 (retry_at, error, delivery_id),
             )
+
+
+@db.translated
+def prune(conn: db.Connection, *, sent_before: datetime) -> int:
+    """Delete deliveries sent before ``sent_before`` (dead letters stay); return how many.
+
+    The ledger (``alerted_findings``) is kept: it is what keeps a finding from
+    alerting twice, and it grows with workloads and findings, not with time.
+    """
+    with conn.transaction():
+        cur = conn.execute(
+            "DELETE FROM alert_deliveries WHERE state = 'sent' AND finished_at < %s",
+            (sent_before,),
+        )
+    return int(cur.rowcount or 0)

@@ -122,6 +122,7 @@ class Snapshot:
     vulnerabilities: tuple[VulnerabilityCount, ...]
     image_states: tuple[tuple[str, str, int], ...]  # (cluster, state, images)
     oldest_scans: tuple[tuple[str, datetime], ...]  # (cluster, scanned_at)
+    alert_deliveries: tuple[tuple[str, int], ...] = ()  # (state, deliveries)
 
 
 @db.translated
@@ -138,7 +139,13 @@ def snapshot(conn: db.Connection) -> Snapshot:
         )
         states = tuple(sorted((r[0], r[1], int(r[2])) for r in conn.execute(_IMAGE_STATES)))
         oldest = tuple(sorted((r[0], r[1]) for r in conn.execute(_OLDEST_SCANS)))
-    return Snapshot(vulns, states, oldest)
+        deliveries = tuple(
+            sorted(
+                (str(r[0]), int(r[1]))
+                for r in conn.execute("SELECT state, count(*) FROM alert_deliveries GROUP BY 1")
+            )
+        )
+    return Snapshot(vulns, states, oldest, deliveries)
 
 
 # ------------------------------------------------------------------ the HTML report

@@ -19,6 +19,8 @@ from typing import Any
 import pytest
 
 from scanqueue import reports, store
+from scanqueue.store import alerts as alert_store
+from scanqueue.store import overview
 from tests.support import alert_fixtures as af
 from tests.support import results_fixtures as inv
 from tests.support import services
@@ -203,6 +205,14 @@ def test_new_fixable_criticals_alert_once_per_workload_with_retries_and_dead_let
         table = conn.execute("SELECT alert_deliveries::text FROM alert_deliveries").fetchall()
         assert not any(CANARY in row[0] for row in table)
         assert CANARY not in worker.log.read_text(errors="replace")
+
+        # the exporter counts them; sent ones are pruned after alerts.keep_sent_days, dead
+        # letters stay
+        counts = dict(overview.snapshot(conn).alert_deliveries)
+        assert counts == {"sent": 8, "dead": 8}
+        assert alert_store.prune(conn, sent_before=datetime.now(UTC) + timedelta(days=1)) == 8
+        conn.commit()
+        assert dict(overview.snapshot(conn).alert_deliveries) == {"dead": 8}
 
 
 def test_a_scan_commits_its_alert_outbox_row_with_it_and_needs_no_webhook(
