@@ -428,31 +428,6 @@ def failed_marks(conn: redis.Redis, digest: str, clusters: Sequence[str]) -> lis
     return marks
 
 
-def clear_failed(
-    conn: redis.Redis, digests: Iterable[str], clusters: Sequence[str], *, fresh: bool = False
-) -> int:
-    """Drop the failed-here marks (and counts) of ``digests`` in ``clusters``; with ``fresh``
-    also their fresh keys, so they are scanned again. Returns how many marks were dropped.
-
-    In-flight keys are left alone: a scan running now is never doubled.
-    """
-    dropped = 0
-    wanted = list(dict.fromkeys(digests))
-    if not clusters:
-        return 0
-    for start in range(0, len(wanted), _BATCH):
-        pipe = conn.pipeline(transaction=False)
-        for digest in wanted[start : start + _BATCH]:
-            pipe.delete(*[failed_key(digest, c) for c in clusters])
-            pipe.delete(*[failures_key(digest, c) for c in clusters])
-            if fresh:
-                pipe.delete(fresh_key(digest))
-        results = _call(pipe.execute, "clear failed marks")
-        step = 3 if fresh else 2
-        dropped += sum(int(n) for n in results[::step])
-    return dropped
-
-
 _CLEAR_IF_KIND = """
 local n = 0
 for i = 1, #KEYS do
@@ -479,4 +454,44 @@ def clear_failed_of_kind(
                 f"clear {kind} marks in {cluster}",
             )
             dropped += int(cast(int, found))
+    return dropped
+
+
+def failed_marks_of(
+    conn: redis.Redis, pairs: Sequence[tuple[str, str]]
+) -> list[tuple[str, FailedMark]]:
+    """(digest, mark) for each (cluster, digest) of ``pairs`` that has a mark; pipelined in
+    batches, so that a rescan of thousands of digests costs a few round trips."""
+    found: list[tuple[str, FailedMark]] = []
+    for start in range(0, len(pairs), _BATCH):
+        batch = pairs[start : start + _BATCH]
+        pipe = conn.pipeline(transaction=False)
+        for cluster, digest in batch:
+            pipe.get(failed_key(digest, cluster))
+            pipe.ttl(failed_key(digest, cluster))
+            pipe.get(failures_key(digest, cluster))
+        values = _call(pipe.execute, "read failed marks")
+        for i, (cluster, digest) in enumerate(batch):
+            kind, ttl, count = values[3 * i : 3 * i + 3]
+            if kind is not None:
+                mark = FailedMark(cluster, "" if kind == "1" else str(kind), int(count or 0),
+                                  max(int(ttl), 0))  # fmt: skip
+                found.append((digest, mark))
+    return found
+
+
+def clear_marks(conn: redis.Redis, pairs: Sequence[tuple[str, str]], *, fresh: bool = False) -> int:
+    """Drop the failed marks (and counts) of each (cluster, digest); with ``fresh`` also the
+    digests' fresh keys. In-flight keys are left alone. Returns how many marks went."""
+    dropped = 0
+    for start in range(0, len(pairs), _BATCH):
+        batch = pairs[start : start + _BATCH]
+        pipe = conn.pipeline(transaction=False)
+        for cluster, digest in batch:
+            pipe.delete(failed_key(digest, cluster))
+            pipe.delete(failures_key(digest, cluster))
+        results = _call(pipe.execute, "clear failed marks")
+        dropped += sum(int(n) for n in results[::2])
+        if fresh:
+            _call(lambda b=batch: conn.delete(*{fresh_key(d) for _, d in b}), "forget fresh")
     return dropped

@@ -97,24 +97,20 @@ def _cmd_rescan(args: argparse.Namespace) -> int:
         password=config.broker_password(settings.broker),
         tls=config.redis_tls(settings.broker, settings.broker.url),
     )
-    cleared = 0
     try:
-        for cluster, digest in targets:
-            marks = dedupe.failed_marks(redis_client, digest, [cluster])
-            if args.reason:
-                marks = [m for m in marks if m.kind == args.reason]
-            for mark in marks:
-                why = failures.describe(mark.kind)
-                left = f"{mark.ttl_seconds}s left"
-                print(f"{'would clear' if args.dry_run else 'cleared'} {digest} in {cluster}: "
-                      f"{mark.kind or 'unknown'} ({why}; {left})")  # fmt: skip
-            if args.dry_run:
-                cleared += len(marks)
-                continue
-            if marks:
-                cleared += dedupe.clear_failed(redis_client, [digest], [cluster])
+        marks = dedupe.failed_marks_of(redis_client, targets)
+        if args.reason:
+            marks = [(d, m) for d, m in marks if m.kind == args.reason]
+        for digest, mark in marks:
+            print(f"{'would clear' if args.dry_run else 'cleared'} {digest} in {mark.cluster}: "
+                  f"{mark.kind or 'unknown'} ({failures.describe(mark.kind)}; "
+                  f"{mark.ttl_seconds}s left)")  # fmt: skip
+        cleared = len(marks)
+        if not args.dry_run:
+            pairs = [(m.cluster, d) for d, m in marks]
+            cleared = dedupe.clear_marks(redis_client, pairs)
             if args.force and not args.reason:
-                dedupe.clear_failed(redis_client, [digest], [cluster], fresh=True)
+                dedupe.clear_marks(redis_client, list(targets), fresh=True)
     finally:
         redis_client.close()
     digests = len({d for _, d in targets})

@@ -184,3 +184,27 @@ def test_the_daily_prune_task_runs_on_the_control_queue_of_a_real_worker(
     with store.connect(database_url) as conn:
         pods = [r[0] for r in conn.execute("SELECT pod FROM containers ORDER BY 1")]
     assert "old-1" not in pods and len(pods) == 4
+
+
+def test_rescan_all_clears_thousands_of_marks_in_a_few_round_trips(
+    farm_config: Path, redis_url: str, database_url: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    many = [f"sha256:{i:064x}" for i in range(3000)]
+    with store.connect(database_url) as conn:
+        store.record_containers(
+            conn,
+            [row("beta", "bulk", f"w{i % 50}", f"p{i}", f"reg.example/bulk/{i}:1", d, NOW)
+             for i, d in enumerate(many)],
+        )  # fmt: skip
+    conn = dedupe.client(redis_url)
+    pipe = conn.pipeline(transaction=False)
+    for digest in many:
+        pipe.set(dedupe.failed_key(digest, "beta"), "credential", ex=3600)
+    pipe.execute()
+    before = int(conn.info("stats")["total_commands_processed"])
+    assert cli.main(["rescan", "--all", "--cluster", "beta", "--reason", "credential"]) == 0
+    commands = int(conn.info("stats")["total_commands_processed"]) - before
+    assert "cleared 3000 failed mark(s)" in capsys.readouterr().out
+    assert not any(dedupe.failed_marks(conn, d, ["beta"]) for d in many[::97])
+    # three reads and two deletes per mark, in pipelines: no per-digest round trips beyond that
+    assert commands <= 3000 * 5 + 50
