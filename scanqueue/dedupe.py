@@ -493,5 +493,6 @@ def clear_marks(conn: redis.Redis, pairs: Sequence[tuple[str, str]], *, fresh: b
         results = _call(pipe.execute, "clear failed marks")
         dropped += sum(int(n) for n in results[::2])
         if fresh:
-            _call(lambda b=batch: conn.delete(*{fresh_key(d) for _, d in b}), "forget fresh")
+            keys = sorted({fresh_key(d) for _, d in batch})
+            _call(functools.partial(conn.delete, *keys), "forget fresh scans")
     return dropped
