@@ -116,6 +116,7 @@ class AlertSettings:
     max_age_seconds: int = 86400  # a scan older than this when planned alerts nothing
     max_findings: int = 20  # findings listed in one notification; the rest are counted
     keep_sent_days: int = 30  # delivered notifications are deleted after this; dead letters stay
+    webhooks_file: str = ""  # TOML file (a mounted Secret) adding generic/alertmanager/slack_urls
 
 
 @dataclasses.dataclass(frozen=True)
@@ -208,7 +209,7 @@ def from_mapping(
         database=DatabaseSettings(**sections["database"]),
         broker=BrokerSettings(**sections["broker"]),
         scan=ScanSettings(**sections["scan"]),
-        alerts=AlertSettings(**sections["alerts"]),
+        alerts=_with_webhooks_file(AlertSettings(**sections["alerts"])),
         clusters=clusters,
         source=source,
     )
@@ -359,6 +360,40 @@ def read_password_file(path: str, key: str) -> str | None:
 def _url_has_password(url: str) -> bool:
     authority = url.partition("://")[2].partition("/")[0]
     return "@" in authority and ":" in authority.rpartition("@")[0]
+
+
+_WEBHOOK_KEYS = ("generic_urls", "alertmanager_urls", "slack_urls")
+
+
+def _with_webhooks_file(alerts: AlertSettings) -> AlertSettings:
+    """``alerts`` plus the URL lists of ``alerts.webhooks_file`` (webhook URLs are secrets:
+    they belong in a mounted Secret, not in the settings file). Errors name the file and
+    the key, never a value."""
+    if not alerts.webhooks_file:
+        return alerts
+    where = f"alerts.webhooks_file {alerts.webhooks_file}"
+    try:
+        data = tomllib.loads(Path(alerts.webhooks_file).read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError) as e:
+        reason = e.strerror if isinstance(e, OSError) and e.strerror else type(e).__name__
+        raise errors.ConfigError(f"{where}: cannot read it ({reason})") from None
+    except tomllib.TOMLDecodeError:
+        raise errors.ConfigError(f"{where}: not valid TOML") from None
+    unknown = sorted(set(data) - set(_WEBHOOK_KEYS))
+    if unknown:
+        raise errors.ConfigError(f"{where}: unknown key {unknown[0]!r}; expected {_WEBHOOK_KEYS}")
+    added: dict[str, tuple[str, ...]] = {}
+    for key in _WEBHOOK_KEYS:
+        value = data.get(key, [])
+        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+            raise errors.ConfigError(f"{where}: {key} must be a list of strings")
+        added[key] = (*getattr(alerts, key), *value)
+    return dataclasses.replace(
+        alerts,
+        generic_urls=added["generic_urls"],
+        alertmanager_urls=added["alertmanager_urls"],
+        slack_urls=added["slack_urls"],
+    )
 
 
 def _check_alerts(alerts: AlertSettings, where: str) -> None:

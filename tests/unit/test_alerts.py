@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from datetime import UTC, datetime
+from pathlib import Path
 
 import pytest
 
@@ -102,3 +103,23 @@ def test_payload_shapes_generic_alertmanager_slack() -> None:
 def test_retry_delay_doubles_up_to_the_cap() -> None:
     delays = [alerts.retry_delay(a, base=10, cap=60) for a in range(1, 6)]
     assert delays == [10, 20, 40, 60, 60]
+
+
+def test_webhook_urls_can_come_from_a_secret_file_and_never_show_in_errors(tmp_path: Path) -> None:
+    secret = tmp_path / "alert-webhooks.toml"
+    secret.write_text(f'slack_urls = ["https://hooks.slack.com/services/T/B/{CANARY}"]\n')
+    settings = config.from_mapping(
+        {"alerts": {"generic_urls": ["http://hooks.example.com/in"], "webhooks_file": str(secret)}}
+    )
+    assert settings.alerts.slack_urls == (f"https://hooks.slack.com/services/T/B/{CANARY}",)
+    assert settings.alerts.generic_urls == ("http://hooks.example.com/in",)
+    secret.write_text(f'slack_urls = ["hooks.slack.com/{CANARY}"]\n')  # not a URL
+    with pytest.raises(errors.ConfigError) as raised:
+        config.from_mapping({"alerts": {"webhooks_file": str(secret)}})
+    assert CANARY not in str(raised.value)
+    secret.write_text(f'slack = "{CANARY}"\n')  # unknown key
+    with pytest.raises(errors.ConfigError, match="unknown key 'slack'") as raised:
+        config.from_mapping({"alerts": {"webhooks_file": str(secret)}})
+    assert CANARY not in str(raised.value)
+    with pytest.raises(errors.ConfigError, match="cannot read"):
+        config.from_mapping({"alerts": {"webhooks_file": str(tmp_path / "missing.toml")}})
