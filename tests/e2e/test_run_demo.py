@@ -33,13 +33,29 @@ from tests.support.run_fixtures import FarmCommand, labels, processes_mentioning
 FLOWER_USER = "ops"
 FLOWER_CANARY = "Flower-Canary-Pw-5b1e77c0"
 
-# what the bundled demo scenario's workloads are exposed to (the recorded Trivy reports)
+# What the real Trivy finds in the demo images (demo_env.DEMO_IMAGES) with the bundled DB
+# (scanqueue/sim/data/advisories.yaml):
+# team-a/web: libcrypto3 and libssl3 (origin openssl) x CVE-2024-5535 CRITICAL and
+#   CVE-2024-4741 HIGH, busybox MEDIUM, musl LOW; zlib 1.3.1 is past its advisory's fix = 6
+# payments/api: openssl MEDIUM, glibc HIGH, perl HIGH (no fix), zlib CRITICAL (no fix),
+#   libuuid1 and mount (source util-linux) LOW (no fix), requests, urllib3 MEDIUM and
+#   jinja2 HIGH = 9, 5 of them fixable
+# team-b/reporter: glibc HIGH, util-linux LOW (no fix), zlib CRITICAL (no fix) = 3
+# vendor/cache (node mode): busybox MEDIUM, musl LOW = 2; the public busybox image is clean
 EXPECTED_TOTALS = {
-    ("demo", "payments", "Deployment/api"): 128,
-    ("demo", "team-b", "CronJob/nightly"): 29,
-    ("demo", "monitoring", "StatefulSet/cache"): 7,
-    ("demo", "team-a", "Deployment/web"): 7,
+    ("demo", "payments", "Deployment/api"): 9,
+    ("demo", "team-b", "CronJob/nightly"): 3,
+    ("demo", "monitoring", "StatefulSet/cache"): 2,
+    ("demo", "team-a", "Deployment/web"): 6,
 }
+README = Path(__file__).parents[2] / "README.md"
+
+
+def readme_sample() -> list[str]:
+    """The rows of the report sample in README.md (the block after `make demo`)."""
+    text = README.read_text()
+    block = text[text.index("CLUSTER  NAMESPACE") :]
+    return block[: block.index("```")].strip().splitlines()
 
 
 def http_status(url: str, auth: tuple[str, str] | None = None) -> tuple[int, bytes]:
@@ -101,6 +117,8 @@ def test_demo_scans_every_image_prints_the_report_and_exits_0(
 
     assert command.wait(240) == 0, f"{command.output()}\n{command.errors()}"
     assert report_rows(command.lines) == EXPECTED_TOTALS
+    start = next(i for i, line in enumerate(command.lines) if line.startswith("CLUSTER"))
+    assert command.lines[start : start + 5] == readme_sample()  # the README shows this run
     assert any("5/5 images scanned" in line for line in command.lines)
     # pod secret, path-scoped secret, service account's legacy .dockercfg; public; node only
     assert scans(database_url) == [

@@ -24,7 +24,7 @@ from tests.support.sim_fixtures import SimCluster
 
 REPORTS = Path(__file__).parent.parent / "data" / "trivy"
 SCAN_NS = "scanqueue-scans"
-TRIVY = "aquasec/trivy:0.57.1"
+TRIVY = "aquasec/trivy:0.76.0"
 
 
 def scan_job(
@@ -56,7 +56,6 @@ def scan_job(
                 "valueFrom": {"secretKeyRef": {"name": secret, "key": "password"}},
             },
         ]
-    env.append({"name": "TRIVY_NON_SSL", "value": "true"})
     labels = {"app.kubernetes.io/managed-by": "scanqueue", "scanqueue.io/scan-id": name}
     spec: dict[str, Any] = {
         "suspend": suspend,
@@ -390,14 +389,14 @@ def test_without_real_pulls_scans_succeed_at_once(sim_factory: Any) -> None:
 # ------------------------------------------------------------------ node mode
 
 
-def node_scan_job(name: str, image: str, node: str) -> dict[str, Any]:
+def node_scan_job(name: str, image: str, node: str, *, deadline: int = 2) -> dict[str, Any]:
     return {
         "apiVersion": "batch/v1",
         "kind": "Job",
         "metadata": {"name": name},
         "spec": {
             "backoffLimit": 0,
-            "activeDeadlineSeconds": 2,
+            "activeDeadlineSeconds": deadline,
             "template": {
                 "spec": {
                     "restartPolicy": "Never",

@@ -13,9 +13,10 @@ from typing import Any
 import pytest
 from kubernetes import client, config
 
-from scanqueue.sim import scenario
+from scanqueue import demo_env
+from scanqueue.sim import imagefs, scenario
 from tests.conftest import REGISTRY_PASSWORD, REGISTRY_USER
-from tests.support import services
+from tests.support import services, trivy_fixtures
 from tests.support.sim_fixtures import SimCluster
 
 PUBLIC = "docker.io/library/busybox:1.36"
@@ -33,8 +34,9 @@ def demo_images(registry: services.Registry) -> dict[str, str]:
         ("team-b/reporter", "5"),
         ("vendor/cache", "7"),
     ):
+        contents = imagefs.files(**demo_env.DEMO_IMAGES[f"{repository}:{tag}"])
         images[f"{registry.host}/{repository}:{tag}"] = registry.push(
-            repository, tag, content=f"demo {repository}"
+            repository, tag, content=f"demo {repository}", contents=contents
         )
     return images
 
@@ -172,26 +174,48 @@ def test_demo_pull_secret_holds_the_registry_credential_and_scans_with_it(
     resume(sim, "demo-web")
     assert finished(sim, "demo-web").status.succeeded == 1
     log = sim.core().read_namespaced_pod_log(job_pod(sim, "demo-web").metadata.name, SCAN_NS)
-    assert log == (REPORTS / "node-alpine-3.19.json").read_text()
+    # the real Trivy with the bundled DB (scanqueue/sim/data/advisories.yaml) on the demo's
+    # team-a/web packages (demo_env.DEMO_IMAGES): openssl's two advisories hit both of its
+    # binary packages, busybox and musl one each, zlib 1.3.1 is already past its fix
+    assert trivy_fixtures.findings(json.loads(log)) == {
+        ("CVE-2024-5535", "libcrypto3", "CRITICAL", "3.1.6-r0"),
+        ("CVE-2024-5535", "libssl3", "CRITICAL", "3.1.6-r0"),
+        ("CVE-2024-4741", "libcrypto3", "HIGH", "3.1.6-r0"),
+        ("CVE-2024-4741", "libssl3", "HIGH", "3.1.6-r0"),
+        ("CVE-2023-42366", "busybox", "MEDIUM", "1.36.1-r16"),
+        ("CVE-2025-26519", "musl", "LOW", "1.2.4-r3"),
+    }
 
 
 def test_demo_node_mode_scan_runs_where_the_unresolved_image_runs(
-    sim: SimCluster, demo: scenario.Applied
+    sim: SimCluster, demo_images: dict[str, str], registry: services.Registry
 ) -> None:
     from tests.integration.test_sim_jobs import SCAN_NS, finished, job_pod, node_scan_job
+
+    # the nodes' own login to the registry (an instance role, a node-level config.json):
+    # no pull secret covers vendor/cache, yet its pod runs the registry's real digest
+    sim.trivy.node_auth[registry.host] = (REGISTRY_USER, REGISTRY_PASSWORD)
+    loaded = scenario.load(variables=demo_variables(registry))
+    applied = scenario.apply(sim.emulator, loaded, digests={PUBLIC: PUBLIC_DIGEST})
+    assert applied.unresolved == []
 
     (cache,) = sim.core().list_namespaced_pod("monitoring", label_selector="app=cache").items
     status = cache.status.container_statuses[0]
     digest = status.image_id.rsplit("@", 1)[1]
     pinned = f"{status.image.rsplit(':', 1)[0]}@{digest}"
+    assert digest == demo_images[f"{registry.host}/vendor/cache:7"]
     sim.batch().create_namespaced_job(
-        SCAN_NS, node_scan_job("demo-cache", pinned, cache.spec.node_name)
+        SCAN_NS, node_scan_job("demo-cache", pinned, cache.spec.node_name, deadline=60)
     )
     assert finished(sim, "demo-cache").status.succeeded == 1
     log = sim.core().read_namespaced_pod_log(
         job_pod(sim, "demo-cache").metadata.name, SCAN_NS, container="trivy"
     )
-    assert json.loads(log)["ArtifactName"] == "javaneseivankov/poros-week1-web:1.0.0"
+    # trivy rootfs / on vendor/cache's own files (demo_env.DEMO_IMAGES), the bundled DB
+    assert trivy_fixtures.findings(json.loads(log)) == {
+        ("CVE-2023-42366", "busybox", "MEDIUM", "1.36.1-r16"),
+        ("CVE-2025-26519", "musl", "LOW", "1.2.4-r3"),
+    }
 
 
 def test_missing_variable_is_named() -> None:

@@ -121,6 +121,8 @@ class TokenIssuer:
     expires_in: int = 300
     requests: list[dict[str, Any]] = dataclasses.field(default_factory=list)
     port: int = 0
+    # Trivy (go-containerregistry) refuses a realm on a private IP literal; "localhost" passes
+    realm_host: str = "127.0.0.1"
 
     def rotate_key(self) -> None:
         """Sign with a new key and certificate (``cert_path`` rewritten; restart the registry)."""
@@ -174,7 +176,7 @@ class TokenIssuer:
 
     @property
     def realm(self) -> str:
-        return f"http://127.0.0.1:{self.port}/token"
+        return f"http://{self.realm_host}:{self.port}/token"
 
     def registry_config(self) -> dict[str, str]:
         """The ``auth.token`` section of a ``docker-registry`` that trusts this issuer."""
@@ -440,7 +442,12 @@ def token_issuer() -> Iterator[TokenIssuer]:
 def token_world(
     registry_factory: Callable[..., services.Registry], token_issuer: TokenIssuer
 ) -> TokenWorld:
-    """A ``docker-registry`` with token auth that verifies ``token_issuer``'s signed tokens."""
+    """A ``docker-registry`` with token auth that verifies ``token_issuer``'s signed tokens.
+
+    Its realm is on ``localhost``: the real Trivy refuses a realm on a private IP literal
+    ("realm host is a private or link-local address"), and scan pods run the real Trivy.
+    """
+    token_issuer.realm_host = "localhost"
     world = TokenWorld(registry_factory(token=token_issuer.registry_config()), token_issuer)
     user, password = world.pusher
     token_issuer.users[user] = password

@@ -119,7 +119,7 @@ def test_registry_mode_job_is_the_expected_manifest() -> None:
                     "containers": [
                         {
                             "name": "trivy",
-                            "image": "aquasec/trivy:0.57.1",
+                            "image": "aquasec/trivy:0.76.0",
                             "imagePullPolicy": "IfNotPresent",
                             "command": ["trivy"],
                             "args": [
@@ -207,11 +207,19 @@ def test_anonymous_scan_has_no_credential_env() -> None:
     assert "env" not in container(manifests.scan_job(spec(credential=None)))
 
 
-def test_insecure_registry_gets_literal_insecure_and_non_ssl_flags() -> None:
+def test_insecure_registry_gets_trivys_insecure_variable_only() -> None:
     scan = dataclasses.replace(SCAN, insecure_registries=("127.0.0.1:5000",))
     variables = env(manifests.scan_job(spec(scan=scan)))
     assert variables["TRIVY_INSECURE"] == {"name": "TRIVY_INSECURE", "value": "true"}
-    assert variables["TRIVY_NON_SSL"] == {"name": "TRIVY_NON_SSL", "value": "true"}
+    assert "TRIVY_NON_SSL" not in variables  # not a Trivy 0.76 variable
+
+
+def test_db_repository_goes_to_standalone_scans_only() -> None:
+    mirror = dataclasses.replace(CLUSTER, trivy_db_repository="mirror.corp:5000/trivy-db:2")
+    args = container(manifests.scan_job(spec(cluster=mirror)))["args"]
+    assert args[args.index("--db-repository") + 1] == "mirror.corp:5000/trivy-db:2"
+    served = dataclasses.replace(mirror, trivy_server="http://trivy.scans:4954")
+    assert "--db-repository" not in container(manifests.scan_job(spec(cluster=served)))["args"]
 
 
 def test_secure_registry_gets_no_insecure_flags() -> None:
@@ -246,7 +254,7 @@ def test_node_mode_runs_the_target_image_itself_on_its_node() -> None:
     pod = job["spec"]["template"]["spec"]
     assert pod["nodeName"] == "node-1"
     [init] = pod["initContainers"]
-    assert init["image"] == "aquasec/trivy:0.57.1"
+    assert init["image"] == "aquasec/trivy:0.76.0"
     assert init["command"] == [
         "cp",
         "/usr/local/bin/trivy",
