@@ -468,7 +468,7 @@ def start(
             repository, tag, content=f"scanqueue demo {PUBLIC_IMAGE}"
         )
         say(f"  images       {len(digests)} pushed with skopeo")
-        emulator = emulator_mod.Emulator(name=CLUSTER)
+        emulator = emulator_mod.Emulator(name=CLUSTER, trivy_dir=directory / "trivy")
         emulator.start()
         started.append(emulator)
         # the nodes' own login to the private registry (node mode pulls no Secret), and one

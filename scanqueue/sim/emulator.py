@@ -67,6 +67,7 @@ class Emulator:
         job_backoff_seconds: float = 0.1,
         pull_workers: int = 8,
         name: str = "sim",
+        trivy_dir: str | Path | None = None,
     ) -> None:
         self.host = host
         self.port = port
@@ -83,7 +84,8 @@ class Emulator:
         self.faults = faults.Faults()
         self.reports = kubelet.Reports()
         # real Trivy for scan pods: the DB, fetched node images, a Trivy server on demand
-        self.trivy = podrun.World()
+        # (in ``trivy_dir``, kept; else in a temporary directory removed by stop())
+        self.trivy = podrun.World(trivy_dir)
         self.digests: dict[
             str, str
         ] = {}  # image reference -> digest, for pods not pinned by digest

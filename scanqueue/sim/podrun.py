@@ -84,6 +84,7 @@ class World:
     def __init__(self, directory: str | os.PathLike[str] | None = None) -> None:
         self._own = directory is None
         self.dir = Path(directory or tempfile.mkdtemp(prefix="sq-sim-world-"))
+        self.dir.mkdir(parents=True, exist_ok=True)
         self._lock = threading.Lock()
         self._first = threading.Lock()
         self._generation = 0

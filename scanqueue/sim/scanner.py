@@ -14,6 +14,8 @@ passes (it holds the scan's credential).
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
 import dataclasses
 import os
 import shutil
@@ -37,6 +39,13 @@ OFFLINE = ("--skip-db-update", "--skip-java-db-update", "--offline-scan", "--ski
 
 class TrivyMissingError(RuntimeError):
     """No Trivy binary on PATH nor in this Python's environment; the message names the fix."""
+
+
+def die_with_parent() -> None:  # pragma: no cover - runs in the child before exec
+    """Linux: SIGKILL this child when the thread that started it dies (PR_SET_PDEATHSIG),
+    so a killed emulator or demo leaves no Trivy behind."""
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)
 
 
 def binary() -> str:
@@ -96,12 +105,13 @@ def run(
             new_root, workdir = str(chroot), str(cwd or "/")
 
             def enter() -> None:  # in the child, before exec
+                die_with_parent()
                 os.chroot(new_root)
                 os.chdir(workdir)
 
             setup, directory = enter, None
         else:
-            base, setup, directory = base_env(home or scratch), None, str(cwd or scratch)
+            base, setup, directory = base_env(home or scratch), die_with_parent, str(cwd or scratch)
         proc = subprocess.Popen(
             [exe, *args],
             stdout=subprocess.PIPE,
@@ -153,7 +163,7 @@ class Server:
                 [binary(), "server", "--skip-db-update",
                  "--listen", f"127.0.0.1:{self.port}", "--cache-dir", str(self.cache_dir)],
                 stdout=log, stderr=subprocess.STDOUT, env=base_env(home),
-                start_new_session=True,
+                start_new_session=True, preexec_fn=die_with_parent,  # noqa: PLW1509
             )  # fmt: skip
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
