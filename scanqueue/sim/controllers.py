@@ -756,16 +756,19 @@ class Controllers:
             return kubelet.Outcome(0, self.emulator.reports.report_for(target, digest, now), digest)
         timeout = self._deadline(pod)
         world = self.emulator.trivy
+        namespace = pod["metadata"]["namespace"]
+
+        def lookup(kind: str, name: str) -> Obj | None:
+            return self.cluster.lookup(SECRETS if kind == "Secret" else CONFIGMAPS, namespace, name)
+
         try:
             if node_mode:
                 init = (pod.get("spec") or {}).get("initContainers") or []
-                outcome = podrun.run_node(
-                    world, pod, init=init, container=container, env=env, timeout=timeout
-                )
+                outcome = podrun.run_node(world, pod, init=init, container=container, env=env,
+                                          timeout=timeout, lookup=lookup)  # fmt: skip
             else:
-                outcome = podrun.run_registry(
-                    world, pod, container=container, env=env, timeout=timeout
-                )
+                outcome = podrun.run_registry(world, pod, container=container, env=env,
+                                              timeout=timeout, lookup=lookup)  # fmt: skip
         except podrun.PodRunError as e:
             if node_mode and self.emulator.reports.find(target, digest) is not None:
                 # an image no registry holds (a made-up digest): its recording stands in

@@ -42,7 +42,7 @@ import subprocess
 import tarfile
 import tempfile
 import threading
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -226,14 +226,22 @@ def _blob(layout: Path, digest: str) -> Path:
 # ------------------------------------------------------------------ the pod
 
 
-def _volumes(pod: Obj, pod_dir: Path) -> dict[str, Path]:
-    """Create each volume of ``pod``; return name -> directory."""
+Lookup = Callable[[str, str], "Obj | None"]  # (kind "ConfigMap"/"Secret", name) -> object
+
+
+def _volumes(pod: Obj, pod_dir: Path, lookup: Lookup | None = None) -> dict[str, Path]:
+    """Create each volume of ``pod`` (emptyDir, downwardAPI, configMap, secret items); return
+    name -> directory. A missing ConfigMap or Secret that is not optional raises."""
     out: dict[str, Path] = {}
     meta = pod.get("metadata") or {}
     for volume in (pod.get("spec") or {}).get("volumes") or []:
         name = volume.get("name", "")
         local = pod_dir / "volumes" / name
         local.mkdir(parents=True, exist_ok=True)
+        for kind, key in (("ConfigMap", "configMap"), ("Secret", "secret")):
+            source = volume.get(key)
+            if source is not None:
+                _project(kind, source, local, lookup)
         for item in (volume.get("downwardAPI") or {}).get("items") or []:
             path = (item.get("fieldRef") or {}).get("fieldPath", "")
             value = ""
@@ -244,6 +252,23 @@ def _volumes(pod: Obj, pod_dir: Path) -> dict[str, Path]:
             (local / item.get("path", "item")).write_text(value)
         out[name] = local
     return out
+
+
+def _project(kind: str, source: Mapping[str, Any], into: Path, lookup: Lookup | None) -> None:
+    name = source.get("name") or source.get("secretName") or ""
+    found = lookup(kind, name) if lookup is not None else None
+    if found is None:
+        if source.get("optional"):
+            return
+        raise PodRunError(f'{kind.lower()} "{name}" not found')
+    data = dict(found.get("data") or {})
+    items = source.get("items") or [{"key": k, "path": k} for k in data]
+    for item in items:
+        if item.get("key") not in data:
+            raise PodRunError(f"{kind.lower()} {name} has no key {item.get('key')}")
+        value = data[item["key"]]
+        raw = base64.b64decode(value) if kind == "Secret" else str(value).encode()
+        (into / item.get("path", item["key"])).write_bytes(raw)
 
 
 def _container_mounts(container: Mapping[str, Any], volumes: Mapping[str, Path]) -> Mounts:
@@ -288,12 +313,18 @@ def _needs_local_db(args: Sequence[str], env: Mapping[str, str]) -> bool:
 
 
 def run_registry(
-    world: World, pod: Obj, *, container: Mapping[str, Any], env: Mapping[str, str], timeout: float
+    world: World,
+    pod: Obj,
+    *,
+    container: Mapping[str, Any],
+    env: Mapping[str, str],
+    timeout: float,
+    lookup: Lookup | None = None,
 ) -> kubelet.Outcome:
     """Run the registry-mode scan container (``trivy image ...``) on the host."""
     pod_dir = Path(tempfile.mkdtemp(prefix="pod-", dir=world.dir))
     try:
-        mounts = _container_mounts(container, _volumes(pod, pod_dir))
+        mounts = _container_mounts(container, _volumes(pod, pod_dir, lookup))
         program = _program(list(container.get("command") or []), mounts)
         args = [mounts.map(str(a)) for a in container.get("args") or []]
         full_env = {k: mounts.map(v) for k, v in env.items()}
@@ -317,6 +348,7 @@ def run_node(
     container: Mapping[str, Any],
     env: Mapping[str, str],
     timeout: float,
+    lookup: Lookup | None = None,
 ) -> kubelet.Outcome:
     """Run node mode: init containers' ``cp`` out of the Trivy image, then the scan container
     chrooted into a copy of the target image's filesystem."""
@@ -329,7 +361,7 @@ def run_node(
     try:
         root = pod_dir / "root"
         shutil.copytree(image_root, root, symlinks=True, copy_function=os.link)
-        volumes = _volumes(pod, pod_dir)
+        volumes = _volumes(pod, pod_dir, lookup)
         inside = _mount_into(root, volumes, [*init, container])
         for step in init:
             _run_copy(step, inside)

@@ -200,3 +200,22 @@ def test_missing_secret_key_keeps_the_pod_waiting(scan_sim: SimCluster) -> None:
         return False
 
     scan_sim.wait_for(waiting, timeout=30)
+
+
+def test_ca_bundle_from_a_configmap_reaches_trivys_cacert(scan_sim: SimCluster) -> None:
+    from tests.support.registry_fixtures import self_signed
+
+    repo, digest = _push(scan_sim, "team/ca", "alpine")
+    _, pem, _ = self_signed("internal CA")
+    scan_sim.create({"apiVersion": "v1", "kind": "ConfigMap",
+                     "metadata": {"name": "internal-ca", "namespace": NS},
+                     "data": {"ca.crt": pem.decode()}})  # fmt: skip
+    spec = _spec(repo, digest, cluster={"ca_bundle_configmap": "internal-ca"})
+    phase, log = _run(scan_sim, spec, GOOD)
+    assert phase == "Succeeded", log
+    assert findings(json.loads(log)) == EXPECTED["alpine"]
+    # a bundle that is not PEM fails the scan: Trivy really reads the mounted file
+    scan_sim.replace({**scan_sim.get("ConfigMap", NS, "internal-ca"), "data": {"ca.crt": "junk"}})
+    again = _spec(repo, digest, attempt=2, cluster={"ca_bundle_configmap": "internal-ca"})
+    phase, log = _run(scan_sim, again, GOOD)
+    assert phase == "Failed", log
