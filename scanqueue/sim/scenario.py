@@ -241,7 +241,10 @@ class _Applier:
 
     def _credentials(
         self, namespace: str, secret_names: Sequence[str], host: str
-    ) -> tuple[str, str]:
+    ) -> list[tuple[str, str]]:
+        """Every (user, password) the pod's pull secrets hold for ``host``, in the kubelet's
+        order (secret by secret); an anonymous pull comes last."""
+        found: list[tuple[str, str]] = []
         for name in secret_names:
             secret = self.emulator.get("Secret", namespace, name)
             if secret is None:
@@ -260,9 +263,12 @@ class _Applier:
                 if key_host == host and isinstance(entry, dict):
                     if entry.get("auth"):
                         user, _, password = base64.b64decode(entry["auth"]).decode().partition(":")
-                        return user, password
-                    return str(entry.get("username", "")), str(entry.get("password", ""))
-        return "", ""
+                        found.append((user, password))
+                    else:
+                        found.append(
+                            (str(entry.get("username", "")), str(entry.get("password", "")))
+                        )
+        return [*found, ("", "")]
 
     def digest(self, image: str, given: str | None, namespace: str, secrets: Sequence[str]) -> str:
         if given:
@@ -280,10 +286,12 @@ class _Applier:
         digest = None
         if self.resolve:
             host = kubelet.split_image(image)[0]
-            user, password = self._credentials(namespace, secrets, host)
-            digest = kubelet.resolve_digest(
-                image, username=user, password=password, insecure=kubelet.plain_http(host)
-            )
+            for user, password in self._credentials(namespace, secrets, host):
+                digest = kubelet.resolve_digest(
+                    image, username=user, password=password, insecure=kubelet.plain_http(host)
+                )
+                if digest is not None:
+                    break
             node_login = self.emulator.trivy.node_auth.get(host)
             if digest is None and node_login is not None:  # the nodes' own registry login
                 digest = kubelet.resolve_digest(

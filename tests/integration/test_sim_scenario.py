@@ -312,3 +312,32 @@ def test_sim_serve_refuses_a_malformed_var(capsys: pytest.CaptureFixture[str]) -
 
     assert cli.main(["sim", "serve", "--var", "NO_EQUALS_SIGN"]) == 2
     assert "NAME=VALUE" in capsys.readouterr().err
+
+
+def test_a_pods_digest_resolves_with_its_next_pull_secret_when_the_first_is_wrong(
+    sim: SimCluster, registry: services.Registry
+) -> None:
+    digest = registry.push("team/second-secret", "1", content="second secret")
+    text = f"""
+namespaces: [team-c]
+secrets:
+  - namespace: team-c
+    name: wrong
+    dockerconfigjson: {{registry: "{registry.host}", username: {REGISTRY_USER}, password: nope}}
+  - namespace: team-c
+    name: right
+    dockerconfigjson:
+      registry: "{registry.host}"
+      username: {REGISTRY_USER}
+      password: {REGISTRY_PASSWORD}
+workloads:
+  - kind: Pod
+    namespace: team-c
+    name: app
+    imagePullSecrets: [wrong, right]
+    containers: [{{name: app, image: "{registry.host}/team/second-secret:1"}}]
+"""
+    applied = scenario.apply(sim.emulator, scenario.load(text=text))
+    assert applied.unresolved == []  # the kubelet tries each secret in order; so does this
+    pod = sim.core().read_namespaced_pod("app", "team-c")
+    assert pod.status.container_statuses[0].image_id.endswith("@" + digest)
