@@ -219,3 +219,18 @@ def test_ca_bundle_from_a_configmap_reaches_trivys_cacert(scan_sim: SimCluster) 
     again = _spec(repo, digest, attempt=2, cluster={"ca_bundle_configmap": "internal-ca"})
     phase, log = _run(scan_sim, again, GOOD)
     assert phase == "Failed", log
+
+
+def test_db_repository_is_where_a_standalone_scan_pod_gets_its_db(scan_sim: SimCluster) -> None:
+    repo, digest = _push(scan_sim, "team/mirrored", "alpine")
+    host = repo.split("/", 1)[0]
+    # the mirror holds a DB with one advisory more than the world's: the pod must use it
+    more = trivydb.Advisory("alpine 3.19", "zlib", "CVE-2099-1888", "LOW", fixed="1.3.1-r9")
+    trivydb.push(trivydb.load(trivy_fixtures.ADVISORIES).plus(more), f"{host}/mirror/trivy-db:2",
+                 username=REGISTRY_USER, password=REGISTRY_PASSWORD)  # fmt: skip
+    spec = _spec(repo, digest, cluster={"trivy_db_repository": f"{host}/mirror/trivy-db:2"})
+    phase, log = _run(scan_sim, spec, GOOD)
+    assert phase == "Succeeded", log
+    assert findings(json.loads(log)) == EXPECTED["alpine"] | {
+        ("CVE-2099-1888", "zlib", "LOW", "1.3.1-r9")
+    }
