@@ -86,7 +86,7 @@ class ClusterSettings:
     exclude_namespaces: tuple[str, ...] = ()  # namespaces never watched
     scan_namespace: str = "scanqueue-scans"  # where scan Jobs and Secrets live
     scan_mode: ScanMode = "auto"  # auto | registry | node
-    trivy_image: str = "aquasec/trivy:0.57.1"  # image of the scan container
+    trivy_image: str = "aquasec/trivy:0.76.0"  # image of the scan container
     trivy_server: str = ""  # Trivy server URL (client/server mode); empty = local DB
     max_inflight: int = 10  # scan Jobs in flight in this cluster at most
     trivy_server_token_secret: str = ""  # Secret in scan_namespace, key "token": TRIVY_TOKEN
