@@ -19,7 +19,11 @@ How a pod runs here:
   (``World.node_auth`` plays the node's own credentials) and unpacked; each
   pod gets a hard-linked copy with its volumes inside, the init container's
   ``cp`` copies what the aquasec/trivy image holds (the binary, a CA bundle),
-  and the scan container runs chrooted into that root, exactly as written;
+  and the scan container runs chrooted into that root, exactly as written,
+  with the image config's ``Env`` under the container's env and its
+  ``WorkingDir`` unless the container sets ``workingDir`` (as a runtime does:
+  an image built to hide its CVEs gets its chance, tests/integration/
+  test_sim_node_immunity.py);
 - standalone scans find the DB in their cache directory, seeded by the world
   the way an init step would (not when the pod names ``--server`` or
   ``--db-repository``); ``World.start_server`` runs one ``trivy server`` per
@@ -196,6 +200,10 @@ def _unpack(layout: Path, root: Path) -> None:
     index = json.loads((layout / "index.json").read_text())
     manifest_digest = index["manifests"][0]["digest"]
     manifest = json.loads(_blob(layout, manifest_digest).read_text())
+    # the image config's Env and WorkingDir, which a runtime applies to every container
+    image_config = json.loads(_blob(layout, manifest["config"]["digest"]).read_text())
+    runtime = {k: (image_config.get("config") or {}).get(k) for k in ("Env", "WorkingDir")}
+    _config_path(root).write_text(json.dumps(runtime))
     tmp = root.with_name(root.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
@@ -216,6 +224,18 @@ def _unpack(layout: Path, root: Path) -> None:
                 members.append(member)
             tar.extractall(tmp, members=members, filter="tar")
     os.replace(tmp, root)
+
+
+def _config_path(root: Path) -> Path:
+    return root.with_name(root.name + ".config.json")
+
+
+def image_runtime(root: Path) -> tuple[dict[str, str], str]:
+    """The image's ``Env`` (as a dict) and ``WorkingDir`` of an unpacked image ``root``."""
+    path = _config_path(root)
+    runtime = json.loads(path.read_text()) if path.exists() else {}
+    env = dict(str(e).split("=", 1) for e in runtime.get("Env") or [] if "=" in str(e))
+    return env, str(runtime.get("WorkingDir") or "")
 
 
 def _blob(layout: Path, digest: str) -> Path:
@@ -369,10 +389,14 @@ def run_node(
         command = [str(c) for c in container.get("command") or []]
         if not command:
             raise PodRunError("the scan container has no command")
+        # as a runtime does: the image's ENV under the container's env, the container's
+        # workingDir or else the image's WORKDIR (so an image can try to configure its scan)
+        image_env, image_workdir = image_runtime(image_root)
+        env = {**image_env, **env}
         if _needs_local_db(args, env):
             cache = _cache_dir(args, env, Path("/"))  # HOME is / unless the pod sets it
             world.seed(Path(str(root) + str(cache)))
-        workdir = str(container.get("workingDir") or "/")
+        workdir = str(container.get("workingDir") or image_workdir or "/")
         done = scanner.run(args, env=dict(env), timeout=timeout, program=command[0],
                            chroot=root, cwd=workdir)  # fmt: skip
     finally:
