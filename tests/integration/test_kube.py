@@ -21,6 +21,7 @@ import pytest
 import yaml
 
 from scanqueue import config, errors, kube, manifests
+from tests.conftest import REGISTRY_PASSWORD, REGISTRY_USER
 from tests.support import services
 from tests.support.sim_fixtures import SimCluster
 
@@ -550,6 +551,8 @@ def test_a_secret_left_by_a_deleted_job_of_the_same_name_is_a_conflict(world: Wo
 def test_node_mode_scans_an_image_a_pod_on_that_node_runs(world: World) -> None:
     digest = world.registry.push("team/app", "kube-6", content="kube-6")
     image = f"{world.registry.host}/team/app@{digest}"
+    # the node pulls the image with its own login (the kubelet now runs the real Trivy in it)
+    world.sim.trivy.node_auth[world.registry.host] = (REGISTRY_USER, REGISTRY_PASSWORD)
     world.sim.create(
         {
             "apiVersion": "v1",
