@@ -66,6 +66,7 @@ HEADLINES: list[tuple[str, str, tuple[str, ...]]] = [
         "  2 workers, scan-task messages per scan",
         ("2_worker", "scan_task_messages_per_scan"),
     ),
+    ("pipeline", "  2 workers, broker messages per scan", ("2_worker", "broker_messages_per_scan")),
     ("pipeline", "  scans/s, 2 workers, max_inflight 5", ("2_worker_cap_5", "scans_per_second")),
     (
         "pipeline",

@@ -116,7 +116,7 @@ def run_once(
                 raise RuntimeError(f"{e}\n{tail}\n{watcher.output()[-2000:]}") from None
             counts = sim.request_counts()
             created = counts.get(("create", "jobs"), 0)
-            scan_tasks = _scan_tasks(svc.redis_url)
+            scan_tasks, collect_tasks = _task_counts(svc.redis_url)
             # every request of the farm, the watcher's pod list and watch included
             requests = sum(counts.values())
         finally:
@@ -136,6 +136,8 @@ def run_once(
         "end_to_end_seconds": end_to_end,
         "api_requests_per_scan": requests / digests,
         "scan_task_messages_per_scan": scan_tasks / digests,
+        # scan and collect_job tasks (the periodic passes, per cluster, not counted)
+        "broker_messages_per_scan": (scan_tasks + collect_tasks) / digests,
         "most_jobs_at_once": float(jobs.most_at_once),
     }
 
@@ -157,11 +159,12 @@ class _Apis:
         return client.CoreV1Api(self._sim.api_client())
 
 
-def _scan_tasks(redis_url: str) -> int:
-    """Scan-task messages the workers received (every cluster; redeliveries included)."""
+def _task_counts(redis_url: str) -> tuple[int, int]:
+    """Scan and collect_job task messages the workers received (redeliveries included)."""
     client = dedupe.client(redis_url)
     try:
-        return int(client.hget(status.status_key(_world.CLUSTER), "scan_tasks") or 0)
+        fields = client.hmget(status.status_key(_world.CLUSTER), ["scan_tasks", "collect_tasks"])
+        return int(fields[0] or 0), int(fields[1] or 0)
     finally:
         client.close()
 
