@@ -183,9 +183,15 @@ def test_beat_that_stopped_publishing_is_unhealthy_though_the_broker_answers(
 
 
 def _flower_command(port: int) -> list[str]:
+    """compose.yaml's Flower command, on loopback and ``port``, its bind mounts read in place."""
     compose = yaml.safe_load((ROOT / "compose.yaml").read_text(encoding="utf-8"))
-    command = list(compose["services"]["flower"]["command"])
+    service = compose["services"]["flower"]
+    command = list(service["command"])
     assert ops_commands.problems(command) == []
+    mounts = {v["target"]: str(ROOT / v["source"]) for v in service.get("volumes", [])
+              if isinstance(v, dict) and v.get("type") == "bind"}  # fmt: skip
+    for target, source in mounts.items():
+        command = [a.replace(target, source) for a in command]
     command = [
         "--address=127.0.0.1" if a.startswith("--address=") else a
         for a in command
@@ -196,41 +202,21 @@ def _flower_command(port: int) -> list[str]:
 
 @pytest.fixture
 def flower(tmp_path: Path, redis_url: str) -> Iterator[tuple[int, Path]]:
-    """Flower started with compose.yaml's command and FLOWER_BASIC_AUTH, on a free port."""
+    """Flower started with compose.yaml's command and its basic-auth file, on a free port."""
     config_path = _settings(tmp_path, redis_url)
     port = services.free_port()
-    command = _flower_command(port)
-    env = {**_env(config_path), "FLOWER_BASIC_AUTH": f"{FLOWER_USER}:{FLOWER_PASSWORD}"}
-    log = (tmp_path / "flower.log").open("wb")
-    proc = subprocess.Popen(
-        [sys.executable, "-m", *command],
-        env=env,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        cwd=tmp_path,
-        start_new_session=True,
-    )
+    auth_file = tmp_path / "flower-basic-auth"
+    auth_file.write_text(f"{FLOWER_USER}:{FLOWER_PASSWORD}\n")
+    env = {**_env(config_path), "SQ_FLOWER_BASIC_AUTH_FILE": str(auth_file)}
+    process = processes.Process("flower", [sys.executable, "-m", *_flower_command(port)],
+                                tmp_path / "flower.log", env=env, cwd=tmp_path)  # fmt: skip
+    process.start()
     try:
-        deadline = time.monotonic() + 60
-        while True:
-            if proc.poll() is not None:
-                raise RuntimeError(f"flower exited: {(tmp_path / 'flower.log').read_text()}")
-            try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthcheck", timeout=1):
-                    break
-            except OSError:
-                if time.monotonic() > deadline:
-                    raise
-                time.sleep(0.2)
+        process.wait_ready(lambda: processes.http_ok(f"http://127.0.0.1:{port}/healthcheck"),
+                           what="/healthcheck", timeout=60)  # fmt: skip
         yield port, config_path
     finally:
-        proc.terminate()
-        try:
-            proc.wait(20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(10)
-        log.close()
+        process.stop(20)
 
 
 def _status(url: str, auth: str | None = None) -> int:
