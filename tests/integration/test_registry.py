@@ -328,7 +328,7 @@ def test_wrong_password_at_the_token_realm_is_refused_without_the_secret(
 
     refusal = caught.value.refusals[0]
     assert (refusal.kind, refusal.status) == ("unauthorized", 401)
-    assert "token realm 127.0.0.1:" in refusal.detail
+    assert f"token realm {token_world.issuer.realm_host}:" in refusal.detail
     for text in (str(caught.value), repr(caught.value), repr(refusal), caplog.text):
         assert secret not in text
 

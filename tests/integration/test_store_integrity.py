@@ -161,7 +161,7 @@ def test_truncate_cannot_leave_findings_behind(
         with pytest.raises(psycopg.errors.ForeignKeyViolation, match=f"cannot truncate {table}"):
             store_conn.execute(f"TRUNCATE {table} CASCADE")
         store_conn.rollback()
-    store_conn.execute("TRUNCATE scans, vulnerabilities, findings")
+    store_conn.execute("TRUNCATE scans, vulnerabilities, findings CASCADE")  # + alert_outbox
     store_conn.commit()
 
 
