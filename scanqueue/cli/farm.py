@@ -36,7 +36,7 @@ def _add_farm_options(p: argparse.ArgumentParser) -> None:
 def _add_farm_commands(sub: parsing.Subparsers) -> None:
     p = sub.add_parser(
         "run",
-        help="run the whole farm locally: migrations, watcher, worker + beat, Flower",
+        help="run the whole farm locally: migrations, watcher, worker, beat, Flower, exporter",
         description=(
             "Apply migrations, then run the watcher, a Celery worker with beat embedded and "
             "Flower against the clusters of scanqueue.toml, until Ctrl-C. With no "
