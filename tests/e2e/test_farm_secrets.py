@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import os
 import subprocess
+import time
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
@@ -269,6 +270,11 @@ def test_the_farm_runs_on_password_files_and_the_passwords_appear_nowhere(
         # and the search would have found them: the environ of a process started with one
         probe = subprocess.Popen(["sleep", "30"], env={**os.environ, "X": DB_PASSWORD})
         try:
+            # until it has exec'd, the forked child's /proc environ is still ours
+            cmdline = Path(f"/proc/{probe.pid}/cmdline")
+            deadline = time.monotonic() + 10
+            while cmdline.read_bytes() != b"sleep\x0030\x00" and time.monotonic() < deadline:
+                time.sleep(0.01)
             assert DB_PASSWORD.encode() in _process_texts([probe.pid])[f"/proc/{probe.pid}/environ"]
         finally:
             probe.kill()
