@@ -13,6 +13,7 @@ import pytest
 
 from scanqueue import config, manifests
 from scanqueue.sim import trivydb
+from scanqueue.sim.cluster import ApiError
 from tests.conftest import REGISTRY_PASSWORD, REGISTRY_USER
 from tests.support import trivy_fixtures
 from tests.support.sim_fixtures import SimCluster
@@ -69,10 +70,19 @@ def _run(sim: SimCluster, spec: manifests.ScanSpec, secret: dict[str, str] | Non
 
 
 def _resume(sim: SimCluster, name: str) -> None:
-    job = sim.get("Job", NS, name)
-    assert job is not None
-    job["spec"]["suspend"] = False
-    sim.replace(job)
+    """Unsuspend the Job; a 409 (the Job controller wrote its status meanwhile) is
+    retried with the fresh object, as the workers and kubectl do."""
+    for _ in range(20):
+        job = sim.get("Job", NS, name)
+        assert job is not None
+        job["spec"]["suspend"] = False
+        try:
+            sim.replace(job)
+            return
+        except ApiError as e:
+            if e.code != 409:
+                raise
+    raise AssertionError(f"Job {name} kept conflicting")
 
 
 @pytest.fixture
