@@ -51,6 +51,8 @@ FIELDS: tuple[str, ...] = (
     "detail",
     "credential_source",
     "findings",
+    "delivery",  # an alert delivery's id (workers/alerts.py)
+    "webhook",  # kind#index (host) of an alert webhook, never its URL
 )
 
 REDACTED = "[REDACTED]"

@@ -146,19 +146,31 @@ NEEDS = {  # compose secrets per service
     "postgres": {"postgres_password"},
     "migrate": {"postgres_password"},
     "watcher": {"postgres_password", "redis_password"},
-    "worker": {"postgres_password", "redis_password"},
-    "beat": {"redis_password"},
+    # the worker POSTs the alerts; beat schedules their dispatch only when a webhook is set
+    "worker": {"postgres_password", "redis_password", "alert_webhooks"},
+    "beat": {"redis_password", "alert_webhooks"},
     "flower": {"redis_password", "flower_basic_auth"},
 }
 
 
 def test_passwords_are_compose_secrets_mounted_only_where_needed() -> None:
-    assert set(COMPOSE["secrets"]) == {"postgres_password", "redis_password", "flower_basic_auth"}
+    assert set(COMPOSE["secrets"]) == {
+        "postgres_password",
+        "redis_password",
+        "flower_basic_auth",
+        "alert_webhooks",
+    }
     for name, wanted in NEEDS.items():
         assert set(SERVICES[name].get("secrets", [])) == wanted, name
+        named = set()
         for key, value in (SERVICES[name].get("environment") or {}).items():
             if key.endswith("_FILE"):
                 assert value.removeprefix("/run/secrets/") in wanted, (name, key)
+                named.add(value.removeprefix("/run/secrets/"))
+        # the settings read every file they name when they load: name only mounted ones,
+        # and mount none that nothing names (postgres and redis read theirs themselves)
+        if name in FARM:
+            assert named == wanted, name
 
 
 def test_no_password_is_an_environment_variable() -> None:

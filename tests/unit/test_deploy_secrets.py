@@ -1,19 +1,25 @@
-"""deploy/: the farm's own passwords are files in the pods that need them, never env vars.
+"""deploy/: the farm's secrets are files in the pods that need them, never env vars.
 
 An environment variable is inherited by every child process (Celery's pool,
 a probe's ``sh -c``) and shown by ``kubectl describe``-style tooling; a file
-on a Secret volume is read by the one process that opens it. The ConfigMap's
-settings name the files (``password_file``); each pod mounts exactly the keys
-its role needs, readable by its non-root user.
+on a Secret volume is read by the one process that opens it. The secrets are
+the passwords (``database.password_file``, ``broker.password_file``) and the
+alert webhook URLs (``alerts.webhooks_file``: a URL may carry a token). The
+settings read every file they name when they load, so the shared ConfigMap
+names none: each pod names the files it mounts (``SCANQUEUE_*_FILE``), and
+mounts exactly the keys its role needs, readable by its non-root user.
 """
 
 from __future__ import annotations
 
 import re
+import tomllib
+from pathlib import Path
 from typing import Any
 
 import pytest
 
+from scanqueue import config
 from tests.unit import test_deploy
 
 FARM_NS = test_deploy.FARM_NS
@@ -23,15 +29,21 @@ ENV_SECRETS_ALLOWED = {
     # trivy server takes --token from TRIVY_TOKEN; one process, httpGet probes.
     ("trivy-server", "TRIVY_TOKEN"),
 }
+SECRET_FILE_KEYS = ("database.password_file", "broker.password_file", "alerts.webhooks_file")
 
-
-NEEDS = {  # the settings sections whose password each command needs
-    ("scanqueue", "migrate"): {"database"},
-    ("scanqueue", "exporter"): {"database"},
-    ("scanqueue", "watch"): {"database", "broker"},
-    ("celery", "worker"): {"database", "broker"},
-    ("celery", "beat"): {"broker"},
-    ("celery", "flower"): {"broker"},
+NEEDS = {  # the settings naming a secret file, per command: what it must read, nothing more
+    ("scanqueue", "migrate"): {"database.password_file"},
+    ("scanqueue", "exporter"): {"database.password_file"},
+    ("scanqueue", "watch"): {"database.password_file", "broker.password_file"},
+    # the worker POSTs the alerts (control queue); beat schedules their dispatch only
+    # when a webhook is configured (workers/alerts.py), so both read the webhook URLs
+    ("celery", "worker"): {
+        "database.password_file",
+        "broker.password_file",
+        "alerts.webhooks_file",
+    },
+    ("celery", "beat"): {"broker.password_file", "alerts.webhooks_file"},
+    ("celery", "flower"): {"broker.password_file"},
 }
 
 
@@ -43,15 +55,32 @@ def _needs(container: dict[str, Any]) -> set[str]:
     return NEEDS[key]
 
 
-def _password_files() -> dict[str, str]:
+def _env_name(setting: str) -> str:
+    return "SCANQUEUE_" + setting.replace(".", "_").upper()
+
+
+def _environ(container: dict[str, Any]) -> dict[str, str]:
+    return {e["name"]: e["value"] for e in container.get("env", []) if "value" in e}
+
+
+def _named_files(container: dict[str, Any]) -> dict[str, str]:
+    """The secret files the container's settings name (ConfigMap, then its environment)."""
     data = test_deploy.config_map_settings()
-    return {section: data[section]["password_file"] for section in ("database", "broker")}
+    env = _environ(container)
+    named = {}
+    for setting in SECRET_FILE_KEYS:
+        section, _, key = setting.partition(".")
+        value = env.get(_env_name(setting), data.get(section, {}).get(key, ""))
+        if value:
+            named[setting] = value
+    return named
 
 
-def _mounted_files(pod: dict[str, Any], container: dict[str, Any]) -> set[str]:
+def _secret_items(pod: dict[str, Any], container: dict[str, Any]) -> dict[str, str]:
+    """The files the container sees from the Secret ``scanqueue``: path -> key."""
     volumes = {v["name"]: v for v in pod.get("volumes", [])}
     template = test_deploy._one("Secret", "scanqueue", FARM_NS)
-    files = set()
+    files = {}
     for mount in container.get("volumeMounts", []):
         secret = volumes[mount["name"]].get("secret")
         if not secret:
@@ -60,8 +89,12 @@ def _mounted_files(pod: dict[str, Any], container: dict[str, Any]) -> set[str]:
         items = secret.get("items") or [{"key": k, "path": k} for k in template["stringData"]]
         for item in items:
             assert item["key"] in template["stringData"], item
-            files.add(f"{mount['mountPath']}/{item['path']}")
+            files[f"{mount['mountPath']}/{item['path']}"] = item["key"]
     return files
+
+
+def _mounted_files(pod: dict[str, Any], container: dict[str, Any]) -> set[str]:
+    return set(_secret_items(pod, container))
 
 
 FARM_PODS = [
@@ -71,23 +104,80 @@ FARM_PODS = [
 ]
 
 
-def test_the_settings_name_password_files_and_urls_carry_none() -> None:
+FARM_CONTAINERS = [(name, pod, c) for name, pod in FARM_PODS for c in pod["containers"]]
+FARM_IDS = [name for name, _, _ in FARM_CONTAINERS]
+
+
+def test_the_config_map_names_no_secret_file_and_holds_no_secret() -> None:
+    """Every process that loads the settings reads the files they name: the shared
+    ConfigMap naming one would stop every pod that does not mount it."""
     data = test_deploy.config_map_settings()
-    for section, path in _password_files().items():
-        assert path.startswith(SECRETS_DIR + "/"), section
+    for setting in SECRET_FILE_KEYS:
+        section, _, key = setting.partition(".")
+        assert key not in data.get(section, {}), f"{setting}: name it in the pods that mount it"
+    for section in ("database", "broker"):
         assert not re.search(r"://[^/@]*:[^/@]*@", data[section]["url"]), section
+    assert not [k for k in data.get("alerts", {}) if k.endswith("_urls")], (
+        "webhook URLs may carry tokens: the Secret's alert-webhooks.toml holds them"
+    )
 
 
-@pytest.mark.parametrize(("name", "pod"), FARM_PODS, ids=[n for n, _ in FARM_PODS])
-def test_each_pod_mounts_exactly_the_password_files_its_role_needs(
-    name: str, pod: dict[str, Any]
+@pytest.mark.parametrize(("name", "pod", "container"), FARM_CONTAINERS, ids=FARM_IDS)
+def test_each_pod_names_and_mounts_exactly_the_secret_files_its_role_needs(
+    name: str, pod: dict[str, Any], container: dict[str, Any]
 ) -> None:
-    files = _password_files()
-    for container in pod["containers"]:
-        wanted = {files[section] for section in _needs(container)}
-        if any(a.startswith("--conf=") for a in container["command"]):  # flowerconfig.py
-            wanted.add(f"{SECRETS_DIR}/flower-basic-auth")
-        assert _mounted_files(pod, container) == wanted, name
+    named = _named_files(container)
+    assert set(named) == _needs(container), name
+    for path in named.values():
+        assert path.startswith(SECRETS_DIR + "/"), (name, path)
+    wanted = set(named.values())
+    if any(a.startswith("--conf=") for a in container["command"]):  # flowerconfig.py
+        wanted.add(f"{SECRETS_DIR}/flower-basic-auth")
+    assert _mounted_files(pod, container) == wanted, name
+
+
+@pytest.mark.parametrize(("name", "pod", "container"), FARM_CONTAINERS, ids=FARM_IDS)
+def test_each_pod_loads_its_settings_with_only_the_files_it_mounts(
+    name: str, pod: dict[str, Any], container: dict[str, Any], tmp_path: Path
+) -> None:
+    """The settings as the pod's process builds them (config.load checks every file they
+    name): its ConfigMap, its environment, and its Secret files, the template's values."""
+    template = test_deploy._one("Secret", "scanqueue", FARM_NS)["stringData"]
+    for path, key in _secret_items(pod, container).items():
+        local = tmp_path / path.lstrip("/")
+        local.parent.mkdir(parents=True, exist_ok=True)
+        local.write_text(template[key], encoding="utf-8")
+    environ = {
+        var: value.replace(SECRETS_DIR, str(tmp_path / SECRETS_DIR.lstrip("/")))
+        for var, value in _environ(container).items()
+        if var.startswith("SCANQUEUE_") and var != "SCANQUEUE_CONFIG"
+    }
+    settings = config.from_mapping(
+        test_deploy.config_map_settings(), environ=environ, source=f"{name} pod"
+    )
+    assert settings.clusters
+
+
+def _webhooks_template() -> str:
+    template = test_deploy._one("Secret", "scanqueue", FARM_NS)
+    return str(template["stringData"]["alert-webhooks.toml"])
+
+
+def test_the_webhooks_template_sends_nothing_until_filled_in(tmp_path: Path) -> None:
+    path = tmp_path / "alert-webhooks.toml"
+    path.write_text(_webhooks_template(), encoding="utf-8")
+    alerts = config.from_mapping({"alerts": {"webhooks_file": str(path)}}).alerts
+    assert (alerts.generic_urls, alerts.alertmanager_urls, alerts.slack_urls) == ((), (), ())
+
+
+def test_the_webhooks_template_examples_are_what_the_settings_accept(tmp_path: Path) -> None:
+    examples = re.findall(r"^#\s+(\w+_urls = .+)$", _webhooks_template(), flags=re.M)
+    assert len(examples) == 3
+    tomllib.loads("\n".join(examples))
+    path = tmp_path / "alert-webhooks.toml"
+    path.write_text("\n".join(examples) + "\n", encoding="utf-8")
+    alerts = config.from_mapping({"alerts": {"webhooks_file": str(path)}}).alerts
+    assert len(alerts.generic_urls) == len(alerts.alertmanager_urls) == len(alerts.slack_urls) == 1
 
 
 @pytest.mark.parametrize(("name", "pod"), FARM_PODS, ids=[n for n, _ in FARM_PODS])
@@ -114,6 +204,9 @@ def test_no_secret_is_an_environment_variable_but_the_allowed_ones(
                 assert (name, env["name"]) in ENV_SECRETS_ALLOWED, (name, env["name"])
                 assert "exec" not in container.get("livenessProbe", {}), "a probe shell inherits it"
                 assert "exec" not in container.get("readinessProbe", {})
+            if env["name"].endswith("_FILE"):  # a path to a mounted file, not its content
+                assert env["value"].startswith(SECRETS_DIR + "/"), env
+                continue
             assert not any(word in env["name"] for word in ("PASSWORD", "PGPASS")), env
 
 

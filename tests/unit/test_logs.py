@@ -88,6 +88,17 @@ def test_unknown_extra_objects_never_reach_the_line(stream: io.StringIO) -> None
     assert json.loads(_lines(stream)[0])["cluster"] == "dev"
 
 
+def test_alert_lines_name_the_delivery_and_the_webhook(stream: io.StringIO) -> None:
+    """workers/alerts.py passes both; an operator who added a webhook looks for them."""
+    logs.setup("INFO", "json", stream=stream)
+    logging.getLogger("workers.alerts").info(
+        "alert delivered", extra={"delivery": 7, "webhook": "slack#0 (hooks.slack.com)"}
+    )
+    (line,) = _lines(stream)
+    record = json.loads(line)
+    assert (record["delivery"], record["webhook"]) == (7, "slack#0 (hooks.slack.com)")
+
+
 def test_multiline_message_and_traceback_stay_on_one_line(stream: io.StringIO) -> None:
     logs.setup("DEBUG", "json", stream=stream)
     try:
