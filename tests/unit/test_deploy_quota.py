@@ -105,20 +105,24 @@ def test_a_full_quota_is_a_temporary_error() -> None:
         'jobs.batch "sq-1-0" is forbidden: exceeded quota: scanqueue-scans, '
         "requested: count/jobs.batch=1, used: count/jobs.batch=20, limited: count/jobs.batch=20"
     )
-    error = kube._api_error("create", "Job", "scanqueue-scans/sq-1-0", _refusal(message))
+    error = kube.apierrors.from_exception(
+        "create", "Job", "scanqueue-scans/sq-1-0", _refusal(message)
+    )
     assert isinstance(error, errors.TemporaryError)
     assert "ResourceQuota" in str(error)
 
 
 def test_a_full_quota_on_secrets_is_temporary_and_shows_no_message() -> None:
     message = 'secrets "x" is forbidden: exceeded quota: scanqueue-scans, canary-data-1234'
-    error = kube._api_error("create", "Secret", "scanqueue-scans/x", _refusal(message))
+    error = kube.apierrors.from_exception(
+        "create", "Secret", "scanqueue-scans/x", _refusal(message)
+    )
     assert isinstance(error, errors.TemporaryError)
     assert "canary-data-1234" not in str(error)
 
 
 def test_any_other_refusal_stays_a_permanent_error() -> None:
     message = 'jobs.batch is forbidden: User "system:serviceaccount:scanqueue:x" cannot create'
-    error = kube._api_error("create", "Job", "scanqueue-scans/sq", _refusal(message))
+    error = kube.apierrors.from_exception("create", "Job", "scanqueue-scans/sq", _refusal(message))
     assert isinstance(error, errors.PermanentError)
     assert not isinstance(error, errors.TemporaryError)

@@ -1,7 +1,7 @@
 """Every verb deploy/ grants has a line of code that needs it, and every call is granted.
 
-``CALLS`` maps each function of ``scanqueue/kube.py`` to the Kubernetes API
-method it calls (found in kube.py's source, so a renamed method fails here) and
+``CALLS`` maps each function of the ``scanqueue/kube`` package to the Kubernetes API
+method it calls (found in the package's source, so a renamed method fails here) and
 the grants that method needs. The identities' code is read with ``ast``: the
 watcher's process is ``scanqueue/watcher.py`` (without ``explain``, which people
 run with their own kubeconfig), the worker's is the ``scanqueue/scans`` package.
@@ -26,13 +26,13 @@ import pytest
 from tests.unit import test_deploy
 
 ROOT = Path(__file__).resolve().parents[2]
-KUBE = ROOT / "scanqueue" / "kube.py"
+KUBE = ROOT / "scanqueue" / "kube"
 SCANS_NS = test_deploy.SCANS_NS
 
 
 @dataclasses.dataclass(frozen=True)
 class Call:
-    api_method: str  # the kubernetes client method kube.py calls for it
+    api_method: str  # the kubernetes client method the kube package calls for it
     needs: tuple[tuple[str, str, str], ...]  # (API group, resource, verb)
     where: str  # "watched": the namespaces of the pods; "scans": the scan namespace
 
@@ -140,16 +140,17 @@ def _called(identity: str) -> set[str]:
 
 
 def test_the_call_table_names_real_kube_functions_and_api_methods() -> None:
-    source = KUBE.read_text(encoding="utf-8")
-    tree = ast.parse(source)
+    sources = {path: path.read_text(encoding="utf-8") for path in sorted(KUBE.glob("*.py"))}
     functions = {
         n.name: ast.get_source_segment(source, n) or ""
-        for n in tree.body
+        for source in sources.values()
+        for n in ast.parse(source).body
         if isinstance(n, ast.FunctionDef)
     }
+    source = "\n".join(sources.values())
     for name, call in CALLS.items():
         assert name in functions, f"kube.{name} does not exist: update CALLS"
-        # read_owner's methods sit in its table of readers (kube._OWNER_READERS)
+        # read_owner's methods sit in its table of readers (kube.objects._OWNER_READERS)
         body = source if name == "read_owner" else functions[name]
         assert call.api_method in body, f"kube.{name} no longer calls {call.api_method}"
 

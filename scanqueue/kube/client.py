@@ -1,0 +1,104 @@
+"""API clients per cluster, the request options every call uses, and decoding an answer.
+
+Responses are read with ``_preload_content=False`` and decoded as JSON: no model objects,
+which is much faster for large lists and keeps the camelCase shape the rest of scanqueue
+expects. What it must never do: keep global client state (``load_kube_config``).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from typing import Any
+
+import kubernetes
+import urllib3
+
+from scanqueue import config, errors
+from scanqueue.kube import apierrors
+
+ApiClient = kubernetes.client.ApiClient
+Object = dict[str, Any]
+
+LIST_PAGE_SIZE = 500  # objects per page of a paged list
+CONNECT_TIMEOUT = 10.0  # seconds to open a connection to the API server
+READ_TIMEOUT = 60.0  # seconds to wait for a (non-watch) response
+WATCH_READ_MARGIN = 30.0  # a watch's read timeout exceeds its timeoutSeconds by this
+
+
+def api_client(cluster: config.ClusterSettings) -> ApiClient:
+    """Return a new API client for ``cluster`` (kubeconfig and context, or in-cluster).
+
+    No global state is touched, so clients for several clusters live side by
+    side. Raises ``ConfigError`` naming the cluster and the kubeconfig when
+    the configuration cannot be loaded.
+    """
+    try:
+        if cluster.in_cluster:
+            configuration = kubernetes.client.Configuration()
+            kubernetes.config.load_incluster_config(  # type: ignore[no-untyped-call]
+                client_configuration=configuration
+            )
+        else:
+            loaded: ApiClient = kubernetes.config.new_client_from_config(  # type: ignore[no-untyped-call]
+                config_file=cluster.kubeconfig,
+                context=cluster.context or None,
+                persist_config=False,
+            )
+            configuration = loaded.configuration
+            loaded.close()  # type: ignore[no-untyped-call]
+    except (kubernetes.config.ConfigException, OSError, ValueError, TypeError) as e:
+        source = "the in-cluster service account" if cluster.in_cluster else cluster.kubeconfig
+        context = f", context {cluster.context!r}" if cluster.context else ""
+        raise errors.ConfigError(
+            f"cluster {cluster.name}: cannot load {source}{context}: {e}; "
+            "fix the cluster's kubeconfig/context/in_cluster setting"
+        ) from e
+    # The pool is built from this when the client is: retry refused connections a little,
+    # but never sleep on a Retry-After here; the caller's queue waits (TemporaryError.delay).
+    configuration.retries = urllib3.util.Retry(
+        total=2, connect=2, read=0, status=0, redirect=0, respect_retry_after_header=False
+    )
+    return ApiClient(configuration)
+
+
+def preload() -> None:
+    """Import the API classes the farm calls now (the client imports them on first use).
+
+    The kubernetes client loads ``CoreV1Api`` (a module of some 30,000 lines) and
+    ``BatchV1Api`` lazily, on first attribute access: a worker's first scan paid
+    for it. The worker calls this before its pool forks, so every pool process
+    starts with them loaded. Connects nowhere.
+    """
+    for name in ("CoreV1Api", "BatchV1Api", "AppsV1Api"):
+        getattr(kubernetes.client, name)
+
+
+def raw_options() -> dict[str, Any]:
+    """Options of every non-watch call: the raw JSON answer, and both timeouts."""
+    return {"_preload_content": False, "_request_timeout": (CONNECT_TIMEOUT, READ_TIMEOUT)}
+
+
+def call(
+    verb: str, kind: str, namespace: str | None, name: str | None, call: Callable[[], Any]
+) -> Object:
+    """Run ``call`` (an API method with ``_preload_content=False``); return the decoded body."""
+
+    def run() -> Object:
+        response = call()
+        try:
+            data = response.data
+        finally:
+            response.release_conn()
+        decoded = json.loads(data) if data else {}
+        if not isinstance(decoded, dict):
+            raise ValueError("response is not a JSON object")
+        return decoded
+
+    try:
+        return apierrors.translate(verb, kind, namespace, name, run)
+    except ValueError as e:
+        raise errors.TemporaryError(
+            f"{verb} {kind} {apierrors.location(namespace, name)}: the API server's answer "
+            f"is not JSON ({e}); retry"
+        ) from None  # the decode error keeps the raw body (a Secret's, say): not chained
