@@ -13,6 +13,8 @@ docker-init/tini runs) and checks what that role must be able to do:
   a heartbeat task every 10 s), so a wedged scheduler is unhealthy;
 - ``celery ... flower``: ``GET /healthcheck`` answers 200 (no auth needed);
 - ``scanqueue watch --metrics-port N``: ``GET /metrics`` answers 200;
+- ``scanqueue exporter --port N``: ``GET /healthz`` answers 200 (not ``/metrics``,
+  which may run the exporter's database queries);
 - anything else (``scanqueue migrate``, a shell): healthy while it runs.
 
 Without arguments it checks PID 1; ``healthcheck.py [--max-age N] -- CMD ...``
@@ -65,7 +67,7 @@ def option(argv: Sequence[str], *names: str) -> str | None:
 
 
 def role(argv: Sequence[str]) -> str:
-    """``worker``, ``beat``, ``flower``, ``watcher``, ``migrate`` or ``other``."""
+    """``worker``, ``beat``, ``flower``, ``watcher``, ``exporter``, ``migrate`` or ``other``."""
     args = _program(argv)
     if not args:
         return "other"
@@ -77,6 +79,8 @@ def role(argv: Sequence[str]) -> str:
     if args[0] == "scanqueue":
         if "watch" in args[1:]:
             return "watcher"
+        if "exporter" in args[1:]:
+            return "exporter"
         if "migrate" in args[1:]:
             return "migrate"
     return "other"
@@ -147,6 +151,10 @@ def check(
             return True, "watcher without --metrics-port: healthy while it runs"
         host = _loopback(option(args, "--metrics-address"))
         return _http_ok(f"http://{host}:{metrics_port}/metrics")
+    if kind == "exporter":
+        port = option(args, "--port") or "9464"  # scanqueue exporter's defaults
+        host = _loopback(option(args, "--address"))
+        return _http_ok(f"http://{host}:{port}/healthz")
     if kind in ("worker", "beat"):
         from workers.app import app
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import base64
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -368,3 +369,33 @@ def test_compose_beat_command_starts_with_its_schedule_on_tmp(
         assert proc.poll() is None, log.read_text()
     finally:
         _stop(proc)
+
+
+def test_compose_exporter_is_healthy_while_it_serves_and_unhealthy_after(
+    tmp_path: Path, database_url: str
+) -> None:
+    """compose.yaml's exporter command against a real database; the image's check as Docker
+    runs it, given that very command (--address=0.0.0.0 is probed on loopback)."""
+    port = services.free_port()
+    command = [f"--port={port}" if a.startswith("--port=") else a
+               for a in _compose_command("exporter")]  # fmt: skip
+    config_path = tmp_path / "scanqueue.toml"
+    config_path.write_text(f'[database]\nurl = "{database_url}"\n')
+    here = [("--address=127.0.0.1" if a.startswith("--address=") else a) for a in command]
+    scanqueue = str(Path(sys.executable).parent / "scanqueue")
+    exporter = processes.Process("exporter", [scanqueue, *here[1:]], tmp_path / "exporter.log",
+                                 env=_env(config_path), cwd=tmp_path)  # fmt: skip
+    exporter.start()
+    try:
+        exporter.wait_ready(lambda: processes.http_ok(f"http://127.0.0.1:{port}/healthz"),
+                            what="/healthz", timeout=60)  # fmt: skip
+        result = _health(config_path, *command)
+        assert result.returncode == 0, result.stdout + result.stderr + exporter.tail()
+        assert "/healthz answered 200" in result.stdout
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=30) as response:
+            assert re.search(r"^scanqueue_vulnmetrics_up 1(\.0)?$", response.read().decode(), re.M)
+    finally:
+        exporter.stop(20)
+    result = _health(config_path, *command)
+    assert result.returncode == 1
+    assert "unreachable" in result.stdout

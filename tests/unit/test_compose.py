@@ -22,7 +22,8 @@ from tests.support import ops_commands
 ROOT = Path(__file__).resolve().parents[2]
 COMPOSE = yaml.safe_load((ROOT / "compose.yaml").read_text(encoding="utf-8"))
 SERVICES: dict[str, dict[str, Any]] = COMPOSE["services"]
-FARM = ("migrate", "watcher", "worker", "beat", "flower")
+FARM = ("migrate", "watcher", "worker", "beat", "flower", "exporter")
+PUBLISHED = {"flower": 5555, "exporter": 9464}  # service -> container port, on loopback only
 KUBE_TARGET = "/etc/scanqueue/kube"
 
 
@@ -89,10 +90,20 @@ def test_compose_and_deploy_run_flower_with_the_same_settings_file() -> None:
     assert body == config_map["data"]["flowerconfig.py"]
 
 
-def test_only_flower_publishes_a_port_and_only_on_loopback() -> None:
+def test_only_flower_and_the_exporter_publish_a_port_and_only_on_loopback() -> None:
     for name, service in SERVICES.items():
-        if name != "flower":
+        if name not in PUBLISHED:
             assert "ports" not in service, name
+            continue
+        (port,) = service["ports"]
+        assert port == f"127.0.0.1:{PUBLISHED[name]}:{PUBLISHED[name]}", name
+
+
+def test_the_exporter_listens_where_compose_publishes_it() -> None:
+    command = SERVICES["exporter"]["command"]
+    assert command[:2] == ["scanqueue", "exporter"]
+    assert "--address=0.0.0.0" in command, "published ports reach the container's interface"
+    assert f"--port={PUBLISHED['exporter']}" in command
 
 
 def test_redis_persists_acknowledged_tasks() -> None:
@@ -108,18 +119,22 @@ def test_farm_services_wait_for_migrate_to_complete() -> None:
     assert migrate["command"] == ["scanqueue", "migrate"]
     assert migrate["restart"] == "no"
     assert migrate["depends_on"]["postgres"]["condition"] == "service_healthy"
-    for name in ("watcher", "worker", "beat", "flower"):
+    for name in ("watcher", "worker", "beat", "flower", "exporter"):
         depends = SERVICES[name]["depends_on"]
         assert depends["migrate"]["condition"] == "service_completed_successfully", name
-        assert depends["redis"]["condition"] == "service_healthy", name
+        if name != "exporter":  # Postgres only
+            assert depends["redis"]["condition"] == "service_healthy", name
+    assert "redis" not in SERVICES["exporter"]["depends_on"]
 
 
 def test_every_long_running_service_has_a_healthcheck() -> None:
     for name in ("redis", "postgres"):
         assert SERVICES[name]["healthcheck"]["test"][0] in ("CMD", "CMD-SHELL")
     assert len(_all("HEALTHCHECK")) == 1  # the farm services inherit the image's check
-    for name in ("watcher", "worker", "beat", "flower"):
+    for name in ("watcher", "worker", "beat", "flower", "exporter"):
         assert "healthcheck" not in SERVICES[name], f"{name} overrides the image health check"
+        # the image's check knows the role (docker/healthcheck.py), or it only says "running"
+        assert health.role(SERVICES[name]["command"]) == name
     assert SERVICES["migrate"]["healthcheck"] == {"disable": True}
 
 
@@ -150,6 +165,7 @@ NEEDS = {  # compose secrets per service
     "worker": {"postgres_password", "redis_password", "alert_webhooks"},
     "beat": {"redis_password", "alert_webhooks"},
     "flower": {"redis_password", "flower_basic_auth"},
+    "exporter": {"postgres_password"},  # Postgres only (docs/results.md)
 }
 
 
@@ -201,6 +217,13 @@ def test_postgres_takes_its_password_from_the_secret_file() -> None:
     env = SERVICES["postgres"]["environment"]
     assert env["POSTGRES_PASSWORD_FILE"] == "/run/secrets/postgres_password"
     assert "POSTGRES_PASSWORD" not in env
+
+
+def test_migrate_and_the_exporter_get_no_redis_password() -> None:
+    for name in ("migrate", "exporter"):
+        env = SERVICES[name]["environment"]
+        assert not [k for k in env if k.startswith("SCANQUEUE_BROKER_")], name
+        assert "redis_password" not in SERVICES[name]["secrets"]
 
 
 def test_beat_and_flower_get_no_database_password() -> None:
@@ -320,6 +343,7 @@ health = ops_commands.load_healthcheck()
         (["python", "-m", "celery", "-A", "workers.app", "flower", "--port=5555"], "flower"),
         (["scanqueue", "watch", "--metrics-port=9100"], "watcher"),
         (["/usr/local/bin/scanqueue", "migrate"], "migrate"),
+        (["scanqueue", "exporter", "--port=9464"], "exporter"),
         (["sh"], "other"),
         ([], "other"),
     ],
