@@ -184,6 +184,10 @@ OUTSIDE = {
     "public DNS resolver": Endpoint("8.8.8.8", port=53, protocol="UDP"),
     "a public host on another port": Endpoint("203.0.113.7", port=22),
     "loopback of the node": Endpoint("127.0.0.1", port=10248),
+    # why compose runs no Trivy server (docs/operations.md): the farm's Docker host, even
+    # with a TLS proxy in front of a server there, is no place scan pods may connect to
+    "a Trivy server on the compose host": Endpoint("192.168.10.50", port=4954),
+    "a TLS proxy on the compose host": Endpoint("10.20.0.5", port=443),
 }
 IN_CLUSTER = {
     "farm Redis": Endpoint("10.244.1.30", FARM_NS, (("app", "redis"),), 6379),
