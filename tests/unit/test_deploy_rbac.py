@@ -3,9 +3,9 @@
 ``CALLS`` maps each function of the ``scanqueue/kube`` package to the Kubernetes API
 method it calls (found in the package's source, so a renamed method fails here) and
 the grants that method needs. The identities' code is read with ``ast``: the
-watcher's process is ``scanqueue/watcher.py`` (without ``explain``, which people
-run with their own kubeconfig), the worker's is the ``scanqueue/scans`` package.
-Then, in both directions:
+watcher's process is the ``scanqueue/watcher`` package and ``jobwatch.py`` (not
+``explain``, which people run with their own kubeconfig), the worker's is the
+``scanqueue/scans`` package. Then, in both directions:
 
 - every ``kube.<fn>(...)`` an identity's code makes is granted in deploy/, in the
   namespaces where it is made (watched namespaces, or the scan namespace);
@@ -94,7 +94,10 @@ PENDING: dict[str, str] = {}
 IDENTITIES = {
     "watcher": (
         test_deploy.WATCHER,
-        [ROOT / "scanqueue" / "watcher.py", ROOT / "scanqueue" / "jobwatch.py"],
+        [
+            *sorted((ROOT / "scanqueue" / "watcher").glob("*.py")),
+            ROOT / "scanqueue" / "jobwatch.py",
+        ],
         {"explain"},
     ),
     "worker": (test_deploy.WORKER, sorted((ROOT / "scanqueue" / "scans").glob("*.py")), set()),
