@@ -402,9 +402,9 @@ def _flower_env(auth: str | None) -> dict[str, str]:
 
 
 def _check_services(settings: config.Settings) -> None:
-    from scanqueue import demo_env
+    from scanqueue import demo_services
 
-    if not demo_env.redis_answers(
+    if not demo_services.redis_answers(
         settings.broker.url, password=config.broker_password(settings.broker)
     ):
         raise errors.TemporaryError(

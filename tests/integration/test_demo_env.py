@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from scanqueue import config, demo_env, store
+from scanqueue import config, demo_env, demo_services, store
 from tests.support.run_fixtures import processes_mentioning
 
 
@@ -39,7 +39,7 @@ def test_demo_world_on_private_services_serves_the_pushed_images_and_stops_clean
     )
     try:
         assert world.redis_url != config.Settings().broker.url
-        assert demo_env.redis_answers(world.redis_url)
+        assert demo_services.redis_answers(world.redis_url)
         with store.connect(world.database_url) as conn:
             assert store.migrate(conn)
             conn.commit()

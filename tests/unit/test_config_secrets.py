@@ -81,9 +81,9 @@ def test_an_unreadable_file_error_never_shows_content(tmp_path: Path) -> None:
 
 ROOT = Path(__file__).resolve().parents[2]
 CONNECTORS = {"connect", "pool", "client", "Publisher", "redis_answers"}
-OWNERS = {"store", "dedupe", "publish", "demo_env", "db"}
-# demo_env makes its own password-less local services (scanqueue demo); it passes none.
-EXEMPT = {"scanqueue/demo_env.py"}
+OWNERS = {"store", "dedupe", "publish", "demo_services", "db"}
+# demo_services makes its own password-less local services (scanqueue demo); it passes none.
+EXEMPT = {"scanqueue/demo_services.py"}
 
 
 def _connector_calls() -> list[tuple[str, int, bool]]:
