@@ -40,9 +40,15 @@ print(len(names))
 """
 
 
+def blocker_script(after: str = "") -> str:
+    """Python source: block the sim-only packages, import every production module, print
+    their count, then run ``after`` (``scanqueue``, ``workers`` and ``sys`` are imported)."""
+    return f"BLOCKED = {SIM_ONLY!r}\n{_BLOCKER}{after}"
+
+
 def production_modules_count() -> int:
     result = subprocess.run(
-        [sys.executable, "-c", f"BLOCKED = {SIM_ONLY!r}\n{_BLOCKER}"],
+        [sys.executable, "-c", blocker_script()],
         capture_output=True,
         text=True,
         cwd=ROOT,
