@@ -5,7 +5,7 @@ One ``Cluster`` holds every object as a camelCase dict (stored without
 cluster-wide resourceVersion counter, the retained window of change events
 that watches resume from, and the owner index used by garbage collection.
 Create, get, list, replace, patch and delete behave as kube-apiserver's do,
-errors included (``ApiError`` carries the ``Status`` body). Stored dicts are
+errors included (``apierrors.ApiError`` carries the ``Status`` body). Stored dicts are
 never mutated after they are stored: every write stores a new dict, so that
 events and readers may hold on to old versions without copying.
 
@@ -26,7 +26,7 @@ import uuid
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any, TypeVar
 
-from scanqueue.sim import admission, patch, resources, selectors, validation
+from scanqueue.sim import admission, apierrors, patch, resources, selectors, validation
 
 Obj = dict[str, Any]
 _T = TypeVar("_T")
@@ -34,82 +34,6 @@ ObjList = list[Obj]  # spelled out: inside Cluster, "list" is the method
 Warnings = list[str]
 Key = tuple[str, str]  # (namespace, name); namespace "" for cluster-scoped
 _NAME_CHARS = "bcdfghjklmnpqrstvwxz2456789"
-
-
-class ApiError(Exception):
-    """An API failure with the ``Status`` a real server sends."""
-
-    def __init__(
-        self,
-        code: int,
-        reason: str,
-        message: str,
-        *,
-        details: Mapping[str, Any] | None = None,
-        retry_after: float | None = None,
-    ) -> None:
-        super().__init__(message)
-        self.code = code
-        self.reason = reason
-        self.message = message
-        self.details = dict(details or {})
-        self.retry_after = retry_after
-
-    def status(self) -> Obj:
-        body: Obj = {
-            "kind": "Status",
-            "apiVersion": "v1",
-            "metadata": {},
-            "status": "Failure",
-            "message": self.message,
-            "reason": self.reason,
-            "code": self.code,
-        }
-        if self.details:
-            body["details"] = self.details
-        return body
-
-
-def not_found(res: resources.Resource, name: str) -> ApiError:
-    group = f".{res.group}" if res.group else ""
-    return ApiError(
-        404,
-        "NotFound",
-        f'{res.plural}{group} "{name}" not found',
-        details={"name": name, "kind": res.plural, **({"group": res.group} if res.group else {})},
-    )
-
-
-def bad_request(message: str) -> ApiError:
-    return ApiError(400, "BadRequest", message)
-
-
-def invalid(res: resources.Resource, name: str, problems: list[validation.Problem]) -> ApiError:
-    """422 Invalid (or 400 when the body has a wrong JSON type), listing every cause."""
-    if any(p.code == 400 for p in problems):
-        first = next(p for p in problems if p.code == 400)
-        return ApiError(
-            400,
-            "BadRequest",
-            f'{res.kind} in version "{res.version}" cannot be handled as a {res.kind}: '
-            f"{first.message}",
-        )
-    text = ", ".join(f"{p.field}: {p.message}" for p in problems)
-    if len(problems) > 1:
-        text = f"[{text}]"
-    return ApiError(
-        422,
-        "Invalid",
-        f'{res.kind} "{name}" is invalid: {text}',
-        details={
-            "name": name,
-            "group": res.group,
-            "kind": res.kind,
-            "causes": [
-                {"reason": p.reason, "message": p.message, "field": p.field} for p in problems
-            ],
-        },
-    )
 
 
 def clone(value: _T) -> _T:
@@ -361,7 +285,7 @@ class Cluster:
         default) refuses unknown fields; Warn and Ignore drop them, Warn with a warning.
         """
         if field_validation not in FIELD_VALIDATION:
-            raise bad_request(
+            raise apierrors.bad_request(
                 f"fieldValidation must be one of {', '.join(FIELD_VALIDATION)}, "
                 f"not {field_validation!r}"
             )
@@ -372,7 +296,7 @@ class Cluster:
             try:
                 problems += validation.validate(typed(res, obj), self.kube_version)
             except validation.UnknownKindError as e:
-                raise bad_request(str(e)) from e
+                raise apierrors.bad_request(str(e)) from e
             if field_validation != "Strict":
                 for problem in [p for p in problems if p.unknown is not None]:
                     assert problem.unknown is not None
@@ -388,27 +312,27 @@ class Cluster:
                     problems += admission.update_problems(res, old, obj)
             except (TypeError, AttributeError, ValueError) as e:
                 # a wrong shape the schema check was told to skip; still refuse it
-                raise bad_request(
+                raise apierrors.bad_request(
                     f'{res.kind} in version "{res.version}" cannot be handled as a {res.kind}: {e}'
                 ) from e
         if problems:
-            raise invalid(res, name, problems)
+            raise apierrors.invalid(res, name, problems)
         return pruned
 
     def _decode(self, res: resources.Resource, body: Any) -> Obj:
         if not isinstance(body, dict):
-            raise bad_request(
+            raise apierrors.bad_request(
                 f'{res.kind} in version "{res.version}" cannot be handled as a {res.kind}: '
                 "json: cannot unmarshal into Go value of type struct"
             )
         api_version, kind = body.get("apiVersion"), body.get("kind")
         if api_version is not None and api_version != res.api_version:
-            raise bad_request(
+            raise apierrors.bad_request(
                 f"the API version in the data ({api_version}) does not match the expected "
                 f"API version ({res.api_version})"
             )
         if kind is not None and kind != res.kind:
-            raise bad_request(
+            raise apierrors.bad_request(
                 f"the kind in the data ({kind}) does not match the expected kind ({res.kind})"
             )
         obj = clone(_strip_type(body))
@@ -416,7 +340,7 @@ class Cluster:
             obj["metadata"] = {}
         problem = _metadata_shape(obj["metadata"])
         if problem:
-            raise bad_request(
+            raise apierrors.bad_request(
                 f'{res.kind} in version "{res.version}" cannot be handled as a {res.kind}: '
                 f"json: cannot unmarshal {problem}"
             )
@@ -424,7 +348,7 @@ class Cluster:
             try:
                 admission.normalise_secret(obj)
             except admission.DecodeError as e:
-                raise bad_request(str(e)) from e
+                raise apierrors.bad_request(str(e)) from e
         return obj
 
     def _namespace(
@@ -436,26 +360,26 @@ class Cluster:
             return ""
         given = meta.get("namespace")
         if given and namespace and given != namespace:
-            raise bad_request(
+            raise apierrors.bad_request(
                 "the namespace of the provided object does not match the namespace sent "
                 "on the request"
             )
         namespace = namespace or given or ""
         if not namespace:
-            raise bad_request(
+            raise apierrors.bad_request(
                 "the server could not find the requested resource: namespace required"
             )
         meta["namespace"] = namespace
         ns = self._objects["namespaces"].get(("", namespace))
         if ns is None:
-            raise ApiError(
+            raise apierrors.ApiError(
                 404,
                 "NotFound",
                 f'namespaces "{namespace}" not found',
                 details={"name": namespace, "kind": "namespaces"},
             )
         if creating and (ns.get("metadata") or {}).get("deletionTimestamp"):
-            raise ApiError(
+            raise apierrors.ApiError(
                 403,
                 "Forbidden",
                 f'{res.plural} "{meta.get("name", "")}" is forbidden: unable to create new '
@@ -482,11 +406,13 @@ class Cluster:
         with self.lock:
             namespace = self._namespace(res, namespace, obj, creating=True)
             if meta.get("resourceVersion"):
-                raise bad_request("resourceVersion should not be set on objects to be created")
+                raise apierrors.bad_request(
+                    "resourceVersion should not be set on objects to be created"
+                )
             if not meta.get("name"):
                 prefix = meta.get("generateName")
                 if not prefix:
-                    raise invalid(
+                    raise apierrors.invalid(
                         res,
                         "",
                         [
@@ -505,7 +431,7 @@ class Cluster:
             name = meta["name"]
             if (namespace, name) in self._objects[res.key]:
                 group = f".{res.group}" if res.group else ""
-                raise ApiError(
+                raise apierrors.ApiError(
                     409,
                     "AlreadyExists",
                     f'{res.plural}{group} "{name}" already exists',
@@ -535,8 +461,8 @@ class Cluster:
                 # a body of the wrong shape (the schema check comes next and would name it)
                 problems = validation.validate(typed(res, obj), self.kube_version)
                 if problems:
-                    raise invalid(res, name, problems) from e
-                raise bad_request(
+                    raise apierrors.invalid(res, name, problems) from e
+                raise apierrors.bad_request(
                     f'{res.kind} in version "{res.version}" cannot be handled as a {res.kind}: {e}'
                 ) from e
             self._check(res, obj, None, field_validation=field_validation, warnings=warnings)
@@ -578,7 +504,7 @@ class Cluster:
                 spec["serviceAccount"] = account
                 sa = self._objects["serviceaccounts"].get((meta["namespace"], account))
                 if sa is None:
-                    raise ApiError(
+                    raise apierrors.ApiError(
                         403,
                         "Forbidden",
                         f'pods "{meta["name"]}" is forbidden: error looking up service account '
@@ -597,7 +523,7 @@ class Cluster:
     def get(self, res: resources.Resource, namespace: str, name: str) -> Obj:
         obj = self.lookup(res, namespace, name)
         if obj is None:
-            raise not_found(res, name)
+            raise apierrors.not_found(res, name)
         return obj
 
     def list(
@@ -614,7 +540,7 @@ class Cluster:
             labels = selectors.parse_labels(label_selector)
             fields = selectors.parse_fields(field_selector, res.fields)
         except selectors.SelectorError as e:
-            raise bad_request(str(e)) from e
+            raise apierrors.bad_request(str(e)) from e
         start: Key | None = None
         list_rv: int | None = None
         if cont:
@@ -622,10 +548,10 @@ class Cluster:
                 token = json.loads(bytes.fromhex(cont).decode())
                 start, list_rv = (token["ns"], token["name"]), int(token["rv"])
             except (ValueError, KeyError, TypeError) as e:
-                raise bad_request(f"continue key is not valid: {e}") from e
+                raise apierrors.bad_request(f"continue key is not valid: {e}") from e
         with self.lock:
             if list_rv is not None and list_rv < self._compacted:
-                raise ApiError(
+                raise apierrors.ApiError(
                     410,
                     "Expired",
                     "The provided continue parameter is too old to display a consistent list "
@@ -680,7 +606,7 @@ class Cluster:
             old = self.get(res, namespace, name)
             old_meta = old["metadata"]
             if meta.get("name") and meta["name"] != name:
-                raise bad_request(
+                raise apierrors.bad_request(
                     f"the name of the object ({meta['name']}) does not match the name on "
                     f"the URL ({name})"
                 )
@@ -689,7 +615,7 @@ class Cluster:
             given_rv = meta.get("resourceVersion")
             if given_rv and given_rv != old_meta["resourceVersion"]:
                 group = f".{res.group}" if res.group else ""
-                raise ApiError(
+                raise apierrors.ApiError(
                     409,
                     "Conflict",
                     f"Operation cannot be fulfilled on {res.plural}{group} "
@@ -702,7 +628,7 @@ class Cluster:
                     },
                 )
             if meta.get("uid") and meta["uid"] != old_meta["uid"]:
-                raise ApiError(
+                raise apierrors.ApiError(
                     409,
                     "Conflict",
                     f"Precondition failed: UID in precondition: {meta['uid']}, "
@@ -768,7 +694,7 @@ class Cluster:
                 patched = patch.apply(current, body, content_type)
             except patch.PatchError as e:
                 reason = {400: "BadRequest", 415: "UnsupportedMediaType"}.get(e.code, "Invalid")
-                raise ApiError(e.code, reason, str(e)) from e
+                raise apierrors.ApiError(e.code, reason, str(e)) from e
             return self.replace(
                 res,
                 namespace,
@@ -798,14 +724,14 @@ class Cluster:
             meta = obj["metadata"]
             pre = preconditions or {}
             if pre.get("uid") and pre["uid"] != meta["uid"]:
-                raise ApiError(
+                raise apierrors.ApiError(
                     409,
                     "Conflict",
                     f"Precondition failed: UID in precondition: {pre['uid']}, "
                     f"UID in object meta: {meta['uid']}",
                 )
             if pre.get("resourceVersion") and pre["resourceVersion"] != meta["resourceVersion"]:
-                raise ApiError(
+                raise apierrors.ApiError(
                     409,
                     "Conflict",
                     "Precondition failed: ResourceVersion in precondition: "
@@ -813,7 +739,7 @@ class Cluster:
                     f"ResourceVersion in object meta: {meta['resourceVersion']}",
                 )
             if propagation not in (None, "Orphan", "Background", "Foreground"):
-                raise bad_request(f"DeletionPropagation {propagation!r} is not supported")
+                raise apierrors.bad_request(f"DeletionPropagation {propagation!r} is not supported")
             policy = propagation or ("Orphan" if res.default_orphan else "Background")
             if dry_run:
                 return obj, True

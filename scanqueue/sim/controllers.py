@@ -19,13 +19,11 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Mapping
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
+from scanqueue.sim import apierrors, kubelet, podrun, resources
 from scanqueue.sim import cluster as cluster_mod
-from scanqueue.sim import kubelet, podrun, resources
-
-if TYPE_CHECKING:
-    from scanqueue.sim import emulator as emulator_mod
+from scanqueue.sim import options as options_mod
 
 log = logging.getLogger(__name__)
 Obj = dict[str, Any]
@@ -74,9 +72,26 @@ def image_id(image: str, digest: str) -> str:
 
 
 class Controllers:
-    def __init__(self, emulator: emulator_mod.Emulator) -> None:
-        self.emulator = emulator
-        self.cluster = emulator.cluster
+    """The Job controller, garbage collection and the kubelet of scan pods, on one queue.
+
+    Given what they act on: the cluster's state, the recorded reports, the real-Trivy
+    world, how an image's digest is resolved, and the emulator's frozen options.
+    """
+
+    def __init__(
+        self,
+        cluster: cluster_mod.Cluster,
+        *,
+        reports: kubelet.Reports,
+        trivy: podrun.World,
+        digest_of: Callable[[str], str],
+        options: options_mod.EmulatorOptions,
+    ) -> None:
+        self.cluster = cluster
+        self.reports = reports
+        self.trivy = trivy
+        self.digest_of = digest_of
+        self.options = options
         self._lock = threading.Condition()
         self._queue: collections.deque[tuple[Any, ...]] = collections.deque()
         self._queued: set[tuple[Any, ...]] = set()
@@ -85,7 +100,7 @@ class Controllers:
         self._running: set[str] = set()  # pod uids whose pull is under way
         self._node_turn = 0
         self._pool = concurrent.futures.ThreadPoolExecutor(
-            max_workers=emulator.pull_workers, thread_name_prefix="sim-pull"
+            max_workers=options.pull_workers, thread_name_prefix="sim-pull"
         )
         self._thread: threading.Thread | None = None
         self._stop = False
@@ -143,7 +158,7 @@ class Controllers:
                     self._lock.wait(min(wait, 1.0))
             try:
                 self._handle(item)
-            except cluster_mod.ApiError as e:
+            except apierrors.ApiError as e:
                 log.debug("controller work %s: %s", item[0], e.message)
             except Exception:
                 log.exception("controller work %s failed", item[0])
@@ -331,7 +346,7 @@ class Controllers:
         want = min(int(spec.get("parallelism", 1)), completions - succeeded) - len(active)
         created = 0
         if want > 0:
-            backoff = self.emulator.job_backoff_seconds * (2 ** max(failed - 1, 0)) if failed else 0
+            backoff = self.options.job_backoff_seconds * (2 ** max(failed - 1, 0)) if failed else 0
             last_failure = max(
                 (self._finished_at(p) for p in pods if phase[p["metadata"]["uid"]] == "Failed"),
                 default=0.0,
@@ -456,7 +471,7 @@ class Controllers:
             pod["metadata"]["annotations"] = tmeta["annotations"]
         try:
             created = self.cluster.create(PODS, meta["namespace"], pod)
-        except cluster_mod.ApiError as e:
+        except apierrors.ApiError as e:
             self._event(job, JOBS, "Warning", "FailedCreate", f"Error creating: {e.message}")
             return False
         self._event(
@@ -466,7 +481,7 @@ class Controllers:
 
     def _delete_pod(self, pod: Obj) -> None:
         meta = pod["metadata"]
-        with contextlib.suppress(cluster_mod.ApiError):
+        with contextlib.suppress(apierrors.ApiError):
             self.cluster.delete(PODS, meta["namespace"], meta["name"], propagation="Background")
 
     def _event(
@@ -492,7 +507,7 @@ class Controllers:
             "lastTimestamp": stamp,
             "count": 1,
         }
-        with contextlib.suppress(cluster_mod.ApiError):
+        with contextlib.suppress(apierrors.ApiError):
             self.cluster.create(EVENTS, namespace, event)
 
     # ---------------------------------------------------- scheduler, kubelet
@@ -619,7 +634,7 @@ class Controllers:
 
     def _digest_for(self, image: str) -> str:
         _, _, _, digest = kubelet.split_image(image)
-        return digest or self.emulator.digest_of(image)
+        return digest or self.digest_of(image)
 
     def _node_has(self, node: str, digest: str) -> bool:
         for other in self.cluster.objects(PODS):
@@ -752,10 +767,10 @@ class Controllers:
         node_mode = bool(args) and args[0] in ("rootfs", "fs", "filesystem")
         target = str(container.get("image", "")) if node_mode else (args[-1] if args else "")
         digest = kubelet.split_image(target)[3]
-        if not self.emulator.real_pull:
-            return kubelet.Outcome(0, self.emulator.reports.report_for(target, digest, now), digest)
+        if not self.options.real_pull:
+            return kubelet.Outcome(0, self.reports.report_for(target, digest, now), digest)
         timeout = self._deadline(pod)
-        world = self.emulator.trivy
+        world = self.trivy
         namespace = pod["metadata"]["namespace"]
 
         def lookup(kind: str, name: str) -> Obj | None:
@@ -770,13 +785,11 @@ class Controllers:
                 outcome = podrun.run_registry(world, pod, container=container, env=env,
                                               timeout=timeout, lookup=lookup)  # fmt: skip
         except podrun.PodRunError as e:
-            if node_mode and self.emulator.reports.find(target, digest) is not None:
+            if node_mode and self.reports.find(target, digest) is not None:
                 # an image no registry holds (a made-up digest): its recording stands in
-                return kubelet.Outcome(
-                    0, self.emulator.reports.report_for(target, digest, now), digest
-                )
+                return kubelet.Outcome(0, self.reports.report_for(target, digest, now), digest)
             return kubelet.Outcome(128, f"{e}\n", digest)
-        recorded = self.emulator.reports.find(target, digest)
+        recorded = self.reports.find(target, digest)
         if outcome.exit_code == 0 and recorded is not None:
             # the test's point is this report's content; Trivy still had to pull and succeed
             return kubelet.Outcome(0, recorded.decode("utf-8", errors="replace"), digest)

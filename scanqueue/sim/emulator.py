@@ -1,5 +1,8 @@
 """The emulator as one object: API server, controllers and kubelet, started in a thread.
 
+It builds the parts and hands each what it needs (the cluster's state, faults, reports,
+request counts, the frozen ``EmulatorOptions``); no part holds the emulator itself.
+
 ``Emulator(...).start()`` listens on 127.0.0.1 and a free port; ``url``,
 ``kubeconfig(path)`` and ``api_client()`` connect the official client to it.
 The in-process methods (``create``, ``get``, ``list``, ``delete``,
@@ -21,8 +24,19 @@ from typing import Any
 
 import yaml
 
+from scanqueue.sim import (
+    apierrors,
+    controllers,
+    counts,
+    faults,
+    kubelet,
+    podrun,
+    resources,
+    server,
+    trivydb,
+)
 from scanqueue.sim import cluster as cluster_mod
-from scanqueue.sim import controllers, faults, kubelet, podrun, resources, server, trivydb
+from scanqueue.sim import options as options_mod
 
 Obj = dict[str, Any]
 
@@ -72,12 +86,15 @@ class Emulator:
         self.host = host
         self.port = port
         self.name = name
+        self.options = options_mod.EmulatorOptions(
+            kube_version=kube_version,
+            real_pull=real_pull,
+            watch_timeout=watch_timeout,
+            bookmark_interval=bookmark_interval,
+            job_backoff_seconds=job_backoff_seconds,
+            pull_workers=pull_workers,
+        )
         self.kube_version = kube_version
-        self.real_pull = real_pull  # False: scan pods succeed without pulling (benchmarks)
-        self.watch_timeout = watch_timeout  # default server-side watch timeout, seconds
-        self.bookmark_interval = bookmark_interval  # seconds between watch bookmarks
-        self.job_backoff_seconds = job_backoff_seconds  # first retry delay of a failed Job pod
-        self.pull_workers = pull_workers  # scan pods pulling from registries at the same time
         self.cluster = cluster_mod.Cluster(
             kube_version=kube_version, history=history, validate=validate
         )
@@ -89,10 +106,15 @@ class Emulator:
         self.digests: dict[
             str, str
         ] = {}  # image reference -> digest, for pods not pinned by digest
-        self.controllers = controllers.Controllers(self)
-        self.stopping = False
-        self._counts: collections.Counter[tuple[str, str]] = collections.Counter()
-        self._counts_lock = threading.Lock()
+        self.controllers = controllers.Controllers(
+            self.cluster,
+            reports=self.reports,
+            trivy=self.trivy,
+            digest_of=self.digest_of,
+            options=self.options,
+        )
+        self._stopping = threading.Event()
+        self._counts = counts.RequestCounts()
         self._server: server.Server | None = None
         self._thread: threading.Thread | None = None
         for node in nodes:
@@ -101,7 +123,14 @@ class Emulator:
     # ------------------------------------------------------------ lifecycle
 
     def start(self) -> Emulator:
-        self._server = server.Server((self.host, self.port), self)
+        self._server = server.Server(
+            (self.host, self.port),
+            cluster=self.cluster,
+            faults=self.faults,
+            counts=self._counts,
+            options=self.options,
+            stopping=self._stopping,
+        )
         self.port = int(self._server.server_address[1])
         self._thread = threading.Thread(
             target=self._server.serve_forever,
@@ -114,7 +143,7 @@ class Emulator:
         return self
 
     def stop(self) -> None:
-        self.stopping = True
+        self._stopping.set()
         with self.cluster.lock:
             self.cluster.changed.notify_all()
         self.controllers.stop()
@@ -137,18 +166,7 @@ class Emulator:
         return f"http://{self.host}:{self.port}"
 
     def version_info(self) -> Obj:
-        major, minor = self.kube_version.split(".")[:2]
-        return {
-            "major": major,
-            "minor": minor,
-            "gitVersion": f"v{major}.{minor}.0-scanqueue-sim",
-            "gitCommit": "0" * 40,
-            "gitTreeState": "clean",
-            "buildDate": "2024-01-01T00:00:00Z",
-            "goVersion": "go1.22.0",
-            "compiler": "gc",
-            "platform": "linux/amd64",
-        }
+        return server.version_info(self.kube_version)
 
     def kubeconfig(self, path: str | Path, *, context: str | None = None) -> Path:
         """Write a kubeconfig (0600) pointing at this emulator; return its path."""
@@ -182,18 +200,12 @@ class Emulator:
 
     # ------------------------------------------------------------- counters
 
-    def count(self, verb: str, resource_name: str) -> None:
-        with self._counts_lock:
-            self._counts[(verb, resource_name)] += 1
-
     def request_counts(self) -> collections.Counter[tuple[str, str]]:
         """Requests served so far by (verb, resource): ("list", "pods"), ("get", "pods/log")."""
-        with self._counts_lock:
-            return collections.Counter(self._counts)
+        return self._counts.snapshot()
 
     def reset_counts(self) -> None:
-        with self._counts_lock:
-            self._counts.clear()
+        self._counts.reset()
 
     # ------------------------------------------------------ in-process API
 
@@ -245,7 +257,7 @@ class Emulator:
         current = self.cluster.get(res, namespace or "", name)
         stored = self.cluster.write_status(res, current, cluster_mod.clone(dict(status)))
         if stored is None:
-            raise cluster_mod.not_found(res, name)
+            raise apierrors.not_found(res, name)
         return cluster_mod.clone(cluster_mod.typed(res, stored))
 
     def pod_log(self, namespace: str, name: str, container: str | None = None) -> str | None:

@@ -13,7 +13,7 @@ from __future__ import annotations
 import dataclasses
 import threading
 
-from scanqueue.sim import cluster
+from scanqueue.sim import apierrors
 
 _REASONS = {
     403: ("Forbidden", "forbidden: injected fault: the user may not do this"),
@@ -90,7 +90,7 @@ class Faults:
                     rule.remaining -= 1
                 self.injected += 1
                 reason, message = _REASONS[rule.status]
-                raise cluster.ApiError(
+                raise apierrors.ApiError(
                     rule.status,
                     reason,
                     message,

@@ -59,8 +59,8 @@ from typing import TYPE_CHECKING, Any
 import yaml
 
 from scanqueue import errors
+from scanqueue.sim import apierrors, controllers, kubelet
 from scanqueue.sim import cluster as cluster_mod
-from scanqueue.sim import controllers, kubelet
 
 if TYPE_CHECKING:
     from scanqueue.sim import emulator as emulator_mod
@@ -228,13 +228,13 @@ class _Applier:
         self._turn = 0
 
     def fail(self, what: str, error: Exception) -> ScenarioError:
-        detail = error.message if isinstance(error, cluster_mod.ApiError) else str(error)
+        detail = error.message if isinstance(error, apierrors.ApiError) else str(error)
         return ScenarioError(f"{self.scenario.source}: {what}: {detail}")
 
     def create(self, obj: Obj, what: str, *, keep_status: bool = False) -> Obj:
         try:
             return self.emulator.create(obj, keep_status=keep_status)
-        except (cluster_mod.ApiError, KeyError) as e:
+        except (apierrors.ApiError, KeyError) as e:
             raise self.fail(what, e) from e
 
     # ------------------------------------------------------------- digests

@@ -18,15 +18,12 @@ import threading
 import time
 import urllib.parse
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
+from scanqueue.sim import apierrors, counts, faults, resources, selectors
 from scanqueue.sim import cluster as cluster_mod
-from scanqueue.sim import resources, selectors
+from scanqueue.sim import options as options_mod
 
-if TYPE_CHECKING:
-    from scanqueue.sim import emulator as emulator_mod
-
-ApiError = cluster_mod.ApiError
 log = logging.getLogger(__name__)
 JOB_ORPHAN_WARNING = (
     '299 - "child pods are preserved by default when jobs are deleted; set '
@@ -35,12 +32,41 @@ JOB_ORPHAN_WARNING = (
 )
 
 
+def version_info(kube_version: str) -> dict[str, Any]:
+    """What ``GET /version`` answers for ``kube_version`` ("1.30")."""
+    major, minor = kube_version.split(".")[:2]
+    return {
+        "major": major,
+        "minor": minor,
+        "gitVersion": f"v{major}.{minor}.0-scanqueue-sim",
+        "gitCommit": "0" * 40,
+        "gitTreeState": "clean",
+        "buildDate": "2024-01-01T00:00:00Z",
+        "goVersion": "go1.22.0",
+        "compiler": "gc",
+        "platform": "linux/amd64",
+    }
+
+
 class Server(ThreadingHTTPServer):
     daemon_threads = True
     allow_reuse_address = True
 
-    def __init__(self, address: tuple[str, int], emulator: emulator_mod.Emulator) -> None:
-        self.emulator = emulator
+    def __init__(
+        self,
+        address: tuple[str, int],
+        *,
+        cluster: cluster_mod.Cluster,
+        faults: faults.Faults,
+        counts: counts.RequestCounts,
+        options: options_mod.EmulatorOptions,
+        stopping: threading.Event,
+    ) -> None:
+        self.cluster = cluster
+        self.faults = faults
+        self.counts = counts
+        self.options = options
+        self.stopping = stopping  # set by the emulator's stop(): open watches end
         self.connections: set[socket.socket] = set()
         self.connections_lock = threading.Lock()
         super().__init__(address, Handler)
@@ -113,7 +139,7 @@ class Handler(BaseHTTPRequestHandler):
         if self.command != "HEAD":
             self.wfile.write(data)
 
-    def _error(self, error: ApiError) -> None:
+    def _error(self, error: apierrors.ApiError) -> None:
         headers = {}
         if error.retry_after is not None:
             headers["Retry-After"] = str(int(error.retry_after))
@@ -127,14 +153,12 @@ class Handler(BaseHTTPRequestHandler):
         try:
             return json.loads(raw)
         except ValueError as e:
-            raise cluster_mod.bad_request(
-                f"couldn't get version/kind; json parse error: {e}"
-            ) from e
+            raise apierrors.bad_request(f"couldn't get version/kind; json parse error: {e}") from e
 
     # -------------------------------------------------------------- routing
 
     def _handle(self, method: str) -> None:
-        emulator = self.server.emulator
+        server = self.server
         url = urllib.parse.urlsplit(self.path)
         query = {k: v[-1] for k, v in urllib.parse.parse_qs(url.query).items()}
         parts = [urllib.parse.unquote(p) for p in url.path.strip("/").split("/") if p]
@@ -144,26 +168,30 @@ class Handler(BaseHTTPRequestHandler):
                 return
             route = self._route(parts)
             if route is None:
-                raise ApiError(404, "NotFound", "the server could not find the requested resource")
+                raise apierrors.ApiError(
+                    404, "NotFound", "the server could not find the requested resource"
+                )
             res, namespace, name, sub = route
             verb = self._verb(method, name, query)
             counted = res.plural if sub is None else f"{res.plural}/{sub}"
-            emulator.count(verb, counted)
-            emulator.faults.check(verb, counted)
+            server.counts.count(verb, counted)
+            server.faults.check(verb, counted)
             if verb == "watch":
                 self._watch(res, namespace, query)
                 return
             self._dispatch(
                 verb=verb, res=res, namespace=namespace, name=name, sub=sub, query=query, body=body
             )
-        except ApiError as e:
+        except apierrors.ApiError as e:
             self._error(e)
         except (BrokenPipeError, ConnectionResetError):
             self.close_connection = True
         except Exception as e:  # an emulator bug: answer like a server would, and say so
             log.exception("emulator error on %s %s", method, url.path)
             with contextlib.suppress(OSError):
-                self._error(ApiError(500, "InternalError", f"emulator error: {type(e).__name__}"))
+                self._error(
+                    apierrors.ApiError(500, "InternalError", f"emulator error: {type(e).__name__}")
+                )
 
     def _discovery(self, method: str, parts: list[str]) -> bool:
         if method != "GET":
@@ -173,7 +201,7 @@ class Handler(BaseHTTPRequestHandler):
             self._send(200, b"ok", content_type="text/plain")
             return True
         if parts == ["version"]:
-            doc = self.server.emulator.version_info()
+            doc = version_info(self.server.options.kube_version)
         elif parts == ["api"]:
             doc = resources.api_versions()
         elif parts == ["api", "v1"]:
@@ -187,7 +215,9 @@ class Handler(BaseHTTPRequestHandler):
         else:
             return False
         if doc is None:
-            raise ApiError(404, "NotFound", "the server could not find the requested resource")
+            raise apierrors.ApiError(
+                404, "NotFound", "the server could not find the requested resource"
+            )
         self._send(200, doc)
         return True
 
@@ -226,7 +256,7 @@ class Handler(BaseHTTPRequestHandler):
             return "watch" if _flag(query, "watch") else "list"
         if method == "POST":
             if name is not None:
-                raise ApiError(
+                raise apierrors.ApiError(
                     405,
                     "MethodNotAllowed",
                     "the server does not allow this method on the requested resource",
@@ -235,7 +265,7 @@ class Handler(BaseHTTPRequestHandler):
         if name is None:
             if method == "DELETE":
                 return "deletecollection"
-            raise ApiError(
+            raise apierrors.ApiError(
                 405,
                 "MethodNotAllowed",
                 "the server does not allow this method on the requested resource",
@@ -253,10 +283,10 @@ class Handler(BaseHTTPRequestHandler):
         query: dict[str, str],
         body: Any,
     ) -> None:
-        cluster = self.server.emulator.cluster
+        cluster = self.server.cluster
         dry_run = query.get("dryRun") == "All"
         if "dryRun" in query and not dry_run:
-            raise cluster_mod.bad_request(
+            raise apierrors.bad_request(
                 f'unsupported dry run value "{query["dryRun"]}"; expected "All"'
             )
         ns = namespace or ""
@@ -264,7 +294,7 @@ class Handler(BaseHTTPRequestHandler):
         # the emulator's default is Strict (a real server's is Warn): typos fail tests
         field_validation = query.get("fieldValidation") or "Strict"
         if field_validation not in cluster_mod.FIELD_VALIDATION:
-            raise cluster_mod.bad_request(
+            raise apierrors.bad_request(
                 f"fieldValidation must be one of {', '.join(cluster_mod.FIELD_VALIDATION)}, "
                 f"not {field_validation!r}"
             )
@@ -288,7 +318,7 @@ class Handler(BaseHTTPRequestHandler):
             assert name is not None
             content_type = self.headers.get("Content-Type", "")
             if "apply-patch" in content_type:
-                raise ApiError(
+                raise apierrors.ApiError(
                     415, "UnsupportedMediaType", f"the emulator does not implement {content_type}"
                 )
             obj = cluster.patch(
@@ -320,7 +350,7 @@ class Handler(BaseHTTPRequestHandler):
 
     def _list(self, res: resources.Resource, namespace: str | None, query: dict[str, str]) -> None:
         limit = int(query["limit"]) if query.get("limit", "").isdigit() else None
-        found = self.server.emulator.cluster.list(
+        found = self.server.cluster.list(
             res,
             namespace,
             label_selector=query.get("labelSelector"),
@@ -359,7 +389,7 @@ class Handler(BaseHTTPRequestHandler):
             propagation = "Orphan" if str(orphan).lower() == "true" else "Background"
         if options.get("dryRun") == ["All"]:
             dry_run = True
-        obj, gone = self.server.emulator.cluster.delete(
+        obj, gone = self.server.cluster.delete(
             res,
             namespace,
             name,
@@ -389,21 +419,21 @@ class Handler(BaseHTTPRequestHandler):
     # ------------------------------------------------------------------ log
 
     def _log(self, namespace: str, name: str, query: dict[str, str]) -> None:
-        emulator = self.server.emulator
-        pod = emulator.cluster.get(resources.BY_KEY["pods"], namespace, name)
+        cluster = self.server.cluster
+        pod = cluster.get(resources.BY_KEY["pods"], namespace, name)
         spec = pod.get("spec") or {}
         names = [c["name"] for c in spec.get("containers") or []]
         init_names = [c["name"] for c in spec.get("initContainers") or []]
         container = query.get("container")
         if not container:
             if len(names) != 1:
-                raise cluster_mod.bad_request(
+                raise apierrors.bad_request(
                     f"a container name must be specified for pod {name}, choose one of: "
                     f"[{' '.join(names)}] or one of the init containers: [{' '.join(init_names)}]"
                 )
             container = names[0]
         if container not in names and container not in init_names:
-            raise cluster_mod.bad_request(f"container {container} is not valid for pod {name}")
+            raise apierrors.bad_request(f"container {container} is not valid for pod {name}")
         status = pod.get("status") or {}
         statuses = (status.get("containerStatuses") or []) + (
             status.get("initContainerStatuses") or []
@@ -411,10 +441,10 @@ class Handler(BaseHTTPRequestHandler):
         state = next((s.get("state") or {} for s in statuses if s.get("name") == container), {})
         if "running" not in state and "terminated" not in state:
             reason = (state.get("waiting") or {}).get("reason", "ContainerCreating")
-            raise cluster_mod.bad_request(
+            raise apierrors.bad_request(
                 f'container "{container}" in pod "{name}" is waiting to start: {reason}'
             )
-        text = emulator.cluster.logs.get(pod["metadata"]["uid"], {}).get(container, "")
+        text = cluster.logs.get(pod["metadata"]["uid"], {}).get(container, "")
         if query.get("tailLines", "").isdigit():
             lines = text.splitlines(keepends=True)
             text = "".join(lines[-int(query["tailLines"]) :]) if int(query["tailLines"]) else ""
@@ -430,22 +460,22 @@ class Handler(BaseHTTPRequestHandler):
         self.wfile.flush()
 
     def _watch(self, res: resources.Resource, namespace: str | None, query: dict[str, str]) -> None:
-        emulator = self.server.emulator
-        cluster = emulator.cluster
+        server = self.server
+        cluster = server.cluster
         try:
             labels = selectors.parse_labels(query.get("labelSelector"))
             fields = selectors.parse_fields(query.get("fieldSelector"), res.fields)
         except selectors.SelectorError as e:
-            raise cluster_mod.bad_request(str(e)) from e
+            raise apierrors.bad_request(str(e)) from e
         try:
-            timeout = float(query.get("timeoutSeconds") or emulator.watch_timeout)
+            timeout = float(query.get("timeoutSeconds") or server.options.watch_timeout)
         except ValueError as e:
-            raise cluster_mod.bad_request(f"invalid timeoutSeconds: {e}") from e
+            raise apierrors.bad_request(f"invalid timeoutSeconds: {e}") from e
         bookmarks = _flag(query, "allowWatchBookmarks")
         rv_text = query.get("resourceVersion") or ""
         if rv_text and not rv_text.isdigit():
-            raise cluster_mod.bad_request(f'invalid resource version "{rv_text}"')
-        generation = emulator.faults.watch_generation
+            raise apierrors.bad_request(f'invalid resource version "{rv_text}"')
+        generation = server.faults.watch_generation
 
         def matches(obj: cluster_mod.Obj) -> bool:
             if namespace is not None and obj["metadata"].get("namespace") != namespace:
@@ -461,7 +491,7 @@ class Handler(BaseHTTPRequestHandler):
         self.send_header("Cache-Control", "no-cache, private")
         self.end_headers()
         deadline = time.monotonic() + timeout
-        forced_gone = emulator.faults.take_gone(res.plural)
+        forced_gone = server.faults.take_gone(res.plural)
         with cluster.lock:
             if not rv_text or rv_text == "0":
                 initial = [o for o in cluster.objects(res, namespace) if matches(o)]
@@ -476,7 +506,7 @@ class Handler(BaseHTTPRequestHandler):
                 pending = cluster.events_since(cursor)
         try:
             if forced_gone or (rv_text and rv_text != "0" and pending is None):
-                status = ApiError(
+                status = apierrors.ApiError(
                     410,
                     "Expired",
                     f"too old resource version: {rv_text} ({cluster.oldest_resumable + 1})",
@@ -491,28 +521,28 @@ class Handler(BaseHTTPRequestHandler):
             while True:
                 with cluster.lock:
                     events = cluster.events_since(cursor)
-                    while events is not None and not events and not emulator.stopping:
+                    while events is not None and not events and not server.stopping.is_set():
                         left = deadline - time.monotonic()
-                        if left <= 0 or emulator.faults.watch_generation != generation:
+                        if left <= 0 or server.faults.watch_generation != generation:
                             break
-                        cluster.changed.wait(min(left, emulator.bookmark_interval, 0.5))
+                        cluster.changed.wait(min(left, server.options.bookmark_interval, 0.5))
                         if (
                             bookmarks
-                            and time.monotonic() - last_bookmark >= emulator.bookmark_interval
+                            and time.monotonic() - last_bookmark >= server.options.bookmark_interval
                         ) or self._client_gone():
                             break
                         events = cluster.events_since(cursor)
                 if self._client_gone():
                     self.close_connection = True
                     return  # the client hung up: free this thread now, not at the timeout
-                if emulator.faults.watch_generation != generation:
+                if server.faults.watch_generation != generation:
                     # a dropped connection: no terminating chunk, the socket just closes
                     self.close_connection = True
                     with contextlib.suppress(OSError):
                         self.connection.shutdown(socket.SHUT_RDWR)
                     return
                 if events is None:
-                    status = ApiError(
+                    status = apierrors.ApiError(
                         410, "Expired", f"too old resource version: {cursor}"
                     ).status()
                     self._chunk(encode("ERROR", status))
@@ -534,10 +564,10 @@ class Handler(BaseHTTPRequestHandler):
                 if out:
                     self._chunk(b"".join(out))
                 now = time.monotonic()
-                if bookmarks and now - last_bookmark >= emulator.bookmark_interval:
+                if bookmarks and now - last_bookmark >= server.options.bookmark_interval:
                     self._chunk(encode("BOOKMARK", self._bookmark(res, cursor)))
                     last_bookmark = now
-                if now >= deadline or emulator.stopping:
+                if now >= deadline or server.stopping.is_set():
                     break
             if bookmarks:
                 self._chunk(encode("BOOKMARK", self._bookmark(res, cursor)))

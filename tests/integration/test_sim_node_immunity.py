@@ -25,7 +25,7 @@ import pytest
 
 from scanqueue import manifests
 from scanqueue.sim import imagefs
-from scanqueue.sim.cluster import ApiError
+from scanqueue.sim.apierrors import ApiError
 from tests.conftest import REGISTRY_PASSWORD, REGISTRY_USER
 from tests.integration import test_sim_trivy
 from tests.support import trivy_fixtures

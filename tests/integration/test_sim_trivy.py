@@ -13,7 +13,7 @@ import pytest
 
 from scanqueue import config, manifests
 from scanqueue.sim import trivydb
-from scanqueue.sim.cluster import ApiError
+from scanqueue.sim.apierrors import ApiError
 from tests.conftest import REGISTRY_PASSWORD, REGISTRY_USER
 from tests.support import trivy_fixtures
 from tests.support.sim_fixtures import SimCluster
