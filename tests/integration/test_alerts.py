@@ -10,6 +10,7 @@ finding on the same workload, and never put the planted password anywhere.
 from __future__ import annotations
 
 import base64
+import os
 import time
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
@@ -17,8 +18,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 
-from scanqueue import reports, store
+from scanqueue import processes, reports, roles, store
 from scanqueue.store import alerts as alert_store
 from scanqueue.store import overview
 from tests.support import alert_fixtures as af
@@ -37,6 +39,7 @@ R1 = [
     af.vuln("CVE-2026-0002", "busybox", "CRITICAL", "1.36.1-r15", ""),  # no fix: no alert
     af.vuln("CVE-2026-0003", "zlib", "HIGH", "1.3-r0", "1.3.1-r0"),  # HIGH: below the default
 ]  # fmt: skip
+ROOT = Path(__file__).resolve().parents[2]
 NEW = af.vuln("CVE-2026-0004", "musl", "CRITICAL", "1.2.4-r2", "1.2.4-r3")
 
 
@@ -254,3 +257,67 @@ def test_a_redirect_is_not_followed_and_gives_the_notification_up_at_once() -> N
         receiver.stop()
     with pytest.raises(errors.TemporaryError, match="unreachable"):
         webhooks.post(hook, b"{}", timeout=5)  # the receiver is gone: retried later
+
+
+def _pod_env(manifest: str, path: Path) -> dict[str, str]:
+    """The webhooks file a deploy/ pod names in its env, the Secret mount moved to ``path``."""
+    (doc,) = yaml.safe_load_all((ROOT / "deploy" / manifest).read_text(encoding="utf-8"))
+    (container,) = doc["spec"]["template"]["spec"]["containers"]
+    return {
+        e["name"]: e["value"].replace("/etc/scanqueue/secrets", str(path))
+        for e in container["env"]
+        if e["name"] == "SCANQUEUE_ALERTS_WEBHOOKS_FILE"
+    }
+
+
+def test_webhooks_in_the_secret_file_alone_reach_beat_and_the_worker_as_deploy_mounts_it(
+    tmp_path: Path,
+    database_url: str,
+    redis_url: str,
+    worker_factory: Callable[..., WorkerProcess],
+) -> None:
+    """deploy/ (and compose) put the URLs only in the Secret's alert-webhooks.toml, named by
+    the worker's and beat's environment: beat must schedule the dispatch from it and the
+    worker POST to it, with the token of the URL in no log line. (A beat without the file
+    schedules no dispatch and nothing is ever sent: why beat mounts it too.)"""
+    receiver = af.Receiver().start()
+    secrets = tmp_path / "secrets"
+    secrets.mkdir()
+    (secrets / "alert-webhooks.toml").write_text(
+        f'slack_urls = ["http://127.0.0.1:{receiver.port}/services/T0/B0/{CANARY}"]\n'
+    )
+    config = tmp_path / "scanqueue.toml"
+    config.write_text(
+        f'[database]\nurl = "{database_url}"\n[broker]\nurl = "{redis_url}"\n'
+        "[alerts]\ninterval_seconds = 0.5\n"  # the ConfigMap's [alerts]: no URL, no file
+    )
+    worker_env = _pod_env("42-worker.yaml", secrets)
+    beat_env = _pod_env("43-beat.yaml", secrets)
+    assert worker_env and beat_env, "worker and beat name the webhooks file"
+    now = datetime.now(UTC)
+    beat = processes.Process(
+        "beat",
+        roles.beat(schedule=tmp_path / "beat-schedule"),
+        tmp_path / "beat.log",
+        env={**os.environ, **beat_env, "SCANQUEUE_CONFIG": str(config)},
+        cwd=tmp_path,
+    )
+    try:
+        with store.connect(database_url) as conn:
+            inventory(conn, now)
+            scan(conn, "s1", D1, af.report(f"{REG}/team/web:1", R1), now)
+            worker = worker_factory(config, queues=["scanqueue.control"], env=worker_env)
+            beat.start()
+            wait(lambda: settled(conn, 2), "both workloads' notifications sent", worker)
+            assert {(r[1], r[2], r[3]) for r in deliveries(conn)} == {
+                ("web", "slack#0", "sent"),
+                ("api", "slack#0", "sent"),
+            }
+        assert len(receiver.requests) == 2
+        assert all(r.path == f"/services/T0/B0/{CANARY}" for r in receiver.requests)
+        log = worker.log.read_text(errors="replace")
+        assert "slack#0 (127.0.0.1)" in log, "the delivered line names the webhook"
+        assert CANARY not in log + beat.output()
+    finally:
+        beat.stop(10)
+        receiver.stop()
