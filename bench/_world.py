@@ -227,7 +227,7 @@ def queue_length(redis_url: str) -> int:
 @contextlib.contextmanager
 def scan_farm(
     directory: Path, *, database_url: str, redis_url: str, max_inflight: int = 100
-) -> Iterator[scans.Farm]:
+) -> Iterator[scans.ScanContext]:
     """The orchestration's collaborators, in this process, as a worker builds them."""
     full = settings(
         directory, database_url=database_url, redis_url=redis_url, max_inflight=max_inflight
@@ -237,7 +237,7 @@ def scan_farm(
     pool = store.pool(database_url)
     client = dedupe.client(redis_url)
     try:
-        yield scans.Farm(
+        yield scans.ScanContext(
             settings=full, cluster=cluster, api=api, db=pool, redis=client, registry=None
         )
     finally:
@@ -347,7 +347,7 @@ def watch_and_scan(svc: Services, shape: Shape, *, timeout: float = 120.0) -> Fa
         )
 
 
-def _collect_all(farm: scans.Farm, wanted: set[str], *, timeout: float) -> int:
+def _collect_all(farm: scans.ScanContext, wanted: set[str], *, timeout: float) -> int:
     done: set[str] = set()
     deadline = time.monotonic() + timeout
     while done != wanted:

@@ -67,7 +67,7 @@ class Options:
 
 
 @dataclasses.dataclass(frozen=True)
-class Outcome:
+class RunSummary:
     """What ``run`` ended with."""
 
     exit_code: int
@@ -202,14 +202,14 @@ def run(
     stop: threading.Event,
     environ: Mapping[str, str] | None = None,
     out: IO[str] | None = None,
-    before_stop: Callable[[Outcome], None] | None = None,
-) -> Outcome:
+    before_stop: Callable[[RunSummary], None] | None = None,
+) -> RunSummary:
     """Start the farm, supervise it until ``stop`` (or the demo is scanned), stop it all.
 
     Prints the banner to ``out`` (default stdout): the mode in the first line,
     then where Flower is and how to log in, the metrics endpoints, the logs,
     and how to run ``scanqueue report``; then each death and restart of a
-    role. ``before_stop(outcome)`` runs while everything still runs (the demo
+    role. ``before_stop(summary)`` runs while everything still runs (the demo
     prints its report from the demo's own database). Raises ``ConfigError``
     for settings that cannot run (no cluster, Flower without auth),
     ``PermanentError`` when a role exits while starting.
@@ -260,12 +260,12 @@ def run(
             "   (also: --by image, --format csv)")  # fmt: skip
         say("  stop         Ctrl-C" if not options.until_scanned else
             "  until        every image of the demo cluster has a finished scan")  # fmt: skip
-        outcome = _supervise(
+        summary = _supervise(
             options, settings=settings, started=started, world=world, stop=stop, say=say
         )
         if before_stop is not None:
-            before_stop(outcome)
-        return outcome
+            before_stop(summary)
+        return summary
     finally:
         for process in reversed(started):
             process.stop()
@@ -434,7 +434,7 @@ def _supervise(
     world: object,
     stop: threading.Event,
     say: Callable[[str], None],
-) -> Outcome:
+) -> RunSummary:
     digests: set[str] = set()
     cluster = None
     if world is not None:
@@ -451,7 +451,7 @@ def _supervise(
             keeper.check()
         except supervisor.CrashLoopError as e:
             say(f"scanqueue: stopping the farm: {e}")
-            return Outcome(1, settings.database.url, cluster)
+            return RunSummary(1, settings.database.url, cluster)
         if not digests:
             continue
         done, failed, pending = _progress(
@@ -467,15 +467,15 @@ def _supervise(
             continue
         if not pending:
             code = 0 if not failed else 1
-            return Outcome(code, settings.database.url, cluster, len(done), tuple(failed))
+            return RunSummary(code, settings.database.url, cluster, len(done), tuple(failed))
         if time.monotonic() > deadline:
             waiting = tuple(f"{d}: no finished scan yet" for d in pending)
             say(
                 f"scanqueue: the demo cluster was not scanned within {options.timeout_seconds:.0f}s"
             )
-            return Outcome(1, settings.database.url, cluster, len(done), (*failed, *waiting))
+            return RunSummary(1, settings.database.url, cluster, len(done), (*failed, *waiting))
     say("scanqueue: stopping")
-    return Outcome(0, settings.database.url, cluster)
+    return RunSummary(0, settings.database.url, cluster)
 
 
 def _progress(

@@ -49,8 +49,8 @@ MAX_TEMPORARY_RETRIES = 8  # then the scan fails with the last reason
 STARTED_GRACE_SECONDS = 60.0  # a waiting scan started this long ago without its task: again
 NEWER_PAYLOAD_DELAY_SECONDS = 60  # a payload of a newer release waits this long for its worker
 NEWER_PAYLOAD_RETRIES = 60  # ...this many times (an hour), then it is dropped with a log line
-_farms: dict[str, scans.Farm] = {}
-_farms_lock = threading.Lock()
+_contexts: dict[str, scans.ScanContext] = {}
+_contexts_lock = threading.Lock()
 
 
 class CountingRegistryClient(registry.Client):
@@ -82,7 +82,7 @@ def _record(cluster: str, results: list[scans.Result]) -> None:
         metrics.SCANS.labels(cluster, result.outcome).inc()
     if not ended:
         return
-    with farm(cluster).db.connection() as conn:
+    with scan_context(cluster).db.connection() as conn:
         for result in ended:
             row = store.get_scan(conn, result.scan_id)
             if row is not None and row.finished_at is not None:
@@ -90,10 +90,10 @@ def _record(cluster: str, results: list[scans.Result]) -> None:
                 metrics.SCAN_DURATION.labels(cluster).observe(max(0.0, seconds))
 
 
-def farm(cluster: str) -> scans.Farm:
+def scan_context(cluster: str) -> scans.ScanContext:
     """The collaborators for ``cluster`` in this process (built on first use)."""
-    with _farms_lock:
-        found = _farms.get(cluster)
+    with _contexts_lock:
+        found = _contexts.get(cluster)
         if found is None:
             settings = settings_of(app)
             cluster_settings = settings.cluster(cluster)
@@ -102,7 +102,7 @@ def farm(cluster: str) -> scans.Farm:
                 if settings.scan.verify_with_registry
                 else None
             )
-            found = scans.Farm(
+            found = scans.ScanContext(
                 settings=settings,
                 cluster=cluster_settings,
                 api=kube.api_client(cluster_settings),
@@ -120,7 +120,7 @@ def farm(cluster: str) -> scans.Farm:
                 registry=registry_client,
                 publish=_publisher(cluster),
             )
-            _farms[cluster] = found
+            _contexts[cluster] = found
         return found
 
 
@@ -174,7 +174,7 @@ def scan(self: Task, request: dict[str, Any], failures: int = 0) -> dict[str, st
         return self.retry(kwargs={"request": request, "failures": failed}, countdown=countdown)  # type: ignore[no-any-return]
 
     try:
-        where = farm(parsed.cluster)
+        where = scan_context(parsed.cluster)
         status.count_scan_task(where.redis, cluster=parsed.cluster)
         result = scans.submit(where, parsed)
     except errors.ConfigError as e:
@@ -209,7 +209,7 @@ def _fail(
 ) -> dict[str, str]:
     """End the scan failed with ``reason``; if even that cannot be recorded now, retry later."""
     try:
-        result = scans.fail(farm(request.cluster), request, reason=reason)
+        result = scans.fail(scan_context(request.cluster), request, reason=reason)
     except errors.TemporaryError as e:
         log.warning("recording a failed scan will be retried: %s", e,
                     extra={"scan_id": request.scan_id, "cluster": request.cluster})  # fmt: skip
@@ -219,7 +219,9 @@ def _fail(
 
 
 def _locked(cluster: str, what: str, seconds: int) -> Any:
-    return farm(cluster).redis.lock(f"scanqueue:{what}:{cluster}", timeout=seconds, blocking=False)
+    return scan_context(cluster).redis.lock(
+        f"scanqueue:{what}:{cluster}", timeout=seconds, blocking=False
+    )
 
 
 def _release(lock: Any) -> None:
@@ -237,7 +239,7 @@ def collect(cluster: str) -> list[dict[str, str]]:
     if not lock.acquire():
         return []
     try:
-        where = farm(cluster)
+        where = scan_context(cluster)
         results = scans.collect(where)
         status.record(where.redis, cluster=cluster, what="collect", now=where.clock().timestamp())
         # the safety net: slots freed without a start (a worker died in between) start here
@@ -255,7 +257,7 @@ def collect(cluster: str) -> list[dict[str, str]]:
 @app.task(name="scanqueue.collect_job", acks_late=True)
 def collect_job(cluster: str, job: str, summary: dict[str, Any] | None = None) -> dict[str, str]:
     """Collect one finished scan Job (sent by the watcher's Job watch); claimed once."""
-    where = farm(cluster)
+    where = scan_context(cluster)
     try:
         status.count_task(where.redis, cluster=cluster, what="collect_tasks")
         result = scans.collect_job(where, job, summary)
@@ -271,7 +273,7 @@ def collect_job(cluster: str, job: str, summary: dict[str, Any] | None = None) -
 
 def _jobs_in_flight(cluster: str) -> None:
     """Scan Jobs holding an in-flight slot in ``cluster`` (what max_inflight counts)."""
-    count = dedupe.jobs_in_flight(farm(cluster).redis, cluster=cluster)
+    count = dedupe.jobs_in_flight(scan_context(cluster).redis, cluster=cluster)
     metrics.JOBS_IN_FLIGHT.labels(cluster).set(count)
 
 
@@ -282,7 +284,7 @@ def sweep(cluster: str) -> dict[str, int]:
     if not lock.acquire():
         return {}
     try:
-        where = farm(cluster)
+        where = scan_context(cluster)
         swept = scans.sweep(where)
         status.record(where.redis, cluster=cluster, what="sweep", now=where.clock().timestamp())
         return {

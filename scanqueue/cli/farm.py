@@ -88,20 +88,20 @@ def _cmd_run(args: argparse.Namespace) -> int:
         signal.signal(signum, lambda *_: stop.set())
     report_codes: list[int] = []
 
-    def report(outcome: farm.Outcome) -> None:
+    def report(summary: farm.RunSummary) -> None:
         """The demo's report, printed while its database (maybe its own) still runs."""
-        if not args.until_scanned or outcome.cluster is None:
+        if not args.until_scanned or summary.cluster is None:
             return
-        if outcome.unfinished:
+        if summary.unfinished:
             print("scanqueue: not every image of the demo cluster was scanned:", file=sys.stderr)
-            for line in outcome.unfinished:
+            for line in summary.unfinished:
                 print(f"  - {line}", file=sys.stderr)
         sys.stdout.flush()
         report_codes.append(
             cli.main(
-                ["report", "--cluster", outcome.cluster, "--database-url", outcome.database_url]
+                ["report", "--cluster", summary.cluster, "--database-url", summary.database_url]
             )
         )
 
-    outcome = farm.run(options, stop=stop, before_stop=report)
-    return outcome.exit_code or max(report_codes, default=0)
+    summary = farm.run(options, stop=stop, before_stop=report)
+    return summary.exit_code or max(report_codes, default=0)

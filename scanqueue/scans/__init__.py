@@ -2,9 +2,9 @@
 
 The Celery tasks in ``workers/`` are thin wrappers around ``submit``,
 ``collect`` and ``sweep``; everything they decide is in this package, with its
-collaborators passed in a ``Farm``. One module per job:
+collaborators passed in a ``ScanContext``. One module per job:
 
-- ``model``: ``Farm``, ``Step``, ``Result``, the scan Job annotations;
+- ``model``: ``ScanContext``, ``Step``, ``Result``, the scan Job annotations;
 - ``plan``: which credential a scan pulls with (kubelet order, one at a time);
 - ``submission``: create the Job suspended, its Secret owned by it, resume;
 - ``collection``: store finished Jobs' reports, or hand the scan to the next candidate;
@@ -41,8 +41,8 @@ from scanqueue.scans.model import (
     ANNOTATION_REQUEST,
     ANNOTATION_SOURCE,
     Busy,
-    Farm,
     Result,
+    ScanContext,
     Step,
 )
 from scanqueue.scans.plan import next_start, plan_step, read_candidates
@@ -54,8 +54,8 @@ __all__ = [
     "ANNOTATION_REQUEST",
     "ANNOTATION_SOURCE",
     "Busy",
-    "Farm",
     "Result",
+    "ScanContext",
     "Step",
     "Swept",
     "collect",

@@ -32,7 +32,7 @@ CLAIM_SECONDS = 60
 
 
 def collect_job(
-    farm: model.Farm, name: str, summary: Mapping[str, Any] | None = None
+    ctx: model.ScanContext, name: str, summary: Mapping[str, Any] | None = None
 ) -> model.Result | None:
     """Collect the one finished scan Job ``name`` (sent by the Job watch); None if nothing to do.
 
@@ -44,16 +44,16 @@ def collect_job(
         job: Mapping[str, Any] = summary
     else:
         try:
-            job = kube.read_job(api=farm.api, namespace=farm.namespace, name=name)
+            job = kube.read_job(api=ctx.api, namespace=ctx.namespace, name=name)
         except kube.NotFound:
             return None
     state, reason = model.job_state(job)
     if state not in ("complete", "failed"):
         return None
-    return collect_safely(farm, job, state, reason)
+    return collect_safely(ctx, job, state, reason)
 
 
-def collect(farm: model.Farm) -> list[model.Result]:
+def collect(ctx: model.ScanContext) -> list[model.Result]:
     """One reconcile pass over this cluster's scan Jobs: store finished ones and clean up.
 
     Complete: parse the pod log, store the report, mark the digest fresh.
@@ -63,9 +63,9 @@ def collect(farm: model.Farm) -> list[model.Result]:
     one whose handling failed for a passing reason stays for the next pass.
     """
     jobs = kube.list_jobs(
-        api=farm.api,
-        namespace=farm.namespace,
-        label_selector=manifests.cluster_selector(farm.cluster.name),
+        api=ctx.api,
+        namespace=ctx.namespace,
+        label_selector=manifests.cluster_selector(ctx.cluster.name),
     )
     finished = [(job, *model.job_state(job)) for job in jobs]
     finished = [(job, state, reason) for job, state, reason in finished
@@ -74,9 +74,9 @@ def collect(farm: model.Farm) -> list[model.Result]:
         return []
     # The pods of every scan Job in one list per pass, not one list per Job.
     pods, _ = kube.list_pods(
-        api=farm.api,
-        namespace=farm.namespace,
-        label_selector=manifests.cluster_selector(farm.cluster.name),
+        api=ctx.api,
+        namespace=ctx.namespace,
+        label_selector=manifests.cluster_selector(ctx.cluster.name),
     )
     by_job: dict[str, list[Mapping[str, Any]]] = {}
     for pod in pods:
@@ -86,14 +86,14 @@ def collect(farm: model.Farm) -> list[model.Result]:
     results = []
     for job, state, reason in finished:
         name = str(job["metadata"]["name"])
-        result = collect_safely(farm, job, state, reason, pods=by_job.get(name, []))
+        result = collect_safely(ctx, job, state, reason, pods=by_job.get(name, []))
         if result is not None:
             results.append(result)
     return results
 
 
 def collect_safely(
-    farm: model.Farm,
+    ctx: model.ScanContext,
     job: Mapping[str, Any],
     state: str,
     reason: str,
@@ -107,15 +107,15 @@ def collect_safely(
     the reason and deletes the Job, so it cannot block every later pass.
     """
     name = str(job["metadata"]["name"])
-    where = {"cluster": farm.cluster.name, "job": name}
-    cluster = farm.cluster.name
-    if not dedupe.claim_collect(farm.redis, cluster=cluster, job=name, ttl_seconds=CLAIM_SECONDS):
+    where = {"cluster": ctx.cluster.name, "job": name}
+    cluster = ctx.cluster.name
+    if not dedupe.claim_collect(ctx.redis, cluster=cluster, job=name, ttl_seconds=CLAIM_SECONDS):
         return None  # another worker collects it (or just did)
     try:
-        return _collect_one(farm, job, state, reason, pods=pods)
+        return _collect_one(ctx, job, state, reason, pods=pods)
     except errors.TemporaryError as e:
         log.warning("collecting a scan Job failed; retried on the next pass: %s", e, extra=where)
-        dedupe.release_collect(farm.redis, cluster=cluster, job=name)
+        dedupe.release_collect(ctx.redis, cluster=cluster, job=name)
         return None
     except errors.PermanentError as e:
         log.error("collecting a scan Job failed for good: %s", e, extra=where)
@@ -126,18 +126,18 @@ def collect_safely(
                 )
             )
             ended = ending.end(
-                farm, request, status="failed", reason=f"collecting {name}: {e}", attempt=1
+                ctx, request, status="failed", reason=f"collecting {name}: {e}", attempt=1
             )
-            ending.delete(farm, name)
+            ending.delete(ctx, name)
         except errors.ScanqueueError as again:
-            dedupe.release_collect(farm.redis, cluster=cluster, job=name)
+            dedupe.release_collect(ctx.redis, cluster=cluster, job=name)
             log.warning("could not end the scan of %s yet: %s", name, again, extra=where)
             return None
         return ended
 
 
 def _collect_one(
-    farm: model.Farm,
+    ctx: model.ScanContext,
     job: Mapping[str, Any],
     state: str,
     reason: str,
@@ -155,11 +155,11 @@ def _collect_one(
         attempt = int(annotations.get(manifests.ANNOTATION_ATTEMPT, "1"))
     except (ValueError, errors.PermanentError) as e:
         log.warning("scan Job without a readable request; deleting it", extra={"job": name})
-        ending.delete(farm, name)
+        ending.delete(ctx, name)
         scan_id = str((metadata.get("labels") or {}).get(manifests.LABEL_SCAN_ID))
         return model.Result("failed", scan_id, "", name, f"unreadable scan Job annotations: {e}")
-    pod, log_text = _pod_and_log(farm, name, pods)
-    with farm.db.connection() as conn:
+    pod, log_text = _pod_and_log(ctx, name, pods)
+    with ctx.db.connection() as conn:
         # The submit that created this Job may have died before recording the scan; a
         # redelivered submit adopts the Job, but the Job may finish first.
         store.start_scan(
@@ -174,10 +174,10 @@ def _collect_one(
             started_at=model.created(job),
         )
     if state == "complete":
-        result = _store_report(farm, request, name, log_text, attempt)
+        result = _store_report(ctx, request, name, log_text, attempt)
     else:
         result = _handle_failure(
-            farm,
+            ctx,
             request,
             job_name=name,
             reason=reason,
@@ -190,7 +190,7 @@ def _collect_one(
     # deleted explicitly, so that a credential never waits on a slow garbage collector.
     # Anonymous and node-mode scans have no Secret: no request for them.
     has_secret = annotations.get(model.ANNOTATION_SOURCE) not in ("anonymous", "node")
-    ending.delete(farm, name, secret=has_secret)
+    ending.delete(ctx, name, secret=has_secret)
     return result
 
 
@@ -202,10 +202,10 @@ def _mode_of(job: Mapping[str, Any], annotations: Mapping[str, str]) -> str:
 
 
 def _pod_and_log(
-    farm: model.Farm, job_name: str, pods: Sequence[Mapping[str, Any]] | None
+    ctx: model.ScanContext, job_name: str, pods: Sequence[Mapping[str, Any]] | None
 ) -> tuple[Mapping[str, Any] | None, str]:
     if pods is None:
-        pods = kube.pods_of_job(api=farm.api, namespace=farm.namespace, name=job_name)
+        pods = kube.pods_of_job(api=ctx.api, namespace=ctx.namespace, name=job_name)
     if not pods:
         return None, ""
     pod = pods[-1]
@@ -214,8 +214,8 @@ def _pod_and_log(
         return pod, ""
     try:
         text = kube.read_pod_log(
-            api=farm.api,
-            namespace=farm.namespace,
+            api=ctx.api,
+            namespace=ctx.namespace,
             name=str(pod["metadata"]["name"]),
             container=manifests.CONTAINER,
             limit_bytes=model.MAX_LOG_BYTES,
@@ -226,16 +226,16 @@ def _pod_and_log(
 
 
 def _store_report(
-    farm: model.Farm, request: discovery.ScanRequest, job_name: str, text: str, attempt: int
+    ctx: model.ScanContext, request: discovery.ScanRequest, job_name: str, text: str, attempt: int
 ) -> model.Result:
     digest = request.digest or ""
     try:
-        report = reports.parse(text, source=f"log of scan Job {farm.namespace}/{job_name}")
+        report = reports.parse(text, source=f"log of scan Job {ctx.namespace}/{job_name}")
     except reports.InvalidReport as e:
-        return ending.end(farm, request, status="failed", reason=str(e), attempt=attempt)
-    with farm.db.connection() as conn:
-        store.finish_scan(conn, scan_id=request.scan_id, report=report, finished_at=farm.clock())
-    dedupe.mark_fresh(farm.redis, digest, ttl_seconds=farm.settings.scan.rescan_interval_seconds)
+        return ending.end(ctx, request, status="failed", reason=str(e), attempt=attempt)
+    with ctx.db.connection() as conn:
+        store.finish_scan(conn, scan_id=request.scan_id, report=report, finished_at=ctx.clock())
+    dedupe.mark_fresh(ctx.redis, digest, ttl_seconds=ctx.settings.scan.rescan_interval_seconds)
     log.info(
         "scan stored",
         extra={"scan_id": request.scan_id, "cluster": request.cluster, "digest": digest,
@@ -247,7 +247,7 @@ def _store_report(
 
 
 def _handle_failure(
-    farm: model.Farm,
+    ctx: model.ScanContext,
     request: discovery.ScanRequest,
     *,
     job_name: str,
@@ -264,41 +264,41 @@ def _handle_failure(
         # a failure to submit leaves this Job for the next pass to try again.
         history = [f"attempt {attempt}: the cluster's pull was refused: {last}"]
         # this Job has finished: its slot goes to the next attempt's Job, not to a waiting scan
-        following = manifests.job_name(farm.cluster.name, request.digest or "", attempt + 1)
-        dedupe.move_job_slot(farm.redis, cluster=farm.cluster.name, job=job_name, to=following,
-                             now=farm.clock().timestamp())  # fmt: skip
+        following = manifests.job_name(ctx.cluster.name, request.digest or "", attempt + 1)
+        dedupe.move_job_slot(ctx.redis, cluster=ctx.cluster.name, job=job_name, to=following,
+                             now=ctx.clock().timestamp())  # fmt: skip
         try:
             return submission.submit(
-                farm,
+                ctx,
                 request,
                 attempt=attempt + 1,
                 start=plan.next_start(step_index),
                 history=history,
             )
         except errors.PermanentError as e:
-            return ending.end(farm, request, status="failed", reason=str(e), attempt=attempt)
+            return ending.end(ctx, request, status="failed", reason=str(e), attempt=attempt)
     if waiting == "CreateContainerConfigError":
-        why = (f"scan Job {farm.namespace}/{job_name}: its credential Secret was missing when "
+        why = (f"scan Job {ctx.namespace}/{job_name}: its credential Secret was missing when "
                "the pod started (deleted by hand or by a sweep?); the digest is scanned again "
                "here after scan.backoff_transient_seconds, or sooner elsewhere")  # fmt: skip
-        return ending.end(farm, request, status="failed", reason=why, attempt=attempt)
+        return ending.end(ctx, request, status="failed", reason=why, attempt=attempt)
     if waiting == "ErrImageNeverPull":
-        why = (f"scan Job {farm.namespace}/{job_name}: image {request.image}@{request.digest} "
+        why = (f"scan Job {ctx.namespace}/{job_name}: image {request.image}@{request.digest} "
                f"is no longer on node {request.node} (ErrImageNeverPull)")  # fmt: skip
-        return ending.end(farm, request, status="failed", reason=why, attempt=attempt)
+        return ending.end(ctx, request, status="failed", reason=why, attempt=attempt)
     if waiting in ("ErrImagePull", "ImagePullBackOff"):
-        why = (f"scan Job {farm.namespace}/{job_name}: the cluster could not pull the scan "
+        why = (f"scan Job {ctx.namespace}/{job_name}: the cluster could not pull the scan "
                f"container's image ({waiting}); check the cluster's trivy_image "
-               f"{farm.cluster.trivy_image!r} and the nodes' access to it")  # fmt: skip
-        return ending.end(farm, request, status="failed", reason=why, attempt=attempt)
+               f"{ctx.cluster.trivy_image!r} and the nodes' access to it")  # fmt: skip
+        return ending.end(ctx, request, status="failed", reason=why, attempt=attempt)
     if reason == "DeadlineExceeded":
-        why = (f"scan Job {farm.namespace}/{job_name} exceeded its deadline of "
-               f"{farm.settings.scan.job_deadline_seconds}s")  # fmt: skip
-        return ending.end(farm, request, status="timeout", reason=why, attempt=attempt)
-    why = f"scan Job {farm.namespace}/{job_name} failed ({reason or 'no reason given'})"
+        why = (f"scan Job {ctx.namespace}/{job_name} exceeded its deadline of "
+               f"{ctx.settings.scan.job_deadline_seconds}s")  # fmt: skip
+        return ending.end(ctx, request, status="timeout", reason=why, attempt=attempt)
+    why = f"scan Job {ctx.namespace}/{job_name} failed ({reason or 'no reason given'})"
     if last:
         why += f": {last}"
-    return ending.end(farm, request, status="failed", reason=why, attempt=attempt)
+    return ending.end(ctx, request, status="failed", reason=why, attempt=attempt)
 
 
 def _waiting_reason(pod: Mapping[str, Any] | None) -> str:

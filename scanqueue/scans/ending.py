@@ -24,7 +24,7 @@ log = logging.getLogger(__name__)
 
 
 def end(
-    farm: model.Farm,
+    ctx: model.ScanContext,
     request: discovery.ScanRequest,
     *,
     status: Literal["failed", "timeout", "refused"],
@@ -33,7 +33,7 @@ def end(
 ) -> model.Result:
     """Record a scan that ends without a result; let another cluster try the digest."""
     digest = request.digest or ""
-    with farm.db.connection() as conn:
+    with ctx.db.connection() as conn:
         store.start_scan(
             conn,
             scan_id=request.scan_id,
@@ -43,20 +43,20 @@ def end(
             mode="registry",
             attempt=attempt,
             credential_source=None,
-            started_at=farm.clock(),
+            started_at=ctx.clock(),
         )
         store.fail_scan(
-            conn, scan_id=request.scan_id, status=status, reason=reason, finished_at=farm.clock()
+            conn, scan_id=request.scan_id, status=status, reason=reason, finished_at=ctx.clock()
         )
     kind = failures.kind(status, reason)  # the wait before this cluster tries again
     dedupe.mark_failed_backoff(
-        farm.redis,
+        ctx.redis,
         digest,
         cluster=request.cluster,
         kind=kind,
         scan_id=request.scan_id,
-        delay=functools.partial(failures.delay, kind, scan=farm.settings.scan),
-        window_seconds=farm.settings.scan.rescan_interval_seconds,
+        delay=functools.partial(failures.delay, kind, scan=ctx.settings.scan),
+        window_seconds=ctx.settings.scan.rescan_interval_seconds,
     )
     log.warning(
         "scan ended without a result",
@@ -66,54 +66,54 @@ def end(
     return model.Result(status, request.scan_id, digest, detail=reason)
 
 
-def fail(farm: model.Farm, request: discovery.ScanRequest, *, reason: str) -> model.Result:
+def fail(ctx: model.ScanContext, request: discovery.ScanRequest, *, reason: str) -> model.Result:
     """End ``request`` as failed with ``reason`` (bad input, retries exhausted).
 
     Its slot (taken by its first submit, which kept it for the retries) goes to
     the next waiting scan.
     """
-    result = end(farm, request, status="failed", reason=reason, attempt=1)
-    cluster = farm.cluster.name
-    pending.forget(farm.redis, cluster=cluster, scan_id=request.scan_id,
+    result = end(ctx, request, status="failed", reason=reason, attempt=1)
+    cluster = ctx.cluster.name
+    pending.forget(ctx.redis, cluster=cluster, scan_id=request.scan_id,
                    namespace=request.namespace)  # fmt: skip
     if request.digest:
-        free_slot(farm, manifests.job_name(cluster, request.digest, 1))
+        free_slot(ctx, manifests.job_name(cluster, request.digest, 1))
     return result
 
 
-def free_slot(farm: model.Farm, job_name: str) -> None:
+def free_slot(ctx: model.ScanContext, job_name: str) -> None:
     """Give back the slot of ``job_name`` and start the next waiting scan in it."""
-    dedupe.free_job_slot(farm.redis, cluster=farm.cluster.name, job=job_name)
-    start_waiting(farm)
+    dedupe.free_job_slot(ctx.redis, cluster=ctx.cluster.name, job=job_name)
+    start_waiting(ctx)
 
 
-def start_waiting(farm: model.Farm, *, stale_after: float | None = None) -> int:
+def start_waiting(ctx: model.ScanContext, *, stale_after: float | None = None) -> int:
     """Publish the scan tasks of waiting scans while slots are free; return how many.
 
     With ``stale_after`` (the periodic pass, the safety net), scans started more
     than that many seconds ago whose task never arrived are published again.
     """
-    if farm.publish is None:
+    if ctx.publish is None:
         return 0
-    now = farm.clock().timestamp()
-    cluster = farm.cluster.name
-    payloads = pending.start(farm.redis, cluster=cluster, limit=farm.cluster.max_inflight,
-                             now=now, max_age=farm.slot_max_age)  # fmt: skip
+    now = ctx.clock().timestamp()
+    cluster = ctx.cluster.name
+    payloads = pending.start(ctx.redis, cluster=cluster, limit=ctx.cluster.max_inflight,
+                             now=now, max_age=ctx.slot_max_age)  # fmt: skip
     if stale_after is not None:
-        payloads += pending.restart_stale(farm.redis, cluster=cluster, now=now,
+        payloads += pending.restart_stale(ctx.redis, cluster=cluster, now=now,
                                           older_than=stale_after)  # fmt: skip
     for payload in payloads:
-        farm.publish(payload)
+        ctx.publish(payload)
     return len(payloads)
 
 
-def delete(farm: model.Farm, job_name: str, *, secret: bool = True) -> None:
+def delete(ctx: model.ScanContext, job_name: str, *, secret: bool = True) -> None:
     """Delete a scan Job (its pods and Secret follow by ownership) and give back its slot;
     with ``secret``, delete its Secret explicitly too, so that a credential never waits on
     the garbage collector (skipped only where the Job never had one)."""
-    kube.delete_job(api=farm.api, namespace=farm.namespace, name=job_name)
+    kube.delete_job(api=ctx.api, namespace=ctx.namespace, name=job_name)
     if secret:
         kube.delete_secret(
-            api=farm.api, namespace=farm.namespace, name=manifests.secret_name(job_name)
+            api=ctx.api, namespace=ctx.namespace, name=manifests.secret_name(job_name)
         )
-    free_slot(farm, job_name)
+    free_slot(ctx, job_name)

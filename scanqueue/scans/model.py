@@ -1,4 +1,5 @@
-"""The values scan orchestration passes around: ``Farm`` (collaborators), ``Step``, ``Result``.
+"""The values scan orchestration passes around: ``ScanContext`` (collaborators), ``Step``,
+``Result``.
 
 Also the scan Job annotations and the small readers of a Job's state and age
 that submit, collect and sweep share. No I/O here; it must never hold a
@@ -42,7 +43,7 @@ class Busy(errors.TemporaryError):
 
 
 @dataclasses.dataclass
-class Farm:
+class ScanContext:
     """What the orchestration needs for one cluster, built once per worker process."""
 
     settings: config.Settings

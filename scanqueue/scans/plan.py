@@ -66,7 +66,7 @@ def next_start(step_index: int) -> int:
 
 
 def read_candidates(
-    farm: model.Farm, request: discovery.ScanRequest, image: images.Reference
+    ctx: model.ScanContext, request: discovery.ScanRequest, image: images.Reference
 ) -> tuple[list[credentials.Credential], list[str]]:
     """Read the pull secrets fresh from the API; return the candidates and notes on skipped ones.
 
@@ -80,7 +80,7 @@ def read_candidates(
     if not names:
         try:
             account = kube.read_service_account(
-                api=farm.api, namespace=request.namespace, name=request.service_account
+                api=ctx.api, namespace=request.namespace, name=request.service_account
             )
         except kube.NotFound:
             notes.append(f"service account {request.namespace}/{request.service_account} not found")
@@ -90,7 +90,7 @@ def read_candidates(
     for name in names:
         where = f"{request.namespace}/{name}"
         try:
-            secret = kube.read_secret(api=farm.api, namespace=request.namespace, name=name)
+            secret = kube.read_secret(api=ctx.api, namespace=request.namespace, name=name)
         except kube.NotFound:
             notes.append(f"pull secret {where} not found")
             continue
@@ -106,7 +106,7 @@ def read_candidates(
 
 
 def first_step(
-    farm: model.Farm,
+    ctx: model.ScanContext,
     request: discovery.ScanRequest,
     *,
     image: images.Reference,
@@ -118,15 +118,15 @@ def first_step(
 
     Refusals heard from the registry are appended to ``refusals``.
     """
-    scan = farm.settings.scan
+    scan = ctx.settings.scan
     step = plan_step(
         candidates=candidates,
         start=start,
-        scan_mode=farm.cluster.scan_mode,
+        scan_mode=ctx.cluster.scan_mode,
         allow_anonymous=scan.allow_anonymous,
         node_name=request.node,
     )
-    if step is None or step.mode == "node" or farm.registry is None:
+    if step is None or step.mode == "node" or ctx.registry is None:
         return step
     if not scan.verify_with_registry:
         return step
@@ -134,14 +134,14 @@ def first_step(
     pinned = image.with_digest(request.digest or "")
     try:
         found = (
-            farm.registry.resolve(pinned, remaining) if remaining or scan.allow_anonymous else None
+            ctx.registry.resolve(pinned, remaining) if remaining or scan.allow_anonymous else None
         )
     except registry.NoCredentialAccepted as e:
         refusals.extend(str(r) for r in e.refusals)
         return plan_step(
             candidates=candidates,
             start=len(candidates) + 1,  # every registry step refused: node mode, if allowed
-            scan_mode=farm.cluster.scan_mode,
+            scan_mode=ctx.cluster.scan_mode,
             allow_anonymous=False,
             node_name=request.node,
         )
@@ -173,7 +173,7 @@ def is_identity_token(credential: credentials.Credential | None) -> bool:
 
 
 def pull_token_credential(
-    farm: model.Farm, pinned: images.Reference, step: model.Step
+    ctx: model.ScanContext, pinned: images.Reference, step: model.Step
 ) -> credentials.Credential:
     """The credential for the scan Secret of ``step``: its identity token exchanged at the
     registry's realm for a short-lived pull token (the refresh token never leaves the farm).
@@ -182,7 +182,7 @@ def pull_token_credential(
     """
     credential = step.credential
     assert credential is not None
-    if farm.registry is None:
+    if ctx.registry is None:
         refusal = registry.Refusal(
             source=credential.source,
             registry=credential.registry,
@@ -193,7 +193,7 @@ def pull_token_credential(
             "scan.verify_with_registry is on",
         )
         raise registry.NoCredentialAccepted(pinned, [refusal], "")
-    token = farm.registry.pull_token(pinned, credential)
+    token = ctx.registry.pull_token(pinned, credential)
     return dataclasses.replace(
         credential, username="", password="", token=token, token_kind="registrytoken"
     )

@@ -27,7 +27,7 @@ log = logging.getLogger(__name__)
 
 
 def submit(
-    farm: model.Farm,
+    ctx: model.ScanContext,
     request: discovery.ScanRequest,
     *,
     attempt: int = 1,
@@ -51,30 +51,30 @@ def submit(
             f"scan request for {request.namespace}/{request.pod} container {request.container} "
             "has no image digest; the watcher publishes running containers only"
         )
-    job_name = manifests.job_name(farm.cluster.name, digest, attempt)
+    job_name = manifests.job_name(ctx.cluster.name, digest, attempt)
     if attempt > 1:
-        take_slot(farm, job_name)  # handed over by the refused attempt (collection)
-    elif not _take_or_park(farm, request, job_name):
+        take_slot(ctx, job_name)  # handed over by the refused attempt (collection)
+    elif not _take_or_park(ctx, request, job_name):
         return model.Result("waiting", request.scan_id, digest, job_name, "waiting for a slot")
     try:
-        result = _submit_in_slot(farm, request, job_name=job_name, attempt=attempt,
+        result = _submit_in_slot(ctx, request, job_name=job_name, attempt=attempt,
                                  start=start, history=history)  # fmt: skip
     except errors.PermanentError:
-        ending.free_slot(farm, job_name)
+        ending.free_slot(ctx, job_name)
         raise
     if result.outcome == "refused":  # no Job was made: its slot goes to a waiting scan
-        ending.free_slot(farm, job_name)
+        ending.free_slot(ctx, job_name)
     return result
 
 
-def _take_or_park(farm: model.Farm, request: discovery.ScanRequest, job_name: str) -> bool:
+def _take_or_park(ctx: model.ScanContext, request: discovery.ScanRequest, job_name: str) -> bool:
     return pending.take_or_park(
-        farm.redis,
-        cluster=farm.cluster.name,
+        ctx.redis,
+        cluster=ctx.cluster.name,
         job=job_name,
-        limit=farm.cluster.max_inflight,
-        now=farm.clock().timestamp(),
-        max_age=farm.slot_max_age,
+        limit=ctx.cluster.max_inflight,
+        now=ctx.clock().timestamp(),
+        max_age=ctx.slot_max_age,
         scan_id=request.scan_id,
         namespace=request.namespace,
         payload={"request": discovery.to_payload(request)},
@@ -82,7 +82,7 @@ def _take_or_park(farm: model.Farm, request: discovery.ScanRequest, job_name: st
 
 
 def _submit_in_slot(
-    farm: model.Farm,
+    ctx: model.ScanContext,
     request: discovery.ScanRequest,
     *,
     job_name: str,
@@ -93,29 +93,29 @@ def _submit_in_slot(
     """``submit`` once the Job's slot is held: plan, create or adopt, Secret, resume."""
     digest = request.digest or ""
     image = images.parse(request.image)
-    candidates, notes = plan.read_candidates(farm, request, image)
+    candidates, notes = plan.read_candidates(ctx, request, image)
     refusals = list(history)
     step = plan.first_step(
-        farm, request, image=image, candidates=candidates, start=start, refusals=refusals
+        ctx, request, image=image, candidates=candidates, start=start, refusals=refusals
     )
     secret_value = step.credential if step else None
     while step is not None and plan.is_identity_token(step.credential):
         try:
-            secret_value = plan.pull_token_credential(farm, image.with_digest(digest), step)
+            secret_value = plan.pull_token_credential(ctx, image.with_digest(digest), step)
             break
         except registry.NoCredentialAccepted as e:
             refusals.extend(str(r) for r in e.refusals)
             step = plan.first_step(
-                farm, request, image=image, candidates=candidates, start=step.index + 1,
+                ctx, request, image=image, candidates=candidates, start=step.index + 1,
                 refusals=refusals,
             )  # fmt: skip
             secret_value = step.credential if step else None
     if step is None:
         reason = plan.refused_reason(request, candidates, notes, refusals)
-        return ending.end(farm, request, status="refused", reason=reason, attempt=attempt)
+        return ending.end(ctx, request, status="refused", reason=reason, attempt=attempt)
     spec = manifests.ScanSpec(
-        cluster=farm.cluster,
-        scan=farm.settings.scan,
+        cluster=ctx.cluster,
+        scan=ctx.settings.scan,
         image=image.name,
         digest=digest,
         mode=step.mode,
@@ -131,7 +131,7 @@ def _submit_in_slot(
     annotations[model.ANNOTATION_REQUEST] = payload
     annotations[model.ANNOTATION_CANDIDATE] = str(step.index)
     annotations[model.ANNOTATION_SOURCE] = step.source or ""
-    job = kube.create_job(api=farm.api, body=body)  # 409: the existing Job is returned
+    job = kube.create_job(api=ctx.api, body=body)  # 409: the existing Job is returned
     owner = (job.get("metadata", {}).get("labels") or {}).get(manifests.LABEL_SCAN_ID)
     if owner != request.scan_id:
         # Another scan of this digest (an earlier claim that expired) runs this very Job:
@@ -141,29 +141,29 @@ def _submit_in_slot(
     if planned != str(step.index):
         # Created by an earlier delivery that planned another step (secrets changed in
         # between): do not pair this step's credential with that Job; start over.
-        ending.delete(farm, job_name, secret=False)
+        ending.delete(ctx, job_name, secret=False)
         raise errors.TemporaryError(
-            f"scan Job {farm.namespace}/{job_name} was planned with another credential; "
+            f"scan Job {ctx.namespace}/{job_name} was planned with another credential; "
             "deleted it, the scan is retried"
         )
     try:
         if secret_value is not None:
             kube.create_secret(
-                api=farm.api,
+                api=ctx.api,
                 body=manifests.scan_secret(
                     spec, job_uid=str(job["metadata"]["uid"]), credential=secret_value
                 ),
             )
         if job.get("spec", {}).get("suspend"):
-            kube.resume_job(api=farm.api, namespace=farm.namespace, name=job_name)
+            kube.resume_job(api=ctx.api, namespace=ctx.namespace, name=job_name)
     except kube.NotFound as e:
         # the Job vanished between create and here (deleted by a sweep or a person)
         raise errors.TemporaryError(f"{e}; the scan is retried") from None
     except errors.PermanentError:
         # never leave a suspended Job (and its slot) behind a Secret that cannot be made
-        ending.delete(farm, job_name)
+        ending.delete(ctx, job_name)
         raise
-    with farm.db.connection() as conn:
+    with ctx.db.connection() as conn:
         store.start_scan(
             conn,
             scan_id=request.scan_id,
@@ -173,13 +173,13 @@ def _submit_in_slot(
             mode=plan.scan_mode(step),
             attempt=attempt,
             credential_source=step.source,
-            started_at=farm.clock(),
+            started_at=ctx.clock(),
         )
     dedupe.refresh(
-        farm.redis,
+        ctx.redis,
         digest,
         scan_id=request.scan_id,
-        ttl_seconds=farm.settings.scan.inflight_ttl_seconds,
+        ttl_seconds=ctx.settings.scan.inflight_ttl_seconds,
     )
     log.info(
         "scan Job submitted",
@@ -195,20 +195,20 @@ def _submit_in_slot(
     return model.Result("submitted", request.scan_id, digest, job_name, step.source or "")
 
 
-def take_slot(farm: model.Farm, job_name: str) -> None:
+def take_slot(ctx: model.ScanContext, job_name: str) -> None:
     """Admit ``job_name`` under the cluster's ``max_inflight``; raise ``Busy`` when it is full."""
-    scan = farm.settings.scan
+    scan = ctx.settings.scan
     admitted = dedupe.take_job_slot(
-        farm.redis,
-        cluster=farm.cluster.name,
+        ctx.redis,
+        cluster=ctx.cluster.name,
         job=job_name,
-        limit=farm.cluster.max_inflight,
-        now=farm.clock().timestamp(),
-        max_age=farm.slot_max_age,
+        limit=ctx.cluster.max_inflight,
+        now=ctx.clock().timestamp(),
+        max_age=ctx.slot_max_age,
     )
     if not admitted:
         raise model.Busy(
-            f"cluster {farm.cluster.name} has {farm.cluster.max_inflight} scan Jobs in flight "
+            f"cluster {ctx.cluster.name} has {ctx.cluster.max_inflight} scan Jobs in flight "
             f"(max_inflight); submitting later",
             delay=max(1.0, scan.collect_interval_seconds),
         )

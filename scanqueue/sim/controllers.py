@@ -4,7 +4,7 @@ One background thread reacts to the change events of the ``Cluster`` (a
 de-duplicated work queue keyed by object uid, plus a timer heap for
 deadlines, TTLs and retries), so that the work per change is proportional to
 the objects it touches, never to the cluster's size. Registry pulls of scan
-pods run in a small thread pool and post their outcome back to the queue.
+pods run in a small thread pool and post how they exited back to the queue.
 """
 
 from __future__ import annotations
@@ -752,15 +752,15 @@ class Controllers:
 
     def _scan(self, pod: Obj, container: Mapping[str, Any], env: Mapping[str, str]) -> None:
         try:
-            outcome = self._run_trivy(pod, container, env)
+            exited = self._run_trivy(pod, container, env)
         except Exception as e:  # the pod must finish even if the emulator has a bug
             log.exception("scan pod %s", pod["metadata"]["name"])
-            outcome = kubelet.Outcome(1, f"emulator error: {type(e).__name__}\n")
-        self.enqueue("finished", pod["metadata"]["uid"], container.get("name", ""), outcome)
+            exited = kubelet.ContainerExit(1, f"emulator error: {type(e).__name__}\n")
+        self.enqueue("finished", pod["metadata"]["uid"], container.get("name", ""), exited)
 
     def _run_trivy(
         self, pod: Obj, container: Mapping[str, Any], env: Mapping[str, str]
-    ) -> kubelet.Outcome:
+    ) -> kubelet.ContainerExit:
         """Run the scan container: real Trivy (podrun), or a recording without real pulls."""
         args = [str(a) for a in container.get("args") or []]
         now = self._now()
@@ -768,7 +768,7 @@ class Controllers:
         target = str(container.get("image", "")) if node_mode else (args[-1] if args else "")
         digest = kubelet.split_image(target)[3]
         if not self.options.real_pull:
-            return kubelet.Outcome(0, self.reports.report_for(target, digest, now), digest)
+            return kubelet.ContainerExit(0, self.reports.report_for(target, digest, now), digest)
         timeout = self._deadline(pod)
         world = self.trivy
         namespace = pod["metadata"]["namespace"]
@@ -779,21 +779,23 @@ class Controllers:
         try:
             if node_mode:
                 init = (pod.get("spec") or {}).get("initContainers") or []
-                outcome = podrun.run_node(world, pod, init=init, container=container, env=env,
+                exited = podrun.run_node(world, pod, init=init, container=container, env=env,
                                           timeout=timeout, lookup=lookup)  # fmt: skip
             else:
-                outcome = podrun.run_registry(world, pod, container=container, env=env,
+                exited = podrun.run_registry(world, pod, container=container, env=env,
                                               timeout=timeout, lookup=lookup)  # fmt: skip
         except podrun.PodRunError as e:
             if node_mode and self.reports.find(target, digest) is not None:
                 # an image no registry holds (a made-up digest): its recording stands in
-                return kubelet.Outcome(0, self.reports.report_for(target, digest, now), digest)
-            return kubelet.Outcome(128, f"{e}\n", digest)
+                return kubelet.ContainerExit(
+                    0, self.reports.report_for(target, digest, now), digest
+                )
+            return kubelet.ContainerExit(128, f"{e}\n", digest)
         recorded = self.reports.find(target, digest)
-        if outcome.exit_code == 0 and recorded is not None:
+        if exited.exit_code == 0 and recorded is not None:
             # the test's point is this report's content; Trivy still had to pull and succeed
-            return kubelet.Outcome(0, recorded.decode("utf-8", errors="replace"), digest)
-        return outcome
+            return kubelet.ContainerExit(0, recorded.decode("utf-8", errors="replace"), digest)
+        return exited
 
     def _deadline(self, pod: Obj) -> float:
         """Seconds the scan container may run: its Job's activeDeadlineSeconds (plus a margin
@@ -806,7 +808,7 @@ class Controllers:
                     return float(seconds) + 5
         return float((pod.get("spec") or {}).get("activeDeadlineSeconds") or 600)
 
-    def _do_finished(self, uid: str, name: str, outcome: kubelet.Outcome) -> None:
+    def _do_finished(self, uid: str, name: str, exited: kubelet.ContainerExit) -> None:
         self._running.discard(uid)
         found = self.cluster.by_uid(uid)
         if found is None or found[0] is not PODS:
@@ -814,12 +816,12 @@ class Controllers:
         pod = found[1]
         stamp = cluster_mod.now_text(self._now())
         status = cluster_mod.clone(pod.get("status") or {})
-        ok = outcome.exit_code == 0
+        ok = exited.exit_code == 0
         statuses = []
         for s in status.get("containerStatuses") or []:
             started = ((s.get("state") or {}).get("running") or {}).get("startedAt", stamp)
             terminated = {
-                "exitCode": outcome.exit_code if s.get("name") == name else 0,
+                "exitCode": exited.exit_code if s.get("name") == name else 0,
                 "reason": "Completed" if ok or s.get("name") != name else "Error",
                 "startedAt": started,
                 "finishedAt": stamp,
@@ -833,5 +835,5 @@ class Controllers:
         _set_condition(status, "Ready", "False", stamp, reason="PodCompleted")
         _set_condition(status, "ContainersReady", "False", stamp, reason="PodCompleted")
         with self.cluster.lock:
-            self.cluster.logs[uid] = {name: outcome.log}
+            self.cluster.logs[uid] = {name: exited.log}
             self.cluster.write_status(PODS, pod, status)

@@ -1,4 +1,4 @@
-"""Shared pieces of the emulated kubelet: image references, pod outcomes, recorded reports,
+"""Shared pieces of the emulated kubelet: image references, container exits, recorded reports,
 and the digest a node pulls for a tag.
 
 The scan pods themselves run the real Trivy (``podrun``); recorded reports are
@@ -28,7 +28,9 @@ DIGEST = re.compile(r"sha256:[0-9a-f]{64}")
 
 
 @dataclasses.dataclass(frozen=True)
-class Outcome:
+class ContainerExit:
+    """How a scan container ended: its exit code, its log, the digest it ran."""
+
     exit_code: int
     log: str
     digest: str | None = None

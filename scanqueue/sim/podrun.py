@@ -340,7 +340,7 @@ def run_registry(
     env: Mapping[str, str],
     timeout: float,
     lookup: Lookup | None = None,
-) -> kubelet.Outcome:
+) -> kubelet.ContainerExit:
     """Run the registry-mode scan container (``trivy image ...``) on the host."""
     pod_dir = Path(tempfile.mkdtemp(prefix="pod-", dir=world.dir))
     try:
@@ -357,7 +357,7 @@ def run_registry(
         shutil.rmtree(pod_dir, ignore_errors=True)
     target = str((container.get("args") or [""])[-1])
     digest = kubelet.split_image(target)[3]
-    return kubelet.Outcome(done.exit_code, done.stdout + done.stderr, digest)
+    return kubelet.ContainerExit(done.exit_code, done.stdout + done.stderr, digest)
 
 
 def run_node(
@@ -369,7 +369,7 @@ def run_node(
     env: Mapping[str, str],
     timeout: float,
     lookup: Lookup | None = None,
-) -> kubelet.Outcome:
+) -> kubelet.ContainerExit:
     """Run node mode: init containers' ``cp`` out of the Trivy image, then the scan container
     chrooted into a copy of the target image's filesystem."""
     image = str(container.get("image", ""))
@@ -401,7 +401,7 @@ def run_node(
                            chroot=root, cwd=workdir)  # fmt: skip
     finally:
         shutil.rmtree(pod_dir, ignore_errors=True)
-    return kubelet.Outcome(done.exit_code, done.stdout + done.stderr, digest)
+    return kubelet.ContainerExit(done.exit_code, done.stdout + done.stderr, digest)
 
 
 def _mount_into(

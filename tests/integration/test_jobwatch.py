@@ -20,33 +20,39 @@ import pytest
 from scanqueue import dedupe, jobwatch, scans, store
 from tests.conftest import REGISTRY_PASSWORD, REGISTRY_USER
 from tests.reliability.test_sweep import _request
-from tests.reliability.test_sweep import farm as sweep_farm  # noqa: F401  (the fixture)
+from tests.reliability.test_sweep import scan_context as sweep_context  # noqa: F401  (the fixture)
 from tests.support import reliability_fixtures as rel
 from tests.support import services, sim_fixtures
 from tests.support.farm_fixtures import SCAN_NAMESPACE
 
 
 @pytest.fixture
-def farm(sweep_farm: scans.Farm, registry: services.Registry, sim: Any) -> scans.Farm:  # noqa: F811
+def scan_context(
+    sweep_context: scans.ScanContext,  # noqa: F811
+    registry: services.Registry,
+    sim: Any,
+) -> scans.ScanContext:
     host = registry.host
     sim.create(
         rel.pull_secret("hang-cred", rel.dockerconfig(host, REGISTRY_USER, REGISTRY_PASSWORD))
     )
     return dataclasses.replace(
-        sweep_farm,
+        sweep_context,
         settings=dataclasses.replace(
-            sweep_farm.settings,
-            scan=dataclasses.replace(sweep_farm.settings.scan, insecure_registries=(host,)),
+            sweep_context.settings,
+            scan=dataclasses.replace(sweep_context.settings.scan, insecure_registries=(host,)),
         ),
     )
 
 
-def _submit(farm: scans.Farm, registry: services.Registry, name: str) -> Any:
+def _submit(scan_context: scans.ScanContext, registry: services.Registry, name: str) -> Any:
     digest = registry.push(f"team/{name}", "1", content=name)
     request = dataclasses.replace(_request(registry.host, name), digest=digest)
-    (claimed,) = dedupe.claim(farm.redis, cluster="alpha", digests=[digest], ttl_seconds=600)
+    (claimed,) = dedupe.claim(
+        scan_context.redis, cluster="alpha", digests=[digest], ttl_seconds=600
+    )
     request = dataclasses.replace(request, scan_id=claimed.scan_id)
-    result = scans.submit(farm, request)
+    result = scans.submit(scan_context, request)
     assert result.outcome == "submitted"
     return request, result.job
 
@@ -60,7 +66,7 @@ def _complete(sim: sim_fixtures.SimCluster, names: set[str]) -> None:
 
 
 @pytest.fixture
-def watching(farm: scans.Farm) -> Iterator[tuple[jobwatch.JobWatcher, list[str]]]:
+def watching(scan_context: scans.ScanContext) -> Iterator[tuple[jobwatch.JobWatcher, list[str]]]:
     sent: list[str] = []
     stop = threading.Event()
 
@@ -70,7 +76,11 @@ def watching(farm: scans.Farm) -> Iterator[tuple[jobwatch.JobWatcher, list[str]]
         sent.append(name)
 
     watcher = jobwatch.JobWatcher(
-        cluster=farm.cluster, api=farm.api, send=send, stop=stop, watch_timeout_seconds=5
+        cluster=scan_context.cluster,
+        api=scan_context.api,
+        send=send,
+        stop=stop,
+        watch_timeout_seconds=5,
     )
     thread = watcher.start()
     yield watcher, sent
@@ -79,13 +89,13 @@ def watching(farm: scans.Farm) -> Iterator[tuple[jobwatch.JobWatcher, list[str]]
 
 
 def test_each_finished_job_is_sent_once_and_a_410_relists_without_sending_again(
-    farm: scans.Farm,
+    scan_context: scans.ScanContext,
     registry: services.Registry,
     sim: sim_fixtures.SimCluster,
     watching: tuple[jobwatch.JobWatcher, list[str]],
 ) -> None:
     watcher, sent = watching
-    first = {_submit(farm, registry, name)[1] for name in ("watch-a", "watch-b")}
+    first = {_submit(scan_context, registry, name)[1] for name in ("watch-a", "watch-b")}
     _complete(sim, first)
     sim.wait_for(lambda: set(sent) == first, what="both finished Jobs sent")
     assert watcher.relists == 1
@@ -93,39 +103,39 @@ def test_each_finished_job_is_sent_once_and_a_410_relists_without_sending_again(
     sim.faults.expire_watches("jobs")  # the next watch gets 410 Gone
     sim.faults.drop_watches()  # and the open one is cut
     sim.wait_for(lambda: watcher.relists == 2, what="the watch listed again after 410")
-    (_, later) = _submit(farm, registry, "watch-c")
+    (_, later) = _submit(scan_context, registry, "watch-c")
     _complete(sim, {later})
     sim.wait_for(lambda: later in sent, what="a Job finishing after the re-list sent")
     assert sorted(sent) == sorted(first | {later})  # none sent twice, across the re-list
 
 
 def test_a_jobs_collect_is_claimed_once(
-    farm: scans.Farm, registry: services.Registry, sim: sim_fixtures.SimCluster
+    scan_context: scans.ScanContext, registry: services.Registry, sim: sim_fixtures.SimCluster
 ) -> None:
     (request, job), (other_request, other) = (
-        _submit(farm, registry, "claim-a"),
-        _submit(farm, registry, "claim-b"),
+        _submit(scan_context, registry, "claim-a"),
+        _submit(scan_context, registry, "claim-b"),
     )
     _complete(sim, {job, other})
 
     # a claimed Job is left alone, by a collect task and by the pass
-    assert dedupe.claim_collect(farm.redis, cluster="alpha", job=other, ttl_seconds=60)
-    assert scans.collect_job(farm, other) is None
-    assert [r.job for r in scans.collect(farm)] == [job]
+    assert dedupe.claim_collect(scan_context.redis, cluster="alpha", job=other, ttl_seconds=60)
+    assert scans.collect_job(scan_context, other) is None
+    assert [r.job for r in scans.collect(scan_context)] == [job]
     assert sim.get("Job", SCAN_NAMESPACE, other) is not None
-    dedupe.release_collect(farm.redis, cluster="alpha", job=other)
+    dedupe.release_collect(scan_context.redis, cluster="alpha", job=other)
 
     # four collects of one Job at once: stored once
     barrier = threading.Barrier(4)
 
     def collect() -> Any:
         barrier.wait()
-        return scans.collect_job(farm, other)
+        return scans.collect_job(scan_context, other)
 
     with concurrent.futures.ThreadPoolExecutor(4) as pool:
         results = [f.result() for f in [pool.submit(collect) for _ in range(4)]]
     assert [r.outcome for r in results if r is not None] == ["succeeded"]
     sim.wait_for(lambda: not rel.leftovers(sim), what="both Jobs and Secrets deleted")
-    with farm.db.connection() as conn:
+    with scan_context.db.connection() as conn:
         rows = [store.get_scan(conn, r.scan_id) for r in (request, other_request)]
     assert [row.status for row in rows if row is not None] == ["succeeded", "succeeded"]

@@ -13,7 +13,7 @@ from typing import Any
 
 from scanqueue import dedupe, metrics
 from tests.support import sim_fixtures
-from tests.support.watcher_fixtures import Farm, Workloads, wait_for
+from tests.support.watcher_fixtures import WatchFarm, Workloads, wait_for
 
 IMAGES = [f"registry.example.com/team/app-{k}:1" for k in range(10)]
 
@@ -34,7 +34,7 @@ def build_fleet(sim: sim_fixtures.SimCluster) -> Workloads:
 
 
 def test_200_pods_in_40_workloads_with_10_digests_publish_10_tasks(
-    sim: sim_fixtures.SimCluster, watch_farm: Farm
+    sim: sim_fixtures.SimCluster, watch_farm: WatchFarm
 ) -> None:
     build_fleet(sim)
     watcher = watch_farm.watch(sim, "eu")
@@ -65,7 +65,7 @@ def test_200_pods_in_40_workloads_with_10_digests_publish_10_tasks(
 
 
 def test_second_cluster_publishes_only_the_digests_new_to_the_farm(
-    sim_factory: Callable[..., sim_fixtures.SimCluster], watch_farm: Farm
+    sim_factory: Callable[..., sim_fixtures.SimCluster], watch_farm: WatchFarm
 ) -> None:
     eu, us = sim_factory(name="eu"), sim_factory(name="us")
     build_fleet(eu)
@@ -93,7 +93,7 @@ def test_second_cluster_publishes_only_the_digests_new_to_the_farm(
 
 
 def test_scaling_up_adds_inventory_and_a_new_version_adds_exactly_one_task(
-    sim: sim_fixtures.SimCluster, watch_farm: Farm
+    sim: sim_fixtures.SimCluster, watch_farm: WatchFarm
 ) -> None:
     w = Workloads(sim)
     w.deployment("shop", "web", IMAGES[0], 3)
@@ -115,7 +115,9 @@ def test_scaling_up_adds_inventory_and_a_new_version_adds_exactly_one_task(
     assert Counter(name for _, _, name, *_ in inventory) == {"web": 24, "api": 2}
 
 
-def test_deleted_pods_leave_the_inventory(sim: sim_fixtures.SimCluster, watch_farm: Farm) -> None:
+def test_deleted_pods_leave_the_inventory(
+    sim: sim_fixtures.SimCluster, watch_farm: WatchFarm
+) -> None:
     w = Workloads(sim)
     pods = w.deployment("shop", "web", IMAGES[0], 4)
     watcher = watch_farm.watch(sim, "eu")
@@ -128,7 +130,7 @@ def test_deleted_pods_leave_the_inventory(sim: sim_fixtures.SimCluster, watch_fa
 
 
 def test_dropped_watch_resumes_without_publishing_again(
-    sim: sim_fixtures.SimCluster, watch_farm: Farm
+    sim: sim_fixtures.SimCluster, watch_farm: WatchFarm
 ) -> None:
     w = Workloads(sim)
     w.deployment("shop", "web", IMAGES[0], 3)
@@ -151,7 +153,7 @@ def test_dropped_watch_resumes_without_publishing_again(
 
 
 def test_forced_410_relists_without_duplicates(
-    sim: sim_fixtures.SimCluster, watch_farm: Farm
+    sim: sim_fixtures.SimCluster, watch_farm: WatchFarm
 ) -> None:
     w = Workloads(sim)
     pods = w.deployment("shop", "web", IMAGES[0], 3)
@@ -174,7 +176,7 @@ def test_forced_410_relists_without_duplicates(
 
 
 def test_restarted_watcher_publishes_nothing_for_fresh_digests(
-    sim: sim_fixtures.SimCluster, watch_farm: Farm
+    sim: sim_fixtures.SimCluster, watch_farm: WatchFarm
 ) -> None:
     build_fleet(sim)
     first = watch_farm.watch(sim, "eu")
@@ -192,7 +194,7 @@ def test_restarted_watcher_publishes_nothing_for_fresh_digests(
 
 
 def test_after_redis_lost_its_keys_postgres_says_what_is_fresh(
-    sim: sim_fixtures.SimCluster, watch_farm: Farm, trivy_reports: dict[str, Any]
+    sim: sim_fixtures.SimCluster, watch_farm: WatchFarm, trivy_reports: dict[str, Any]
 ) -> None:
     from datetime import UTC, datetime
 
@@ -223,7 +225,7 @@ def test_after_redis_lost_its_keys_postgres_says_what_is_fresh(
 
 
 def test_excluded_namespaces_and_scan_pods_are_ignored(
-    sim: sim_fixtures.SimCluster, watch_farm: Farm
+    sim: sim_fixtures.SimCluster, watch_farm: WatchFarm
 ) -> None:
     w = Workloads(sim)
     w.deployment("shop", "web", IMAGES[0], 2)
@@ -240,7 +242,7 @@ def test_excluded_namespaces_and_scan_pods_are_ignored(
 
 
 def test_included_namespaces_are_watched_one_by_one(
-    sim: sim_fixtures.SimCluster, watch_farm: Farm
+    sim: sim_fixtures.SimCluster, watch_farm: WatchFarm
 ) -> None:
     w = Workloads(sim)
     w.deployment("team-a", "web", IMAGES[0], 2)
@@ -258,7 +260,7 @@ def test_included_namespaces_are_watched_one_by_one(
 
 
 def test_pending_pod_is_published_once_it_runs(
-    sim: sim_fixtures.SimCluster, watch_farm: Farm
+    sim: sim_fixtures.SimCluster, watch_farm: WatchFarm
 ) -> None:
     w = Workloads(sim)
     w.deployment("shop", "web", IMAGES[0], 1)
@@ -292,7 +294,7 @@ def test_pending_pod_is_published_once_it_runs(
 
 
 def test_failure_for_want_of_a_credential_gives_another_cluster_its_turn(
-    sim_factory: Callable[..., sim_fixtures.SimCluster], watch_farm: Farm
+    sim_factory: Callable[..., sim_fixtures.SimCluster], watch_farm: WatchFarm
 ) -> None:
     eu, us = sim_factory(name="eu"), sim_factory(name="us")
     Workloads(eu).deployment("shop", "web", IMAGES[0], 1)
@@ -315,7 +317,7 @@ def test_failure_for_want_of_a_credential_gives_another_cluster_its_turn(
 
 
 def test_lost_scan_is_published_again_after_its_inflight_key_expires(
-    sim: sim_fixtures.SimCluster, watch_farm: Farm
+    sim: sim_fixtures.SimCluster, watch_farm: WatchFarm
 ) -> None:
     Workloads(sim).deployment("shop", "web", IMAGES[0], 2)
     watcher = watch_farm.watch(sim, "eu")
@@ -332,7 +334,7 @@ def test_lost_scan_is_published_again_after_its_inflight_key_expires(
 
 
 def test_init_containers_are_inventoried_and_scanned(
-    sim: sim_fixtures.SimCluster, watch_farm: Farm
+    sim: sim_fixtures.SimCluster, watch_farm: WatchFarm
 ) -> None:
     w = Workloads(sim)
     w.bare_pod(
@@ -351,7 +353,7 @@ def test_init_containers_are_inventoried_and_scanned(
 
 
 def test_api_errors_are_retried_with_backoff(
-    sim: sim_fixtures.SimCluster, watch_farm: Farm
+    sim: sim_fixtures.SimCluster, watch_farm: WatchFarm
 ) -> None:
     Workloads(sim).deployment("shop", "web", IMAGES[0], 2)
     sim.faults.fail(503, verb="list", resource="pods", count=2)
@@ -364,7 +366,9 @@ def test_api_errors_are_retried_with_backoff(
     assert {kind for _, kind, *_ in inventory} <= {"Deployment", "ReplicaSet"}
 
 
-def test_metrics_are_served_for_prometheus(sim: sim_fixtures.SimCluster, watch_farm: Farm) -> None:
+def test_metrics_are_served_for_prometheus(
+    sim: sim_fixtures.SimCluster, watch_farm: WatchFarm
+) -> None:
     import urllib.request
 
     Workloads(sim).deployment("shop", "web", IMAGES[0], 2)
@@ -387,7 +391,7 @@ def test_metrics_are_served_for_prometheus(sim: sim_fixtures.SimCluster, watch_f
 
 
 def test_redis_outage_delays_tasks_but_loses_none(
-    sim: sim_fixtures.SimCluster, watch_farm: Farm, redis_server: Any
+    sim: sim_fixtures.SimCluster, watch_farm: WatchFarm, redis_server: Any
 ) -> None:
     w = Workloads(sim)
     w.deployment("shop", "web", IMAGES[0], 2)
@@ -417,7 +421,7 @@ def test_redis_outage_delays_tasks_but_loses_none(
 
 
 def test_postgres_outage_delays_the_inventory_but_loses_none(
-    sim: sim_fixtures.SimCluster, watch_farm: Farm, postgres_server: Any
+    sim: sim_fixtures.SimCluster, watch_farm: WatchFarm, postgres_server: Any
 ) -> None:
     w = Workloads(sim)
     w.deployment("shop", "web", IMAGES[0], 2)
@@ -442,7 +446,7 @@ def test_postgres_outage_delays_the_inventory_but_loses_none(
 
 
 def test_bookmarks_let_a_dropped_watch_resume_after_the_history_was_compacted(
-    sim_factory: Callable[..., sim_fixtures.SimCluster], watch_farm: Farm
+    sim_factory: Callable[..., sim_fixtures.SimCluster], watch_farm: WatchFarm
 ) -> None:
     sim = sim_factory(bookmark_interval=0.1)
     w = Workloads(sim)
@@ -470,7 +474,7 @@ def test_bookmarks_let_a_dropped_watch_resume_after_the_history_was_compacted(
 
 
 def test_a_broken_cluster_does_not_hold_up_another(
-    sim_factory: Callable[..., sim_fixtures.SimCluster], watch_farm: Farm
+    sim_factory: Callable[..., sim_fixtures.SimCluster], watch_farm: WatchFarm
 ) -> None:
     broken, healthy = sim_factory(name="broken"), sim_factory(name="healthy")
     Workloads(broken).deployment("shop", "web", IMAGES[0], 2)
@@ -488,7 +492,7 @@ def test_a_broken_cluster_does_not_hold_up_another(
 
 
 def test_digest_is_scanned_again_when_its_rescan_interval_ended(
-    sim: sim_fixtures.SimCluster, watch_farm: Farm
+    sim: sim_fixtures.SimCluster, watch_farm: WatchFarm
 ) -> None:
     Workloads(sim).deployment("shop", "web", IMAGES[0], 1)
     watcher = watch_farm.watch(sim, "eu")
@@ -505,7 +509,7 @@ def test_digest_is_scanned_again_when_its_rescan_interval_ended(
 
 
 def test_a_pod_with_new_pull_secrets_ends_the_credential_wait_of_its_digest(
-    sim: sim_fixtures.SimCluster, watch_farm: Farm
+    sim: sim_fixtures.SimCluster, watch_farm: WatchFarm
 ) -> None:
     w = Workloads(sim)
     w.deployment("shop", "web", IMAGES[0], 1, pull_secrets=["old-cred"])
@@ -530,7 +534,7 @@ def test_a_pod_with_new_pull_secrets_ends_the_credential_wait_of_its_digest(
 
 
 def test_new_pull_secrets_do_not_end_a_wait_for_another_reason(
-    sim: sim_fixtures.SimCluster, watch_farm: Farm
+    sim: sim_fixtures.SimCluster, watch_farm: WatchFarm
 ) -> None:
     w = Workloads(sim)
     w.deployment("shop", "web", IMAGES[0], 1, pull_secrets=["old-cred"])

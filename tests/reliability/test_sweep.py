@@ -2,7 +2,7 @@
 
 ``scans.sweep`` runs against the emulator, real Redis and Postgres, with the
 farm's clock moved past deadline + margin (the clock is a collaborator of
-``scans.Farm``): a Job still running (its pull hangs and nothing stopped it)
+``scans.ScanContext``): a Job still running (its pull hangs and nothing stopped it)
 is deleted with its Secret and the scan recorded as ``timeout``; a scan whose
 Job vanished is recorded as ``failed`` and its digest released for a rescan.
 """
@@ -25,7 +25,9 @@ DEADLINE, MARGIN = 600, 120
 
 
 @pytest.fixture
-def farm(sim: sim_fixtures.SimCluster, database_url: str, redis_url: str) -> Iterator[scans.Farm]:
+def scan_context(
+    sim: sim_fixtures.SimCluster, database_url: str, redis_url: str
+) -> Iterator[scans.ScanContext]:
     cluster = config.ClusterSettings(
         name="alpha",
         kubeconfig=str(sim.kubeconfig),
@@ -45,7 +47,7 @@ def farm(sim: sim_fixtures.SimCluster, database_url: str, redis_url: str) -> Ite
     )
     sim.create(rel.namespace())
     sim.create(rel.namespace(SCAN_NAMESPACE))
-    handle = scans.Farm(
+    handle = scans.ScanContext(
         settings=settings,
         cluster=cluster,
         api=kube.api_client(cluster),
@@ -79,26 +81,28 @@ def _request(host: str, name: str) -> discovery.ScanRequest:
     )
 
 
-def _submit(farm: scans.Farm, sim: sim_fixtures.SimCluster, host: str, name: str) -> Any:
+def _submit(
+    scan_context: scans.ScanContext, sim: sim_fixtures.SimCluster, host: str, name: str
+) -> Any:
     request = _request(host, name)
     claimed = dedupe.claim(
-        farm.redis, cluster="alpha", digests=[request.digest or ""], ttl_seconds=3600
+        scan_context.redis, cluster="alpha", digests=[request.digest or ""], ttl_seconds=3600
     )
     request = dataclasses.replace(request, scan_id=claimed[0].scan_id)
-    assert scans.submit(farm, request).outcome == "submitted"
+    assert scans.submit(scan_context, request).outcome == "submitted"
     return request
 
 
-def _later(farm: scans.Farm) -> None:
+def _later(scan_context: scans.ScanContext) -> None:
     moved = datetime.now(UTC) + timedelta(seconds=DEADLINE + MARGIN + 60)
-    farm.clock = lambda: moved
+    scan_context.clock = lambda: moved
 
 
 def test_sweep_deletes_a_job_running_past_deadline_and_margin_and_records_a_timeout(
-    farm: scans.Farm, sim: sim_fixtures.SimCluster, hanging_server: str
+    scan_context: scans.ScanContext, sim: sim_fixtures.SimCluster, hanging_server: str
 ) -> None:
     sim.create(rel.pull_secret("hang-cred", rel.dockerconfig(hanging_server, "u", "hang-pw-2")))
-    request = _submit(farm, sim, hanging_server, "runs-forever")
+    request = _submit(scan_context, sim, hanging_server, "runs-forever")
     sim.wait_for(
         lambda: any(
             (p.get("status") or {}).get("phase") == "Running"
@@ -106,33 +110,33 @@ def test_sweep_deletes_a_job_running_past_deadline_and_margin_and_records_a_time
         ),
         what="scan pod running",
     )
-    assert scans.sweep(farm) == scans.Swept()  # not past its deadline yet: untouched
+    assert scans.sweep(scan_context) == scans.Swept()  # not past its deadline yet: untouched
     assert len(sim.list("Job", SCAN_NAMESPACE)) == 1
 
-    _later(farm)
-    swept = scans.sweep(farm)
+    _later(scan_context)
+    swept = scans.sweep(scan_context)
     assert swept.jobs == 1
     sim.wait_for(lambda: not rel.leftovers(sim), what="Job and Secret deleted")
-    with farm.db.connection() as conn:
+    with scan_context.db.connection() as conn:
         row = store.get_scan(conn, request.scan_id)
     assert row is not None and row.status == "timeout"
     assert "past its deadline plus the sweep margin" in (row.error or "")
-    assert dedupe.in_flight(farm.redis, request.digest or "") is None  # free for a rescan
+    assert dedupe.in_flight(scan_context.redis, request.digest or "") is None  # free for a rescan
 
 
 def test_sweep_fails_a_scan_whose_job_vanished_and_releases_its_digest(
-    farm: scans.Farm, sim: sim_fixtures.SimCluster, hanging_server: str
+    scan_context: scans.ScanContext, sim: sim_fixtures.SimCluster, hanging_server: str
 ) -> None:
     sim.create(rel.pull_secret("hang-cred", rel.dockerconfig(hanging_server, "u", "hang-pw-3")))
-    request = _submit(farm, sim, hanging_server, "vanishes")
+    request = _submit(scan_context, sim, hanging_server, "vanishes")
     (job,) = sim.list("Job", SCAN_NAMESPACE)
     sim.delete("Job", SCAN_NAMESPACE, job["metadata"]["name"], propagation="Background")
     sim.wait_for(lambda: not rel.leftovers(sim), what="the Job and its Secret gone")
 
-    _later(farm)
-    assert scans.sweep(farm).scans_failed == 1
-    with farm.db.connection() as conn:
+    _later(scan_context)
+    assert scans.sweep(scan_context).scans_failed == 1
+    with scan_context.db.connection() as conn:
         row = store.get_scan(conn, request.scan_id)
     assert row is not None and row.status == "failed"
     assert "vanished" in (row.error or "")
-    assert dedupe.in_flight(farm.redis, request.digest or "") is None
+    assert dedupe.in_flight(scan_context.redis, request.digest or "") is None

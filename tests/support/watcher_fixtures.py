@@ -245,7 +245,7 @@ class Workloads:
         return names
 
 
-class Farm:
+class WatchFarm:
     """Watchers of emulated clusters writing to one Redis and one Postgres database."""
 
     def __init__(self, redis_url: str, database_url: str) -> None:
@@ -373,9 +373,9 @@ def wait_for(
 
 
 @pytest.fixture
-def watch_farm(redis_url: str, database_url: str) -> Iterator[Farm]:
+def watch_farm(redis_url: str, database_url: str) -> Iterator[WatchFarm]:
     """Watchers over the test's Redis and fresh database; all stopped after the test."""
-    farm = Farm(redis_url, database_url)
+    farm = WatchFarm(redis_url, database_url)
     try:
         yield farm
     finally:
