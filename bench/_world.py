@@ -361,3 +361,60 @@ def _collect_all(farm: scans.ScanContext, wanted: set[str], *, timeout: float) -
             raise TimeoutError(f"{len(wanted - done)} scans not collected within {timeout:g}s")
         time.sleep(0.01)
     return len(done)
+
+
+# ---------------------------------------------------------------- CPU per process
+
+
+_TICKS = os.sysconf("SC_CLK_TCK")
+
+
+def _stat(pid: int, *, children: bool = True) -> tuple[int, float] | None:
+    """(parent pid, CPU seconds of ``pid``, with those of its reaped children unless not
+    ``children``), or None if it is gone."""
+    try:
+        text = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    fields = text[text.rindex(")") + 2 :].split()  # after "pid (comm) "
+    # fields[1] = ppid; [11..14] = utime, stime, cutime, cstime (clock ticks)
+    return int(fields[1]), sum(int(f) for f in fields[11 : 15 if children else 13]) / _TICKS
+
+
+def own_cpu_seconds(pid: int) -> float:
+    """CPU seconds of ``pid`` itself (all its threads), not of its children."""
+    found = _stat(pid, children=False)
+    return 0.0 if found is None else found[1]
+
+
+def tree_cpu_seconds(root: int) -> float:
+    """CPU seconds used by ``root`` and every descendant: live ones, and reaped ones through
+    their parents' children times. Processes that exited but were not reaped yet are missed."""
+    parents: dict[int, int] = {}
+    cpu: dict[int, float] = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            found = _stat(int(entry))
+            if found is not None:
+                parents[int(entry)], cpu[int(entry)] = found
+    total, members = 0.0, {root}
+    grew = True
+    while grew:
+        grew = False
+        for pid, parent in parents.items():
+            if parent in members and pid not in members:
+                members.add(pid)
+                grew = True
+    for pid in members:
+        total += cpu.get(pid, 0.0)
+    return total
+
+
+def process_cpu_seconds() -> float:
+    """CPU seconds of this process, every thread (those that ended too), no children."""
+    times = os.times()
+    return times.user + times.system
+
+
+def postmaster_pid(postgres: services.PostgresServer) -> int:
+    return int((postgres.data / "postmaster.pid").read_text().split()[0])

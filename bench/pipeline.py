@@ -92,16 +92,27 @@ def run_once(
             watcher = farm_fixtures.WatcherProcess(
                 config_path, directory / "watcher.log", [_world.CLUSTER]
             ).start()
+            assert watcher.proc is not None
+            # one connection for the polling: a connection per poll (every 20 ms) would cost
+            # Postgres a backend start each time, charged to the farm
+            probe = psycopg.connect(database_url, autocommit=True)
+            # CPU is counted from the first scan row, as the rate is (the watcher's start-up,
+            # imports and first list, is apart: its own figure)
+            roots = {"workers": [w.proc.pid for w in started if w.proc is not None],
+                     "watcher": [watcher.proc.pid]}  # fmt: skip
+            _world.wait_for(lambda: probe.execute("SELECT 1 FROM scans LIMIT 1").fetchone(),
+                            timeout=timeout, what="a first scan")  # fmt: skip
+            watcher_start_up = _world.tree_cpu_seconds(watcher.proc.pid)
+            cpu = _CpuMeter(svc, roots)
 
             def done() -> tuple[Any, ...] | None:
-                with psycopg.connect(database_url, autocommit=True) as conn:
-                    row = conn.execute(
-                        """SELECT count(*) FILTER (WHERE status = 'succeeded'),
-                                  count(*) FILTER (WHERE status NOT IN ('succeeded', 'running',
-                                                                       'pending')),
-                                  min(started_at), max(finished_at)
-                             FROM scans"""
-                    ).fetchone()
+                row = probe.execute(
+                    """SELECT count(*) FILTER (WHERE status = 'succeeded'),
+                              count(*) FILTER (WHERE status NOT IN ('succeeded', 'running',
+                                                                   'pending')),
+                              min(started_at), max(finished_at)
+                         FROM scans"""
+                ).fetchone()
                 assert row is not None
                 if row[1]:
                     raise RuntimeError(f"{row[1]} scans failed; see {directory}")
@@ -114,6 +125,9 @@ def run_once(
             except (TimeoutError, RuntimeError) as e:
                 tail = "\n".join(w.tail(15) for w in started)
                 raise RuntimeError(f"{e}\n{tail}\n{watcher.output()[-2000:]}") from None
+            finally:
+                probe.close()
+            cpu_ms = cpu.ms_per_scan(digests)
             counts = sim.request_counts()
             created = counts.get(("create", "jobs"), 0)
             scan_tasks, collect_tasks = _task_counts(svc.redis_url)
@@ -139,7 +153,43 @@ def run_once(
         # scan and collect_job tasks (the periodic passes, per cluster, not counted)
         "broker_messages_per_scan": (scan_tasks + collect_tasks) / digests,
         "most_jobs_at_once": float(jobs.most_at_once),
+        **{f"cpu_ms_per_scan_{role}": ms for role, ms in cpu_ms.items()},
+        "watcher_start_up_cpu_seconds": watcher_start_up,
     }
+
+
+class _CpuMeter:
+    """CPU seconds per role from now on: worker and watcher process trees, Postgres (the
+    postmaster and its backends), Redis, and this process less its main thread (the emulator's
+    threads, and the Job watch counting Jobs at once). Per scan, it is what the farm costs
+    whatever else loads the machine; wall time is not."""
+
+    def __init__(self, svc: _world.Services, roots: dict[str, list[int]]) -> None:
+        redis_proc = svc.redis.proc
+        assert redis_proc is not None
+        self.roots: dict[str, list[int]] = {
+            **roots,
+            "postgres": [_world.postmaster_pid(svc.postgres)],
+            "redis": [redis_proc.pid],
+        }
+        self._start = self._now()
+        self._start_main = time.thread_time()
+        self._start_process = _world.process_cpu_seconds()
+
+    def _now(self) -> dict[str, float]:
+        now = {role: sum(_world.tree_cpu_seconds(p) for p in pids)
+               for role, pids in self.roots.items()}  # fmt: skip
+        # of which the workers' main processes: Celery's consumer (messages, acks, events)
+        now["worker_main"] = sum(_world.own_cpu_seconds(p) for p in self.roots["workers"])
+        return now
+
+    def ms_per_scan(self, scans: int) -> dict[str, float]:
+        now = self._now()
+        used = {role: now[role] - self._start.get(role, 0.0) for role in now}
+        main = time.thread_time() - self._start_main
+        used["emulator"] = _world.process_cpu_seconds() - self._start_process - main
+        used["total"] = sum(seconds for role, seconds in used.items() if role != "worker_main")
+        return {role: round(seconds * 1000 / scans, 2) for role, seconds in used.items()}
 
 
 class _Apis:
