@@ -54,7 +54,8 @@ class ScanContext:
     registry: registry.Client | None  # None: never ask registries from the farm
     clock: Callable[[], datetime] = lambda: datetime.now(UTC)
     # Sends one scan task with these kwargs on this cluster's queue: how a freed slot
-    # starts a waiting scan. None: waiting scans are started by nobody here.
+    # starts a waiting scan (a worker's collect task may keep it and submit the scan
+    # itself once its own Job is handled). None: waiting scans are started by nobody here.
     publish: Callable[[dict[str, Any]], None] | None = None
 
     @property
