@@ -21,6 +21,7 @@ from scanqueue import (
 from scanqueue.scans import model, pending
 
 log = logging.getLogger(__name__)
+INFLIGHT_REFRESHES = 4  # times per inflight_ttl_seconds the waiting scans' claims are renewed
 
 
 def end(
@@ -102,6 +103,10 @@ def start_waiting(ctx: model.ScanContext, *, stale_after: float | None = None) -
     if stale_after is not None:
         payloads += pending.restart_stale(ctx.redis, cluster=cluster, now=now,
                                           older_than=stale_after)  # fmt: skip
+        # a scan may wait longer than its digest's claim lasts: renew the claims
+        ttl = ctx.settings.scan.inflight_ttl_seconds
+        pending.refresh_inflight(ctx.redis, cluster=cluster, ttl_seconds=ttl,
+                                 every_seconds=ttl // INFLIGHT_REFRESHES)  # fmt: skip
     for payload in payloads:
         ctx.publish(payload)
     return len(payloads)

@@ -4,9 +4,12 @@ A scan whose cluster already runs ``max_inflight`` scan Jobs is not retried
 on a timer (300 waiting scans retried every second are hundreds of broker
 messages a second, competing with the collects that would free the slots).
 Its task parks it and returns; whoever frees a slot (a collect, a sweep, a
-failed submit) starts the next waiting scan by publishing its task once. A
-burst of N scans costs at most 2 scan-task messages per scan, however long
-each one waits.
+failed submit) starts the next waiting scan by publishing its task once (a
+worker's collect task submits it itself instead: ``ScanContext.publish``). A burst of
+N scans costs at most 2 scan-task messages per scan, however long each one
+waits. The periodic pass renews the digest claims of waiting scans
+(``refresh_inflight``), so that a long wait does not let the watcher publish
+the digest again.
 
 Per cluster ``c``, in Redis:
 
@@ -15,6 +18,8 @@ Per cluster ``c``, in Redis:
 ``scanqueue:pending:<c>:ns:<ns>``   sorted set: the waiting scan ids of one namespace,
                                     by first seen
 ``scanqueue:pending:<c>:started``   sorted set: scan ids handed to a publisher, by when
+``scanqueue:pending:<c>:inflight-refreshed``  marker: the waiting scans' claims were renewed
+                                    (``refresh_inflight``) less than a while ago
 
 Order: first seen within a namespace, namespaces in turn (a namespace with a
 thousand images does not starve one with a single image). Starting a scan
@@ -112,6 +117,32 @@ return out
 """
 
 
+# KEYS: req, marker; ARGV: ttl, every, cluster. Keys named here: a single Redis, as above.
+_REFRESH_INFLIGHT = """
+if not redis.call('SET', KEYS[2], '1', 'NX', 'EX', ARGV[2]) then return -1 end
+local n = 0
+local entries = redis.call('HGETALL', KEYS[1])
+for i = 1, #entries, 2 do
+  local ok, payload = pcall(cjson.decode, entries[i + 1])
+  local request = ok and type(payload) == 'table' and payload['request']
+  local digest = type(request) == 'table' and request['digest']
+  if type(digest) == 'string' and digest ~= '' then
+    local key = 'scanqueue:inflight:' .. digest
+    local mine = ARGV[3] .. '/' .. entries[i]
+    local holder = redis.call('GET', key)
+    if holder == mine then
+      redis.call('EXPIRE', key, ARGV[1])
+      n = n + 1
+    elseif not holder and redis.call('EXISTS', 'scanqueue:fresh:' .. digest) == 0 then
+      redis.call('SET', key, mine, 'EX', ARGV[1])
+      n = n + 1
+    end
+  end
+end
+return n
+"""
+
+
 def _key(cluster: str, what: str) -> str:
     return f"{dedupe.PREFIX}pending:{cluster}:{what}"
 
@@ -178,6 +209,32 @@ def restart_stale(
     keys = [_key(cluster, "req"), _key(cluster, "started"), dedupe.jobs_key(cluster)]
     found = _call(lambda: conn.eval(_STALE, len(keys), *keys, now - older_than, now), "restart")
     return [json.loads(p) for p in cast(list[str], found)]
+
+
+def refresh_inflight(
+    conn: redis.Redis, *, cluster: str, ttl_seconds: int, every_seconds: int
+) -> int | None:
+    """Keep the in-flight keys of the scans waiting here from expiring; how many, or None
+    when it was done less than ``every_seconds`` ago (by anyone: a marker key in Redis).
+
+    The watcher claims a digest for ``ttl_seconds`` (``scan.inflight_ttl_seconds``)
+    and the scan's submit renews it. A scan that waits for a slot longer than that
+    would lose its claim, and the watcher would claim and publish the digest again:
+    two scans of one digest. So the periodic pass renews the claim of every waiting
+    scan that still holds it, and takes it again for one whose claim is gone (Redis
+    lost it) unless the digest was scanned meanwhile. A claim another scan holds is
+    left alone. ``every_seconds`` must be well under ``ttl_seconds``.
+    """
+    keys = [_key(cluster, "req"), _key(cluster, "inflight-refreshed")]
+    found = _call(
+        lambda: conn.eval(
+            _REFRESH_INFLIGHT, len(keys), *keys, int(ttl_seconds), max(1, int(every_seconds)),
+            cluster,
+        ),
+        "refresh the claims of waiting scans",
+    )  # fmt: skip
+    count = int(cast(int, found))
+    return None if count < 0 else count
 
 
 def forget(conn: redis.Redis, *, cluster: str, scan_id: str, namespace: str) -> None:

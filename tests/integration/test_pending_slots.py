@@ -3,7 +3,8 @@
 What is checked: the cap is never exceeded, a waiting scan is started once a
 slot is freed (its slot reserved so a newcomer cannot take it), namespaces
 take turns, a start whose task never arrives is published again by the
-safety net and not otherwise, and a scan that ends frees its reservation.
+safety net and not otherwise, a scan that ends frees its reservation, and a
+scan waiting longer than its digest's claim lasts keeps the claim.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from collections.abc import Iterator
 import pytest
 import redis
 
-from scanqueue import dedupe, status
+from scanqueue import config, dedupe, scans, status
 from scanqueue.scans import pending
 
 CLUSTER = "c1"
@@ -128,6 +129,69 @@ def test_a_scan_that_ends_before_its_job_gives_back_its_reservation(conn: redis.
     pending.forget(conn, cluster=CLUSTER, scan_id="b", namespace="team")
     assert dedupe.jobs_in_flight(conn, cluster=CLUSTER) == 0
     assert pending.restart_stale(conn, cluster=CLUSTER, now=5000.0, older_than=1.0) == []
+
+
+def _park_claimed(conn: redis.Redis, digest: str, *, ttl: int) -> str:
+    """A digest claimed by the watcher for ``ttl`` seconds whose scan waits for a slot."""
+    [decision] = dedupe.claim(conn, cluster=CLUSTER, digests=[digest], ttl_seconds=ttl)
+    assert decision.status == "claimed"
+    parked = pending.take_or_park(
+        conn, cluster=CLUSTER, job=f"job-{decision.scan_id}", limit=0, now=1000.0,
+        max_age=MAX_AGE, scan_id=decision.scan_id, namespace="team",
+        payload={"request": {"scan_id": decision.scan_id, "digest": digest}},
+    )  # fmt: skip
+    assert not parked
+    return decision.scan_id
+
+
+def test_a_scan_waiting_longer_than_its_claim_keeps_it_and_is_not_published_twice(
+    conn: redis.Redis,
+) -> None:
+    mine = _park_claimed(conn, "sha256:aa", ttl=5)
+    # another cluster's scan holds this one's claim now: left alone
+    theirs = _park_claimed(conn, "sha256:bb", ttl=5)
+    conn.set(dedupe.inflight_key("sha256:bb"), "c2/other", ex=5)
+    # lost claims (Redis restarted, say): taken again, unless the digest was scanned since
+    lost = _park_claimed(conn, "sha256:cc", ttl=5)
+    scanned = _park_claimed(conn, "sha256:dd", ttl=5)
+    conn.delete(dedupe.inflight_key("sha256:cc"), dedupe.inflight_key("sha256:dd"))
+    dedupe.mark_fresh(conn, "sha256:dd", ttl_seconds=600)
+
+    renewed = pending.refresh_inflight(conn, cluster=CLUSTER, ttl_seconds=1800, every_seconds=450)
+
+    assert renewed == 2
+    assert conn.get(dedupe.inflight_key("sha256:aa")) == f"{CLUSTER}/{mine}"
+    assert conn.ttl(dedupe.inflight_key("sha256:aa")) > 1700
+    assert conn.get(dedupe.inflight_key("sha256:bb")) == "c2/other" != f"{CLUSTER}/{theirs}"
+    assert conn.ttl(dedupe.inflight_key("sha256:bb")) <= 5
+    assert conn.get(dedupe.inflight_key("sha256:cc")) == f"{CLUSTER}/{lost}"
+    assert conn.get(dedupe.inflight_key("sha256:dd")) is None
+    assert scanned
+    # so the watcher's next pass, past the first claim's 5 s, does not publish it again
+    [again] = dedupe.claim(conn, cluster=CLUSTER, digests=["sha256:aa"], ttl_seconds=1800)
+    assert again.status == "inflight"
+    # done once per interval, whoever asks
+    assert pending.refresh_inflight(conn, cluster=CLUSTER, ttl_seconds=1800,
+                                    every_seconds=450) is None  # fmt: skip
+
+
+def test_the_periodic_pass_renews_the_claims_of_waiting_scans(conn: redis.Redis) -> None:
+    mine = _park_claimed(conn, "sha256:aa", ttl=5)
+    settings = config.Settings(
+        database=config.DatabaseSettings(url="postgresql://unused"),
+        broker=config.BrokerSettings(url="redis://unused"),
+        scan=config.ScanSettings(inflight_ttl_seconds=1200),
+        clusters=(config.ClusterSettings(name=CLUSTER, kubeconfig="unused", max_inflight=0),),
+    )
+    sent: list[dict[str, object]] = []
+    ctx = scans.ScanContext(settings=settings, cluster=settings.clusters[0], api=None, db=None,
+                            redis=conn, registry=None, publish=sent.append)  # fmt: skip
+    assert scans.start_waiting(ctx) == 0  # a freed slot's start: claims are not its business
+    assert conn.ttl(dedupe.inflight_key("sha256:aa")) <= 5
+    assert scans.start_waiting(ctx, stale_after=60.0) == 0  # the periodic pass
+    assert sent == []
+    assert conn.get(dedupe.inflight_key("sha256:aa")) == f"{CLUSTER}/{mine}"
+    assert conn.ttl(dedupe.inflight_key("sha256:aa")) > 1100
 
 
 def test_status_reads_queued_waiting_in_flight_and_flags_a_stall(conn: redis.Redis) -> None:
