@@ -280,11 +280,13 @@ def _compose_command(service: str) -> list[str]:
     return command
 
 
-def _start(command: list[str], config_path: Path, log: Path) -> subprocess.Popen[bytes]:
+def _start(
+    command: list[str], config_path: Path, log: Path, env: dict[str, str] | None = None
+) -> subprocess.Popen[bytes]:
     with log.open("wb") as out:
         return subprocess.Popen(
             [sys.executable, "-m", *command],
-            env=_env(config_path),
+            env={**_env(config_path), **(env or {})},
             stdout=out,
             stderr=subprocess.STDOUT,
             cwd=config_path.parent,
@@ -305,15 +307,27 @@ def _stop(proc: subprocess.Popen[bytes]) -> None:
 def test_compose_worker_command_consumes_every_configured_queue(
     tmp_path: Path, redis_url: str
 ) -> None:
-    """compose.yaml's worker has no --queues: it must still serve scan.<cluster> and control."""
+    """compose.yaml's worker has no --queues: it must still serve scan.<cluster> and control;
+    and it serves its metrics, pool processes' samples included, from its multiprocess dir."""
     config_path = _settings(tmp_path, redis_url)
     name = f"compose{services.unique_name('w')}"
+    port = services.free_port()
+    replaced = {
+        "--hostname=": f"--hostname={name}@%h",
+        "--concurrency=": "--concurrency=1",
+        "--metrics-port=": f"--metrics-port={port}",
+        "--metrics-address=": "--metrics-address=127.0.0.1",
+    }
     command = [
-        f"--hostname={name}@%h" if a.startswith("--hostname=") else a
+        next((v for k, v in replaced.items() if a.startswith(k)), a)
         for a in _compose_command("worker")
     ]
-    command = [a for a in command if not a.startswith("--concurrency=")] + ["--concurrency=1"]
-    proc = _start(command, config_path, tmp_path / "worker.log")
+    compose = yaml.safe_load((ROOT / "compose.yaml").read_text(encoding="utf-8"))
+    assert compose["services"]["worker"]["environment"]["PROMETHEUS_MULTIPROC_DIR"]
+    multiproc = tmp_path / "metrics"  # compose's tmpfs, here
+    multiproc.mkdir()
+    proc = _start(command, config_path, tmp_path / "worker.log",
+                  env={"PROMETHEUS_MULTIPROC_DIR": str(multiproc)})  # fmt: skip
     try:
         deadline = time.monotonic() + 60
         while True:
@@ -341,6 +355,10 @@ def test_compose_worker_command_consumes_every_configured_queue(
             check=True,
         )
         assert json.loads(queues.stdout) == ["scan.alpha", "scanqueue.control"]
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as response:
+            text = response.read().decode()
+        assert 'scanqueue_queue_depth{cluster="alpha"' in text, text[:2000]
+        assert "PROMETHEUS_MULTIPROC_DIR is not set" not in (tmp_path / "worker.log").read_text()
     finally:
         _stop(proc)
 

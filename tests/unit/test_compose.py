@@ -106,6 +106,18 @@ def test_the_exporter_listens_where_compose_publishes_it() -> None:
     assert f"--port={PUBLISHED['exporter']}" in command
 
 
+def test_the_worker_serves_its_metrics_inside_the_farm_network_with_a_multiprocess_dir() -> None:
+    """As deploy/42-worker.yaml: the dashboard's scan health needs the workers' metrics."""
+    worker = SERVICES["worker"]
+    command = worker["command"]
+    assert ops_commands.problems(command) == []
+    assert "--metrics-port=9101" in command and "--metrics-address=0.0.0.0" in command
+    directory = worker["environment"]["PROMETHEUS_MULTIPROC_DIR"]
+    assert directory in worker["tmpfs"], "writable (read-only root) and per container"
+    assert "/tmp" in worker["tmpfs"], "the list replaces x-app's, it does not add to it"
+    assert "ports" not in worker
+
+
 def test_redis_persists_acknowledged_tasks() -> None:
     command = SERVICES["redis"]["command"]
     text = " ".join(command)
