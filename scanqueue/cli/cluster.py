@@ -9,7 +9,7 @@ import argparse
 from typing import Any
 
 from scanqueue import config, errors
-from scanqueue.cli import parsing
+from scanqueue.cli import parsing, serving
 
 
 def add_commands(sub: parsing.Subparsers) -> None:
@@ -62,8 +62,6 @@ def _add_watch_commands(sub: parsing.Subparsers) -> None:
 
 
 def _cmd_watch(args: argparse.Namespace) -> int:
-    import signal
-    import threading
 
     from scanqueue import logs, metrics, watcher
 
@@ -71,13 +69,7 @@ def _cmd_watch(args: argparse.Namespace) -> int:
     logs.setup(args.log_level, args.log_format)
     for name in args.cluster:
         settings.cluster(name)  # an unknown name fails before anything starts
-    stop = threading.Event()
-
-    def request_stop(signum: int, _frame: object) -> None:
-        stop.set()
-
-    signal.signal(signal.SIGTERM, request_stop)
-    signal.signal(signal.SIGINT, request_stop)
+    stop = serving.stop_on_signals()
     if args.metrics_port is not None:
         metrics.serve(args.metrics_port, address=args.metrics_address)
     if args.reevaluate_seconds <= 0:

@@ -8,12 +8,10 @@ from __future__ import annotations
 
 import argparse
 import logging
-import signal
 import threading
-from typing import Any
 
 from scanqueue import config
-from scanqueue.cli import parsing
+from scanqueue.cli import parsing, serving
 
 log = logging.getLogger(__name__)
 
@@ -53,23 +51,19 @@ def _cmd_exporter(args: argparse.Namespace) -> int:
 
     cache = vulnmetrics.Cache(fetch, ttl_seconds=args.ttl)
     server = vulnmetrics.serve(cache, address=args.address, port=args.port)
-    stop = threading.Event()
-
-    def _stop(*_: Any) -> None:
-        stop.set()
-
-    signal.signal(signal.SIGTERM, _stop)
-    signal.signal(signal.SIGINT, _stop)
     thread = threading.Thread(target=server.serve_forever, name="exporter", daemon=True)
-    thread.start()
-    host, port = str(server.server_address[0]), int(server.server_address[1])
-    log.info("vulnerability metrics served on http://%s:%d/metrics", host, port)
-    print(f"serving http://{host}:{port}/metrics", flush=True)
-    try:
-        stop.wait()
-    finally:
-        server.shutdown()
+
+    def start() -> str:
+        thread.start()
+        host, port = str(server.server_address[0]), int(server.server_address[1])
+        log.info("vulnerability metrics served on http://%s:%d/metrics", host, port)
+        return f"serving http://{host}:{port}/metrics"
+
+    def stop() -> None:
+        if thread.is_alive():  # shutdown() waits for serve_forever, which never ran otherwise
+            server.shutdown()
         server.server_close()
         cache.close()
         pool.close()
-    return 0
+
+    return serving.serve_until_signal(start, stop)

@@ -8,7 +8,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from scanqueue.cli import parsing
+from scanqueue.cli import parsing, serving
 
 
 def add_commands(sub: parsing.Subparsers) -> None:
@@ -65,8 +65,6 @@ def _add_farm_commands(sub: parsing.Subparsers) -> None:
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
-    import signal
-    import threading
     from pathlib import Path
 
     from scanqueue import cli, farm
@@ -83,9 +81,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
         private_services=args.private_services,
         log_level=args.log_level,
     )
-    stop = threading.Event()
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(signum, lambda *_: stop.set())
+    stop = serving.stop_on_signals()
     report_codes: list[int] = []
 
     def report(summary: farm.RunSummary) -> None:

@@ -8,7 +8,7 @@ from __future__ import annotations
 import argparse
 
 from scanqueue import errors
-from scanqueue.cli import parsing
+from scanqueue.cli import parsing, serving
 
 
 def add_commands(sub: parsing.Subparsers) -> None:
@@ -50,8 +50,6 @@ def _add_sim_commands(sub: parsing.Subparsers) -> None:
 
 def _cmd_sim_serve(args: argparse.Namespace) -> int:
     import json
-    import signal
-    import threading
 
     from scanqueue.sim import emulator, scenario
 
@@ -68,11 +66,9 @@ def _cmd_sim_serve(args: argparse.Namespace) -> int:
     emu = emulator.Emulator(
         host=args.host, port=args.port, kube_version=args.kube_version, real_pull=not args.no_pull
     )
-    stop = threading.Event()
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(signum, lambda *_: stop.set())
-    emu.start()
-    try:
+
+    def start() -> str:
+        emu.start()
         applied = scenario.apply(emu, loaded) if loaded is not None else None
         kubeconfig = str(emu.kubeconfig(args.kubeconfig_out)) if args.kubeconfig_out else None
         line = {
@@ -82,8 +78,6 @@ def _cmd_sim_serve(args: argparse.Namespace) -> int:
             "pods": len(applied.pods) if applied is not None else 0,
             "unresolved": applied.unresolved if applied is not None else [],
         }
-        print(json.dumps(line), flush=True)
-        stop.wait()
-    finally:
-        emu.stop()
-    return 0
+        return json.dumps(line)
+
+    return serving.serve_until_signal(start, emu.stop)

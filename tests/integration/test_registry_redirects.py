@@ -80,6 +80,33 @@ def redirect_to(host: str) -> Script:
     return lambda request: (307, {"Location": f"http://{host}{request.path}"}, b"")
 
 
+def server_b(
+    scripted_server: StartServer, capturing_proxy: StartProxy, script: Script | None = None
+) -> tuple[ScriptedServer, CapturingProxy]:
+    """Server B (``script``, by default a 404 to everything) and the capturing proxy in
+    front of it: the client is sent to the proxy, whose capture the tests read."""
+    b_server = scripted_server(script or b_answers())
+    return b_server, capturing_proxy(b_server.port)
+
+
+def resolve_refused(
+    host: str, password: str, settings: config.ScanSettings | None = None
+) -> registry.NoCredentialAccepted:
+    """Resolve ``host``/team/app:1 with alice's ``password``; every candidate must be refused."""
+    with (
+        registry.Client(settings=settings or scan_settings()) as client,
+        pytest.raises(registry.NoCredentialAccepted) as caught,
+    ):
+        client.resolve(images.parse(f"{host}/team/app:1"), [alice(host, password)])
+    return caught.value
+
+
+def generated_location(raw: str, a: ScriptedServer, b_proxy: CapturingProxy) -> str:
+    """A generated Location with its placeholders filled: {pa}/{pb} ports, {a}/{b} hosts."""
+    location = raw.replace("{pa}", str(a.port)).replace("{pb}", str(b_proxy.port))
+    return location.replace("{a}", a.host).replace("{b}", b_proxy.host)
+
+
 # ------------------------------------------------- 1. two parsers must not disagree
 
 # What B answers after A redirected the manifest to it; {pa} is A's port, {pb} B's (its proxy).
@@ -101,8 +128,7 @@ def test_an_ambiguous_location_is_refused_and_b_never_sees_the_password(
     form: str, capturing_proxy: StartProxy, scripted_server: StartServer
 ) -> None:
     password = canary(f"ambiguous-{form}")
-    b_server = scripted_server(b_answers())
-    b = capturing_proxy(b_server.port)
+    b_server, b = server_b(scripted_server, capturing_proxy)
     ports: dict[str, int] = {}
     location = AMBIGUOUS_LOCATIONS[form]
 
@@ -113,23 +139,16 @@ def test_an_ambiguous_location_is_refused_and_b_never_sees_the_password(
     a = scripted_server(basic_registry("alice", password, redirect_to(b.host)))
     ports["a"] = a.port
 
-    with (
-        registry.Client(settings=scan_settings()) as client,
-        pytest.raises(registry.NoCredentialAccepted) as caught,
-    ):
-        client.resolve(
-            images.parse(f"{a.host}/team/app:1"),
-            [alice(a.host, password)],
-        )
+    refused = resolve_refused(a.host, password)
 
     capture = b.sent()
     assert_never_received(capture, secrets_of("alice", password))
     assert MANIFEST.encode() in capture, "B was asked for the manifest (without the credential)"
     assert capture.count(b"HEAD ") + capture.count(b"GET ") == 1, "B was asked exactly once"
-    refusal = caught.value.refusals[0]
+    refusal = refused.refusals[0]
     assert refusal.kind == "error"
     assert "does not follow" in refusal.detail
-    assert password not in str(caught.value)
+    assert password not in str(refused)
 
 
 def test_the_issue_reproduction_through_registry_resolve_leaks_nothing_to_b(
@@ -143,8 +162,7 @@ def test_the_issue_reproduction_through_registry_resolve_leaks_nothing_to_b(
     monkeypatch.chdir(tmp_path)
     monkeypatch.delenv("SCANQUEUE_CONFIG", raising=False)
     password = canary("issue-19")
-    b_server = scripted_server(b_answers())
-    b = capturing_proxy(b_server.port)
+    b_server, b = server_b(scripted_server, capturing_proxy)
     ports: dict[str, int] = {}
     b_server.script = lambda request: (
         302,
@@ -182,8 +200,7 @@ def test_a_401_from_a_redirect_target_is_refused_and_its_realm_gets_nothing(
     where: str, scheme: str, capturing_proxy: StartProxy, scripted_server: StartServer
 ) -> None:
     password = canary(f"foreign-challenge-{where}")
-    b_server = scripted_server(b_answers())
-    b = capturing_proxy(b_server.port)
+    b_server, b = server_b(scripted_server, capturing_proxy)
     challenge = (
         f'Bearer realm="http://{b.host}/token",service="b"' if scheme == "Bearer"
         else 'Basic realm="b"'
@@ -203,20 +220,13 @@ def test_a_401_from_a_redirect_target_is_refused_and_its_realm_gets_nothing(
 
     a = scripted_server(a_script)
 
-    with (
-        registry.Client(settings=scan_settings()) as client,
-        pytest.raises(registry.NoCredentialAccepted) as caught,
-    ):
-        client.resolve(
-            images.parse(f"{a.host}/team/app:1"),
-            [alice(a.host, password)],
-        )
+    refused = resolve_refused(a.host, password)
 
     capture = b.sent()
     assert_never_received(capture, secrets_of("alice", password))
     assert (b"/v2/ " if where == "ping" else MANIFEST.encode()) in capture
     assert b"/token" not in capture, "B's realm was never asked"
-    refusal = caught.value.refusals[0]
+    refusal = refused.refusals[0]
     assert refusal.kind == "bad-challenge"
     assert "challenge from another origin" in refusal.detail
     assert not any("Authorization" in r.headers for r in a.seen)
@@ -231,8 +241,9 @@ def test_a_refresh_token_body_is_never_redirected_to_b(
     status: int, form: str, capturing_proxy: StartProxy, scripted_server: StartServer
 ) -> None:
     identity_token = canary(f"refresh-{status}-{form}")
-    b_server = scripted_server(b_answers(200, {"Content-Type": "application/json"}))
-    b = capturing_proxy(b_server.port)
+    _, b = server_b(
+        scripted_server, capturing_proxy, b_answers(200, {"Content-Type": "application/json"})
+    )
     ports: dict[str, int] = {}
 
     def a_script(request: Seen) -> Answer:
@@ -288,34 +299,26 @@ def test_an_https_registry_redirecting_to_plain_http_sends_no_credential(
     _, cert_pem, key_pem = self_signed("127.0.0.1", san=["127.0.0.1"])
     (tmp_path / "cert.pem").write_bytes(cert_pem)
     (tmp_path / "key.pem").write_bytes(key_pem)
-    b_server = scripted_server(b_answers())
-    b = capturing_proxy(b_server.port)
+    _, b = server_b(scripted_server, capturing_proxy)
     location = "http://" + target.format(pb=b.port) + MANIFEST
     a = scripted_server(
         basic_registry("alice", password, lambda r: (307, {"Location": location}, b"")),
         tls=(tmp_path / "cert.pem", tmp_path / "key.pem"),
     )
 
-    with (
-        registry.Client(
-            settings=scan_settings(registry_ca_bundle=str(tmp_path / "cert.pem"))
-        ) as client,
-        pytest.raises(registry.NoCredentialAccepted) as caught,
-    ):
-        client.resolve(
-            images.parse(f"{a.host}/team/app:1"),
-            [alice(a.host, password)],
-        )
+    refused = resolve_refused(
+        a.host, password, scan_settings(registry_ca_bundle=str(tmp_path / "cert.pem"))
+    )
 
     capture = b.sent()
     assert_never_received(capture, secrets_of("alice", password))
     assert any("Authorization" in r.headers for r in a.seen), "A (https) got its credential"
     if reached:
         assert MANIFEST.encode() in capture
-        assert caught.value.refusals[0].kind == "not-found"
+        assert refused.refusals[0].kind == "not-found"
     else:
         assert capture == b""
-        assert caught.value.refusals[0].kind in ("not-sent", "error")
+        assert refused.refusals[0].kind in ("not-sent", "error")
 
 
 # --------------------------------------------- 5. generated Location values
@@ -349,8 +352,7 @@ class World:
     def __init__(self, start_proxy: StartProxy, start_server: StartServer) -> None:
         self.password = canary("generated")
         self.location = ""
-        self.b = start_server(self._b_script)
-        self.b_proxy = start_proxy(self.b.port)
+        self.b, self.b_proxy = server_b(start_server, start_proxy, self._b_script)
         self.a = start_server(basic_registry("alice", self.password, self._a_answer))
 
     def _a_answer(self, request: Seen) -> Answer:
@@ -394,9 +396,7 @@ def test_for_any_location_only_the_registry_itself_ever_receives_the_credential(
     """Generated redirect chains (A redirects to the value, B to it again): every request
     that carries the credential reached A under A's own name (its Host header), and B's
     own capture never holds the secret."""
-    pa, pb = str(world.a.port), str(world.b_proxy.port)
-    location = raw.replace("{pa}", pa).replace("{pb}", pb)
-    world.location = location.replace("{a}", world.a.host).replace("{b}", world.b_proxy.host)
+    world.location = generated_location(raw, world.a, world.b_proxy)
     seen_before = len(world.a.seen)
 
     try:
@@ -422,8 +422,7 @@ class RealmWorld:
         self.identity_token = canary("generated-realm-identity")
         self.location = ""
         self.status = 307
-        self.b = start_server(self._b_script)
-        self.b_proxy = start_proxy(self.b.port)
+        self.b, self.b_proxy = server_b(start_server, start_proxy, self._b_script)
         self.a = start_server(self._a_script)
 
     def _a_script(self, request: Seen) -> Answer:
@@ -466,9 +465,7 @@ def test_for_any_location_a_token_request_carries_its_credential_only_to_the_rea
     identity token in a refresh-token ``POST`` body reach only the realm's origin, as the
     server there received them; B's capture never holds either."""
     world = realm_world
-    pa, pb = str(world.a.port), str(world.b_proxy.port)
-    location = raw.replace("{pa}", pa).replace("{pb}", pb)
-    world.location = location.replace("{a}", world.a.host).replace("{b}", world.b_proxy.host)
+    world.location = generated_location(raw, world.a, world.b_proxy)
     world.status = status
     seen_before = len(world.a.seen)
     candidate = (

@@ -1,4 +1,4 @@
-"""What the findings' foreign keys guaranteed still holds without them (migration 0004).
+"""What the findings' foreign keys guaranteed still holds without them (migrations 0004, 0008).
 
 Findings are checked once per statement instead of twice per row: no finding
 without its scan and its advisory, whoever writes it; deleting scans (directly,
@@ -165,6 +165,35 @@ def test_truncate_cannot_leave_findings_behind(
     store_conn.commit()
 
 
+def _delete_while_inserting(
+    database_url: str, *, finding: tuple[str, int, str], delete: str
+) -> list[BaseException]:
+    """Insert ``finding`` (scan, ordinal, advisory) without committing, run ``delete`` in
+    another connection, wait until that delete waits for the insert, then commit the
+    insert and let the delete finish. Returns what the delete raised."""
+    with store.connect(database_url) as writer, store.connect(database_url) as deleter:
+        _insert_finding(writer, *finding)  # not committed yet
+        failures: list[BaseException] = []
+
+        def run_delete() -> None:
+            try:
+                deleter.execute(delete)
+                deleter.commit()
+            except BaseException as e:  # the caller asserts on it
+                failures.append(e)
+
+        thread = threading.Thread(target=run_delete)
+        thread.start()
+        deadline = time.monotonic() + 10
+        while not _waiting_for_a_lock(writer, deleter.info.backend_pid):
+            assert time.monotonic() < deadline, "the delete never waited for the insert"
+            time.sleep(0.02)
+        writer.commit()
+        thread.join(10)
+        assert not thread.is_alive(), "the delete did not finish after the insert committed"
+    return failures
+
+
 def test_a_scan_deleted_while_its_findings_are_written_leaves_no_orphan(
     database_url: str, trivy_reports: dict[str, reports.Report]
 ) -> None:
@@ -174,28 +203,13 @@ def test_a_scan_deleted_while_its_findings_are_written_leaves_no_orphan(
         _stored(setup, report)
         _start(setup, "s2")
         setup.commit()
-    with store.connect(database_url) as writer, store.connect(database_url) as deleter:
-        _insert_finding(writer, "s2", 0, advisory)  # not committed yet
-        failures: list[BaseException] = []
-
-        def delete() -> None:
-            try:
-                deleter.execute("DELETE FROM scans WHERE id = 's2'")
-                deleter.commit()
-            except BaseException as e:  # asserted below
-                failures.append(e)
-
-        thread = threading.Thread(target=delete)
-        thread.start()
-        deadline = time.monotonic() + 10
-        while not _waiting_for_a_lock(writer, deleter.info.backend_pid):
-            assert time.monotonic() < deadline, "the delete never waited for the insert"
-            time.sleep(0.02)
-        writer.commit()
-        thread.join(10)
-        assert failures == []
-        assert _count(writer, "SELECT count(*) FROM findings WHERE scan_id = 's2'") == 0
-        assert _count(writer, "SELECT count(*) FROM scans WHERE id = 's2'") == 0
+    failures = _delete_while_inserting(
+        database_url, finding=("s2", 0, advisory), delete="DELETE FROM scans WHERE id = 's2'"
+    )
+    assert failures == []
+    with store.connect(database_url) as check:
+        assert _count(check, "SELECT count(*) FROM findings WHERE scan_id = 's2'") == 0
+        assert _count(check, "SELECT count(*) FROM scans WHERE id = 's2'") == 0
 
 
 def test_an_advisory_deleted_while_a_finding_uses_it_is_refused(
@@ -205,28 +219,56 @@ def test_an_advisory_deleted_while_a_finding_uses_it_is_refused(
         _start(setup, "s1")
         setup.execute("INSERT INTO vulnerabilities (id, severity) VALUES ('CVE-0000-1', 'LOW')")
         setup.commit()
-    with store.connect(database_url) as writer, store.connect(database_url) as deleter:
-        _insert_finding(writer, "s1", 0, "CVE-0000-1")  # sees the advisory; not committed
-        failures: list[BaseException] = []
+    failures = _delete_while_inserting(
+        database_url,
+        finding=("s1", 0, "CVE-0000-1"),  # sees the advisory
+        delete="DELETE FROM vulnerabilities WHERE id = 'CVE-0000-1'",
+    )
+    assert len(failures) == 1
+    assert isinstance(failures[0], psycopg.errors.ForeignKeyViolation)
+    with store.connect(database_url) as check:
+        assert _count(check, "SELECT count(*) FROM vulnerabilities WHERE id = 'CVE-0000-1'") == 1
 
-        def delete() -> None:
-            try:
-                deleter.execute("DELETE FROM vulnerabilities WHERE id = 'CVE-0000-1'")
-                deleter.commit()
-            except BaseException as e:  # asserted below
-                failures.append(e)
 
-        thread = threading.Thread(target=delete)
-        thread.start()
-        deadline = time.monotonic() + 10
-        while not _waiting_for_a_lock(writer, deleter.info.backend_pid):
-            assert time.monotonic() < deadline, "the delete never waited for the insert"
-            time.sleep(0.02)
-        writer.commit()
-        thread.join(10)
-        assert len(failures) == 1
-        assert isinstance(failures[0], psycopg.errors.ForeignKeyViolation)
-        assert _count(writer, "SELECT count(*) FROM vulnerabilities WHERE id = 'CVE-0000-1'") == 1
+def test_the_guards_are_one_function_per_shape_with_the_hints_of_0004(
+    store_conn: store.Connection, trivy_reports: dict[str, reports.Report]
+) -> None:
+    functions = dict(
+        store_conn.execute(
+            """SELECT t.tgname, p.proname FROM pg_trigger t JOIN pg_proc p ON p.oid = t.tgfoid
+                WHERE NOT t.tgisinternal AND t.tgname IN (
+                      'scans_delete_findings', 'vulnerabilities_keep_referenced',
+                      'findings_references_are_fixed', 'scans_id_is_fixed',
+                      'vulnerabilities_id_is_fixed')"""
+        ).fetchall()
+    )
+    assert functions == {
+        "scans_delete_findings": "findings_referenced_rows_deleted",
+        "vulnerabilities_keep_referenced": "findings_referenced_rows_deleted",
+        "findings_references_are_fixed": "refuse_update",
+        "scans_id_is_fixed": "refuse_update",
+        "vulnerabilities_id_is_fixed": "refuse_update",
+    }
+    report = trivy_reports["node-alpine-3.19"]
+    _stored(store_conn, report)
+    used = report.findings[0].vulnerability.id
+    with pytest.raises(psycopg.errors.ForeignKeyViolation) as raised:
+        store_conn.execute("DELETE FROM vulnerabilities WHERE id = %s", (used,))
+    assert str(raised.value).startswith(f"advisory {used} is still referenced by findings of s")
+    assert (
+        raised.value.diag.message_hint == "delete the scans that found it first (store.prune_scans)"
+    )
+    store_conn.rollback()
+    with pytest.raises(psycopg.errors.ForeignKeyViolation) as raised:
+        store_conn.execute("UPDATE findings SET scan_id = 'x' WHERE ordinal = 0")
+    assert str(raised.value).startswith("finding s1/0: its scan and advisory cannot change")
+    assert raised.value.diag.message_hint == "store the scan again instead"
+    store_conn.rollback()
+    with pytest.raises(psycopg.errors.ForeignKeyViolation) as raised:
+        store_conn.execute("UPDATE scans SET id = 'x' WHERE id = 's1'")
+    assert str(raised.value).startswith("scans.id cannot change (s1 -> x): findings refer to it")
+    assert raised.value.diag.message_hint == "insert a new row instead"
+    store_conn.rollback()
 
 
 def _one_finding_report(base: reports.Report, **changes: object) -> reports.Report:
