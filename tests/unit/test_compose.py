@@ -221,6 +221,8 @@ def test_redis_requires_the_password_from_its_secret_file() -> None:
     assert "requirepass" in text and "/run/secrets/redis_password" in text
     assert "$$(cat /run/secrets/redis_password)" in text, "$$: compose must not interpolate it"
     assert "--requirepass" not in text, "argv is visible to every process of the host"
+    # through the image's entrypoint, which drops root for redis-server (and only for it)
+    assert "exec docker-entrypoint.sh redis-server " in text
     probe = " ".join(SERVICES["redis"]["healthcheck"]["test"])
     assert "REDISCLI_AUTH=" in probe and "/run/secrets/redis_password" in probe
 

@@ -13,7 +13,6 @@ mounts exactly the keys its role needs, readable by its non-root user.
 from __future__ import annotations
 
 import re
-import tomllib
 from pathlib import Path
 from typing import Any
 
@@ -173,7 +172,6 @@ def test_the_webhooks_template_sends_nothing_until_filled_in(tmp_path: Path) -> 
 def test_the_webhooks_template_examples_are_what_the_settings_accept(tmp_path: Path) -> None:
     examples = re.findall(r"^#\s+(\w+_urls = .+)$", _webhooks_template(), flags=re.M)
     assert len(examples) == 3
-    tomllib.loads("\n".join(examples))
     path = tmp_path / "alert-webhooks.toml"
     path.write_text("\n".join(examples) + "\n", encoding="utf-8")
     alerts = config.from_mapping({"alerts": {"webhooks_file": str(path)}}).alerts
