@@ -120,11 +120,27 @@ class AlertSettings:
 
 
 @dataclasses.dataclass(frozen=True)
+class RescanSettings:
+    # Rescans from stored SBOMs (docs/rescans.md): no Job, no credential, no pull.
+    enabled: bool = False  # keep SBOMs of full scans and rescan from them (workers run trivy)
+    interval_seconds: int = 21600  # evaluated longer ago than this: rescan; < scan.rescan_interval
+    trivy_server: str = ""  # Trivy server URL rescans use; empty = the local DB in cache_dir
+    trivy_server_token_file: str = ""  # file holding that server's token; empty = none
+    cache_dir: str = ""  # Trivy cache directory holding db/ (local mode), read-only
+    trivy_binary: str = ""  # path of trivy; empty = next to Python, else on PATH
+    plan_interval_seconds: float = 60.0  # how often beat looks for due digests
+    max_per_plan: int = 200  # evaluations started per plan pass at most (the rate limit)
+    min_trivy_version: str = "0.50.0"  # SBOMs listed by an older Trivy get a full scan
+    timeout_seconds: float = 120.0  # one trivy run (convert, sbom) at most
+
+
+@dataclasses.dataclass(frozen=True)
 class Settings:
     database: DatabaseSettings = DatabaseSettings()
     broker: BrokerSettings = BrokerSettings()
     scan: ScanSettings = ScanSettings()
     alerts: AlertSettings = AlertSettings()
+    rescan: RescanSettings = RescanSettings()
     clusters: tuple[ClusterSettings, ...] = ()
     source: str = "defaults"  # where the settings came from, for messages
 
@@ -142,6 +158,7 @@ _SECTIONS: dict[str, type[Any]] = {
     "broker": BrokerSettings,
     "scan": ScanSettings,
     "alerts": AlertSettings,
+    "rescan": RescanSettings,
 }
 
 
@@ -210,6 +227,7 @@ def from_mapping(
         broker=BrokerSettings(**sections["broker"]),
         scan=ScanSettings(**sections["scan"]),
         alerts=_with_webhooks_file(AlertSettings(**sections["alerts"])),
+        rescan=RescanSettings(**sections["rescan"]),
         clusters=clusters,
         source=source,
     )
@@ -233,7 +251,9 @@ def redis_tls(broker: BrokerSettings, url: str) -> dict[str, Any] | None:
 
 
 _ENV_IGNORED = frozenset({"SCANQUEUE_CONFIG"})
-_ENV_HELP = "expected SCANQUEUE_<SECTION>_<KEY> with section database, broker, scan or alerts"
+_ENV_HELP = (
+    "expected SCANQUEUE_<SECTION>_<KEY> with section database, broker, scan, alerts or rescan"
+)
 
 
 def _cluster(raw: Any, index: int, source: str) -> ClusterSettings:
@@ -320,6 +340,25 @@ def _check(settings: Settings) -> None:
             # a missing or empty file is an error now, not at the first connection
             read_password_file(section.password_file, f"{name}.password_file")
     _check_alerts(settings.alerts, where)
+    _check_rescan(settings.rescan, scan, where)
+
+
+def _check_rescan(rescan: RescanSettings, scan: ScanSettings, where: str) -> None:
+    for name in ("interval_seconds", "plan_interval_seconds", "max_per_plan", "timeout_seconds"):
+        if getattr(rescan, name) <= 0:
+            raise errors.ConfigError(f"{where}: rescan.{name} must be positive")
+    if rescan.enabled and not rescan.interval_seconds < scan.rescan_interval_seconds:
+        raise errors.ConfigError(
+            f"{where}: rescan.interval_seconds must be below scan.rescan_interval_seconds "
+            "(past that, the watcher scans a digest in full)"
+        )
+    if not re.match(r"^v?\d+\.\d+(\.\d+)?$", rescan.min_trivy_version):
+        raise errors.ConfigError(
+            f"{where}: rescan.min_trivy_version {rescan.min_trivy_version!r} is not a version "
+            "like 0.50.0"
+        )
+    if rescan.trivy_server_token_file:
+        read_password_file(rescan.trivy_server_token_file, "rescan.trivy_server_token_file")
 
 
 def database_password(database: DatabaseSettings) -> str | None:

@@ -496,3 +496,9 @@ def clear_marks(conn: redis.Redis, pairs: Sequence[tuple[str, str]], *, fresh: b
             keys = sorted({fresh_key(d) for _, d in batch})
             _call(functools.partial(conn.delete, *keys), "forget fresh scans")
     return dropped
+
+
+def forget_fresh(conn: redis.Redis, digest: str) -> None:
+    """Drop the fresh mark of ``digest`` (a full scan was asked for): the watchers check it
+    against Postgres at their next look and publish it. In-flight keys are left alone."""
+    _call(lambda: conn.delete(fresh_key(digest)), f"forget {digest} fresh")

@@ -362,7 +362,8 @@ def _mounts(spec: ScanSpec | None = None) -> list[dict[str, Any]]:
 
 
 def _trivy_options(spec: ScanSpec) -> list[str]:
-    options = ["--format", "json", "--quiet", "--scanners", "vuln"]
+    # --list-all-pkgs: the report lists every package, kept as the digest's SBOM for rescans
+    options = ["--format", "json", "--quiet", "--scanners", "vuln", "--list-all-pkgs"]
     options += ["--timeout", f"{trivy_timeout_seconds(spec.scan)}s"]
     options += ["--cache-dir", CACHE_DIR]
     if spec.cluster.trivy_server:

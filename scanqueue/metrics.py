@@ -256,3 +256,27 @@ def value(name: str, **labels: str) -> float:
     """The current value of a sample (0 when never set), e.g. for tests and ``explain``."""
     found = REGISTRY.get_sample_value(name, labels)
     return 0.0 if found is None else float(found)
+
+
+# --- rescans from stored SBOMs (scanqueue.scans.rescan) -------------------------------------
+
+RESCANS = Counter(
+    "scanqueue_rescans",
+    "Rescans from stored SBOMs by outcome: planned, succeeded, failed, no_sbom, "
+    "unreadable_sbom (both end in a full scan), full_scan_asked (by the planner)",
+    ["outcome"],
+    registry=REGISTRY,
+)
+RESCAN_OLDEST_DUE = Gauge(
+    "scanqueue_rescan_oldest_due_seconds",
+    "Age of the last evaluation of the oldest running digest due for one, at the last plan "
+    "pass (0: none due)",
+    multiprocess_mode="mostrecent",
+    registry=REGISTRY,
+)
+RESCAN_DB_UPDATED = Gauge(
+    "scanqueue_vulnerability_db_updated_timestamp_seconds",
+    "UpdatedAt of the vulnerability DB rescans evaluate against, at the last plan pass",
+    multiprocess_mode="mostrecent",
+    registry=REGISTRY,
+)

@@ -30,8 +30,10 @@ def python() -> str:
 
 
 def queues(settings: config.Settings) -> list[str]:
-    """Every queue a farm's worker consumes: each cluster's scan queue, then the control queue."""
-    return [f"scan.{c.name}" for c in settings.clusters] + [CONTROL_QUEUE]
+    """Every queue a farm's worker consumes: each cluster's scan queue, the control queue,
+    and the rescan queue when rescans are on."""
+    rescan = ["scanqueue.rescan"] if settings.rescan.enabled else []
+    return [f"scan.{c.name}" for c in settings.clusters] + [CONTROL_QUEUE] + rescan
 
 
 def worker(

@@ -42,6 +42,7 @@ from scanqueue import config, logs
 
 SCAN_TASK = "scanqueue.scan"
 CONTROL_QUEUE = "scanqueue.control"
+RESCAN_QUEUE = "scanqueue.rescan"  # scanqueue.scans.rescan.QUEUE
 
 
 def queue_name(cluster: str) -> str:
@@ -57,10 +58,12 @@ def restore_interval(broker: config.BrokerSettings) -> int:
 def make_app(settings: config.Settings) -> Celery:
     """Build the Celery app for ``settings``; does not connect to the broker."""
     # workers.heartbeat: the stamps docker/healthcheck.py --max-age reads
-    tasks = ["workers.tasks", "workers.heartbeat", "workers.alerts"]
+    tasks = ["workers.tasks", "workers.heartbeat", "workers.alerts", "workers.rescans"]
     app = Celery("scanqueue", broker=settings.broker.url, include=tasks)
     scan = settings.scan
     queues = [Queue(queue_name(c.name)) for c in settings.clusters] + [Queue(CONTROL_QUEUE)]
+    if settings.rescan.enabled:  # rescans from stored SBOMs: no cluster owns this queue
+        queues.append(Queue(RESCAN_QUEUE))
     app.conf.update(
         broker_connection_retry_on_startup=True,
         # from broker.password_file, apart from the URL; Celery hands it to kombu (broker)

@@ -26,6 +26,7 @@ from scanqueue.cli import (
     pullsecrets,
     rbac,
     results,
+    sboms,
     sim,
     status,
 )
@@ -80,4 +81,5 @@ def build_parser() -> argparse.ArgumentParser:
     maintenance.add_commands(sub)
     status.add_commands(sub)
     rbac.add_commands(sub)
+    sboms.add_commands(sub)
     return parser

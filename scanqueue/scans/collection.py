@@ -21,7 +21,7 @@ from scanqueue import (
     reports,
     store,
 )
-from scanqueue.scans import ending, model, plan, submission
+from scanqueue.scans import ending, model, plan, rescan, submission
 
 log = logging.getLogger(__name__)
 
@@ -235,6 +235,9 @@ def _store_report(
         return ending.end(ctx, request, status="failed", reason=str(e), attempt=attempt)
     with ctx.db.connection() as conn:
         store.finish_scan(conn, scan_id=request.scan_id, report=report, finished_at=ctx.clock())
+    # the package list, kept once per digest for rescans (never fails the scan)
+    rescan.keep_sbom(settings=ctx.settings, db=ctx.db, scan_id=request.scan_id,
+                     digest=digest, text=text)  # fmt: skip
     dedupe.mark_fresh(ctx.redis, digest, ttl_seconds=ctx.settings.scan.rescan_interval_seconds)
     log.info(
         "scan stored",

@@ -23,7 +23,7 @@ from scanqueue import errors, images
 from scanqueue.store import db, inventory
 
 ScanStatus = Literal["pending", "running", "succeeded", "failed", "timeout", "refused"]
-ScanMode = Literal["registry", "node", "anonymous", "import"]
+ScanMode = Literal["registry", "node", "anonymous", "import", "sbom"]
 FAILED_STATUSES = ("failed", "timeout", "refused")
 _MAX_REASON = 2000  # characters of an error kept on a scan row
 
@@ -51,9 +51,11 @@ def fresh_digests(conn: db.Connection, digests: Iterable[str], *, since: datetim
     wanted = sorted(set(digests))
     if not wanted:
         return set()
+    # a digest asked for a full scan (its SBOM unusable: scanqueue.sboms) is not fresh
     rows = conn.execute(
         """SELECT DISTINCT digest FROM scans
-            WHERE digest = ANY(%s) AND status = 'succeeded' AND finished_at >= %s""",
+            WHERE digest = ANY(%s) AND status = 'succeeded' AND finished_at >= %s
+              AND digest NOT IN (SELECT digest FROM full_scans_wanted)""",
         (wanted, since),
     ).fetchall()
     return {str(r[0]) for r in rows}
@@ -179,6 +181,7 @@ def running_scans(conn: db.Connection, *, cluster: str, before: datetime) -> lis
         """SELECT s.id, coalesce(s.digest, '') FROM scans s
              JOIN clusters cl ON cl.id = s.cluster_id
             WHERE cl.name = %s AND s.status IN ('pending', 'running') AND s.started_at < %s
+              AND s.mode <> 'sbom'  -- no Job: a lost rescan is ended by the rescan planner
             ORDER BY s.started_at, s.id""",
         (cluster, before),
     ).fetchall()

@@ -38,8 +38,10 @@ def write_settings(
     insecure: Sequence[str],
     scan: dict[str, Any] | None = None,
     cluster_options: dict[str, Any] | None = None,
+    rescan: dict[str, Any] | None = None,
 ) -> Path:
-    """A scanqueue.toml for tests: short timings, the given clusters (name, kubeconfig)."""
+    """A scanqueue.toml for tests: short timings, the given clusters (name, kubeconfig);
+    ``rescan``: the [rescan] section (rescans from stored SBOMs), if any."""
     values: dict[str, Any] = {
         "rescan_interval_seconds": 3600,
         "job_deadline_seconds": 8,
@@ -64,6 +66,8 @@ def write_settings(
     for key, value in values.items():
         lines.append(f"{key} = {_toml(value)}")
     lines.append(f"insecure_registries = {_toml(list(insecure))}")
+    if rescan:
+        lines += ["[rescan]", *(f"{k} = {_toml(v)}" for k, v in rescan.items())]
     for name, kubeconfig in clusters:
         lines += [
             "[[clusters]]",
@@ -98,13 +102,15 @@ class WatcherProcess:
     clusters: Sequence[str]
     process: processes.Process | None = None
     log_level: str = "DEBUG"
+    reevaluate_seconds: float | None = None  # None: the command's default (a minute)
 
     @property
     def proc(self) -> subprocess.Popen[bytes] | None:
         return None if self.process is None else self.process.proc
 
     def argv(self) -> list[str]:
-        return roles.watcher(log_level=self.log_level, clusters=self.clusters)
+        return roles.watcher(log_level=self.log_level, clusters=self.clusters,
+                             reevaluate_seconds=self.reevaluate_seconds)  # fmt: skip
 
     def start(self) -> Self:
         env = {**os.environ, "SCANQUEUE_CONFIG": str(self.config_path)}
@@ -181,6 +187,8 @@ class Farm:
     insecure: list[str]
     scan: dict[str, Any] = dataclasses.field(default_factory=dict)
     cluster_options: dict[str, Any] = dataclasses.field(default_factory=dict)
+    rescan: dict[str, Any] = dataclasses.field(default_factory=dict)  # the [rescan] section
+    reevaluate_seconds: float | None = None  # the watchers' --reevaluate-seconds
     watchers: list[WatcherProcess] = dataclasses.field(default_factory=list)
     workers: list[WorkerProcess] = dataclasses.field(default_factory=list)
     flower: FlowerProcess | None = None
@@ -195,6 +203,7 @@ class Farm:
             insecure=self.insecure,
             scan=self.scan,
             cluster_options=self.cluster_options,
+            rescan=self.rescan,
         )
         return self.config_path
 
@@ -208,6 +217,8 @@ class Farm:
                     {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": SCAN_NAMESPACE}}
                 )
         queues = [f"scan.{name}" for name in self.clusters] + ["scanqueue.control"]
+        if self.rescan.get("enabled"):
+            queues.append("scanqueue.rescan")
         for i in range(workers):
             self.workers.append(self.start_worker(path, queues=queues, beat=(i == 0)))
         if watcher:
@@ -217,7 +228,8 @@ class Farm:
     def start_watcher(self) -> WatcherProcess:
         assert self.config_path is not None
         log = self.directory / f"watcher-{len(self.watchers)}.log"
-        process = WatcherProcess(self.config_path, log, list(self.clusters)).start()
+        process = WatcherProcess(self.config_path, log, list(self.clusters),
+                                 reevaluate_seconds=self.reevaluate_seconds).start()  # fmt: skip
         self.watchers.append(process)
         return process
 

@@ -39,6 +39,7 @@ SECTIONS: list[tuple[str, type[Any]]] = [
     ("broker", config.BrokerSettings),
     ("scan", config.ScanSettings),
     ("alerts", config.AlertSettings),
+    ("rescan", config.RescanSettings),
     ("clusters", config.ClusterSettings),
 ]
 

@@ -129,6 +129,7 @@ def test_registry_mode_job_is_the_expected_manifest() -> None:
                                 "--quiet",
                                 "--scanners",
                                 "vuln",
+                                "--list-all-pkgs",
                                 "--timeout",
                                 "570s",
                                 "--cache-dir",

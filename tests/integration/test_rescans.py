@@ -1,0 +1,203 @@
+"""Rescans from stored SBOMs against real Postgres, Redis and the real Trivy (server mode).
+
+A full scan's real Trivy JSON (``trivy rootfs --list-all-pkgs`` of an image's files, the
+report a scan Job writes) is stored and its SBOM kept; the rescan runs ``trivy sbom``
+against a ``trivy server`` whose DB the test changes. No cluster, no registry.
+"""
+
+from __future__ import annotations
+
+import gzip
+import json
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import psycopg
+import pytest
+
+from scanqueue import cli, config, dedupe, reports, store
+from scanqueue.scans import rescan
+from scanqueue.sim import scanner, trivydb
+from tests.support import trivy_fixtures
+from tests.support.trivy_fixtures import EXPECTED, IMAGES
+
+DIGEST = "sha256:" + "ab" * 32
+IMAGE = f"registry.test/team/app@{DIGEST}"
+NEWER = "2026-06-01T00:00:00Z"
+ADDED = trivydb.Advisory("debian 12", "bash", "CVE-2099-2999", "HIGH", fixed="5.2.15-3")
+
+
+class World:
+    """A Trivy server on a DB the test rewrites, Postgres and Redis, and the rescanner."""
+
+    def __init__(self, tmp: Path, database_url: str, redis_url: str) -> None:
+        self.tmp = tmp
+        self.database_url = database_url
+        self.generation = 0
+        self.published: list[dict[str, str]] = []
+        self.server: scanner.Server | None = None
+        self.set_db(trivydb.load(trivy_fixtures.ADVISORIES))
+        assert self.server is not None
+        self.settings = config.from_mapping(
+            {"database": {"url": database_url}, "broker": {"url": redis_url},
+             "rescan": {"enabled": True, "trivy_server": self.server.url,
+                        "interval_seconds": 600}},
+            environ={},
+        )  # fmt: skip
+        self.rescanner = rescan.Rescanner(
+            settings=self.settings,
+            db=store.pool(database_url, min_size=1, max_size=2),
+            redis=dedupe.client(redis_url),
+            publish=self.published.append,
+        )
+
+    def set_db(self, advisories: trivydb.AdvisoryFile) -> None:
+        self.generation += 1
+        cache = self.tmp / f"cache-{self.generation}"
+        trivydb.write_db(advisories, cache)
+        port = self.server.port if self.server else 0
+        if self.server is not None:
+            self.server.stop()
+        self.server = scanner.Server(cache, log=self.tmp / "server.log").start(port=port)
+
+    def full_scan(self) -> str:
+        """A full scan's report as a scan Job writes it: Trivy JSON listing every package."""
+        root = self.tmp / "root"
+        for path, content in IMAGES["debian"].items():
+            (root / path).parent.mkdir(parents=True, exist_ok=True)
+            (root / path).write_bytes(content)
+        assert self.server is not None
+        done = scanner.run(["rootfs", "--format", "json", "--quiet", "--scanners", "vuln",
+                            "--list-all-pkgs", "--server", self.server.url, str(root)])  # fmt: skip
+        assert done.exit_code == 0, done.stderr
+        scan_id = "full-1"
+        with psycopg.connect(self.database_url, autocommit=True) as conn:
+            store.start_scan(conn, scan_id=scan_id, cluster="eu", digest=DIGEST, image=IMAGE,
+                             mode="registry", attempt=1, credential_source="team-a/regcred",
+                             started_at=datetime.now(UTC) - timedelta(minutes=5))  # fmt: skip
+            store.finish_scan(conn, scan_id=scan_id, report=reports.parse(done.stdout),
+                              finished_at=datetime.now(UTC) - timedelta(minutes=4))  # fmt: skip
+        assert rescan.keep_sbom(settings=self.settings, db=self.rescanner.db, scan_id=scan_id,
+                                digest=DIGEST, text=done.stdout)  # fmt: skip
+        return done.stdout
+
+    def rescan(self, scan_id: str) -> str:
+        return rescan.run(self.rescanner, scan_id=scan_id, digest=DIGEST, cluster="eu",
+                          image=IMAGE)  # fmt: skip
+
+    def query(self, sql: str, *params: object) -> list[tuple[object, ...]]:
+        with psycopg.connect(self.database_url, autocommit=True) as conn:
+            return conn.execute(sql, params).fetchall()
+
+    def execute(self, sql: str, *params: object) -> None:
+        with psycopg.connect(self.database_url, autocommit=True) as conn:
+            conn.execute(sql, params)
+
+    def findings(self, scan_id: str) -> set[tuple[str, str, str, str]]:
+        rows = self.query(
+            """SELECT vulnerability_id, package, severity, fixed_version FROM findings
+                WHERE scan_id = %s""",
+            scan_id,
+        )
+        return {(str(a), str(b), str(c), str(d)) for a, b, c, d in rows}
+
+    def close(self) -> None:
+        if self.server is not None:
+            self.server.stop()
+        self.rescanner.db.close()
+        self.rescanner.redis.close()
+
+
+@pytest.fixture
+def world(tmp_path: Path, database_url: str, redis_url: str) -> Iterator[World]:
+    handle = World(tmp_path, database_url, redis_url)
+    try:
+        yield handle
+    finally:
+        handle.close()
+
+
+def test_a_kept_sbom_rescans_to_the_full_scans_findings_then_follows_the_db(
+    world: World,
+) -> None:
+    world.full_scan()
+    assert world.findings("full-1") == EXPECTED["debian"]
+    assert world.rescan("sbom-1") == "succeeded"
+    assert world.findings("sbom-1") == EXPECTED["debian"]
+    row = world.query("SELECT status, mode, db_updated_at, artifact FROM scans WHERE id = 'sbom-1'")
+    assert row == [("succeeded", "sbom", datetime(2026, 1, 1, tzinfo=UTC), IMAGE)]
+    targets = world.query("SELECT DISTINCT target FROM findings WHERE scan_id = 'sbom-1'")
+    assert sorted(t for (t,) in targets) == ["Python", f"{IMAGE} (debian 12.5)"]
+
+    newer = trivydb.load(trivy_fixtures.ADVISORIES).plus(ADDED)
+    world.set_db(trivydb.AdvisoryFile(newer.advisories, updated_at=NEWER))
+    assert world.rescan("sbom-2") == "succeeded"
+    added = ("CVE-2099-2999", "bash", "HIGH", "5.2.15-3")
+    assert world.findings("sbom-2") == EXPECTED["debian"] | {added}
+    changes = world.query("SELECT change, vulnerability_id, package FROM finding_changes")
+    assert changes == [("new", "CVE-2099-2999", "bash")]
+
+    world.set_db(trivydb.load(trivy_fixtures.ADVISORIES))
+    assert world.rescan("sbom-3") == "succeeded"
+    changes = world.query("SELECT change, vulnerability_id, package FROM finding_changes")
+    assert changes == [("resolved", "CVE-2099-2999", "bash")]
+
+
+@pytest.mark.parametrize(
+    ("damage", "why"),
+    [
+        ("UPDATE sboms SET document = substring(document from 1 for 60)", "not readable gzip"),
+        ("UPDATE sboms SET document = %s", "not a CycloneDX document"),
+    ],
+    ids=["truncated-row", "wrong-format"],
+)
+def test_an_unreadable_sbom_ends_as_a_clear_error_and_a_full_scan(
+    world: World, damage: str, why: str
+) -> None:
+    world.full_scan()
+    params = (gzip.compress(json.dumps({"SchemaVersion": 2}).encode()),) if "%s" in damage else ()
+    world.execute(damage, *params)
+    assert world.rescan("sbom-bad") == "unreadable_sbom"
+    [(status, error)] = world.query("SELECT status, error FROM scans WHERE id = 'sbom-bad'")
+    assert status == "failed"
+    assert why in str(error) and "gets a full scan instead" in str(error), error
+    assert world.findings("sbom-bad") == set()
+    assert world.query("SELECT digest FROM full_scans_wanted") == [(DIGEST,)]
+    assert world.query("SELECT count(*) FROM sboms") == [(0,)]
+    # the watcher no longer counts the digest fresh: it publishes a full scan
+    with psycopg.connect(world.database_url) as conn:
+        since = datetime.now(UTC) - timedelta(hours=1)
+        assert store.fresh_digests(conn, [DIGEST], since=since) == set()
+
+
+def test_no_stored_sbom_means_a_full_scan(world: World) -> None:
+    with psycopg.connect(world.database_url, autocommit=True) as conn:
+        store.start_scan(conn, scan_id="full-old", cluster="eu", digest=DIGEST, image=IMAGE,
+                         mode="registry", attempt=1, credential_source=None,
+                         started_at=datetime.now(UTC))  # fmt: skip
+    assert world.rescan("sbom-none") == "no_sbom"
+    [(status, error)] = world.query("SELECT status, error FROM scans WHERE id = 'sbom-none'")
+    assert (status, error) == ("failed", "no stored SBOM; the digest gets a full scan instead")
+    assert world.query("SELECT reason FROM full_scans_wanted") == [("no stored SBOM",)]
+
+
+def test_scanqueue_sbom_prints_the_cyclonedx_or_says_none_is_stored(
+    world: World, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("SCANQUEUE_CONFIG", str(world.tmp / "none.toml"))
+    (world.tmp / "none.toml").write_text(f'[database]\nurl = "{world.database_url}"\n')
+    assert cli.main(["sbom", DIGEST]) == 2
+    assert f"no SBOM stored for {DIGEST}" in capsys.readouterr().err
+    world.full_scan()
+    assert cli.main(["sbom", IMAGE]) == 0
+    out = capsys.readouterr().out
+    bom = json.loads(out)
+    assert bom["bomFormat"] == "CycloneDX"
+    names = {c["name"] for c in bom["components"]}
+    assert {"bash", "libssl3", "libc6", "requests", "idna"} <= names
+    [(size, packages, version)] = world.query(
+        "SELECT size_bytes, packages, scanner_version FROM sboms"
+    )
+    assert packages == len(bom["components"]) and version == scanner.VERSION
+    assert size == len(out.encode())
