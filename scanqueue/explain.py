@@ -17,11 +17,13 @@ from __future__ import annotations
 import dataclasses
 import functools
 from collections.abc import Callable, Mapping
+from datetime import UTC, datetime
 from typing import Any, TypeVar
 
 import redis
 
-from scanqueue import config, credentials, dedupe, discovery, errors, images, kube, store
+from scanqueue import config, credentials, dedupe, discovery, errors, images, kube, sboms, store
+from scanqueue.store import sboms as stored_sboms
 
 _T = TypeVar("_T")
 
@@ -47,6 +49,8 @@ class ContainerView:
     failed_in: tuple[str, ...]  # clusters where the digest is marked failed
     failed: tuple[dedupe.FailedMark, ...] = ()  # why, and when the next attempt is
     skipped: tuple[str, ...] = ()  # sources not consulted (no Redis, no database, ...)
+    # the next evaluation: a full scan or a rescan from the stored SBOM, and why
+    next_evaluation: sboms.Decision | None = None
 
 
 def pod(
@@ -109,6 +113,10 @@ def pod(
         last = None
         if conn is not None and digest:
             last = _optional(functools.partial(store.last_scan, conn, digest), "last scan", skipped)
+        upcoming = None
+        if conn is not None and digest:
+            read = functools.partial(next_evaluation, conn, digest, settings)
+            upcoming = _optional(read, "next evaluation", skipped)
         views.append(
             ContainerView(
                 request=request,
@@ -120,9 +128,29 @@ def pod(
                 failed_in=tuple(m.cluster for m in state[2]),
                 failed=tuple(state[2]),
                 skipped=tuple(dict.fromkeys(skipped)),
+                next_evaluation=upcoming,
             )
         )
     return views
+
+
+def next_evaluation(conn: Any, digest: str, settings: config.Settings) -> sboms.Decision:
+    """Whether the next evaluation of ``digest`` is a full scan or a rescan from its SBOM,
+    and why (``scanqueue.sboms.decide`` on what Postgres holds)."""
+    rescan = settings.rescan
+    if not rescan.enabled:
+        return sboms.Decision(
+            "full", "rescans are off ([rescan] enabled = false): every evaluation is a full "
+            f"scan, every scan.rescan_interval_seconds ({settings.scan.rescan_interval_seconds})",
+            False,
+        )  # fmt: skip
+    return sboms.decide(
+        stored_sboms.evaluation(conn, digest),
+        now=datetime.now(UTC),
+        interval_seconds=rescan.interval_seconds,
+        db_updated_at=stored_sboms.current_db(conn),
+        min_trivy_version=rescan.min_trivy_version,
+    )
 
 
 def _keyrings(

@@ -180,6 +180,10 @@ def _print_view(view: Any) -> None:
     if view.in_flight is not None:
         state = f"in flight in {view.in_flight.cluster} (scan {view.in_flight.scan_id})"
     print(f"  farm       {state}")
+    upcoming = view.next_evaluation
+    if upcoming is not None:
+        kind = "rescan from the stored SBOM" if upcoming.next == "sbom" else "full scan"
+        print(f"  next       {kind}{' (due now)' if upcoming.due else ''}: {upcoming.why}")
     for mark in view.failed:
         print(
             f"  failed in  {mark.cluster}: {mark.kind or 'unknown'} "

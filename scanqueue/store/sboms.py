@@ -223,3 +223,21 @@ def end_lost_rescans(conn: db.Connection, *, started_before: datetime, at: datet
                 WHERE mode = 'sbom' AND status IN ('pending', 'running') AND started_at < %s""",
             (at, started_before),
         ).rowcount
+
+
+@db.translated
+def evaluation(conn: db.Connection, digest: str) -> sboms.Evaluation:
+    """The last successful evaluation of ``digest`` (running or not), its SBOM and any wish
+    for a full scan: what ``sboms.decide`` needs (``scanqueue explain``)."""
+    row = conn.execute(
+        """SELECT (SELECT finished_at FROM scans WHERE digest = %(d)s AND status = 'succeeded'
+                    ORDER BY finished_at DESC, id DESC LIMIT 1),
+                  (SELECT db_updated_at FROM scans WHERE digest = %(d)s AND status = 'succeeded'
+                    ORDER BY finished_at DESC, id DESC LIMIT 1),
+                  (SELECT scanner_version FROM sboms WHERE digest = %(d)s),
+                  EXISTS (SELECT 1 FROM sboms WHERE digest = %(d)s),
+                  (SELECT reason FROM full_scans_wanted WHERE digest = %(d)s)""",
+        {"d": digest},
+    ).fetchone()
+    assert row is not None
+    return sboms.Evaluation(row[0], row[1], row[2], bool(row[3]), row[4])

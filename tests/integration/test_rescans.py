@@ -7,6 +7,7 @@ against a ``trivy server`` whose DB the test changes. No cluster, no registry.
 
 from __future__ import annotations
 
+import dataclasses
 import gzip
 import json
 from collections.abc import Iterator
@@ -16,9 +17,10 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from scanqueue import cli, config, dedupe, reports, store
+from scanqueue import cli, config, dedupe, explain, reports, store
 from scanqueue.scans import rescan
 from scanqueue.sim import scanner, trivydb
+from scanqueue.store import sboms as stored_sboms
 from tests.support import trivy_fixtures
 from tests.support.trivy_fixtures import EXPECTED, IMAGES
 
@@ -201,3 +203,36 @@ def test_scanqueue_sbom_prints_the_cyclonedx_or_says_none_is_stored(
     )
     assert packages == len(bom["components"]) and version == scanner.VERSION
     assert size == len(out.encode())
+
+
+def test_explain_says_whether_the_next_evaluation_is_a_rescan_or_a_full_scan(
+    world: World,
+) -> None:
+    def upcoming() -> tuple[str, bool, str]:
+        with psycopg.connect(world.database_url) as conn:
+            decision = explain.next_evaluation(conn, DIGEST, world.settings)
+        return decision.next, decision.due, decision.why
+
+    assert upcoming()[:2] == ("full", True)  # never scanned
+    with psycopg.connect(world.database_url, autocommit=True) as conn:
+        observed = datetime(2026, 1, 1, tzinfo=UTC)
+        stored_sboms.observe_db(
+            conn, updated_at=observed, trivy_version="0.76.0", source="test", at=datetime.now(UTC)
+        )
+    world.full_scan()
+    next_, due, why = upcoming()
+    assert (next_, due) == ("sbom", False), why
+    assert "against the current DB; due in" in why
+    with psycopg.connect(world.database_url, autocommit=True) as conn:
+        observed = datetime(2026, 6, 1, tzinfo=UTC)
+        stored_sboms.observe_db(
+            conn, updated_at=observed, trivy_version="0.76.0", source="test", at=datetime.now(UTC)
+        )
+    next_, due, why = upcoming()
+    assert (next_, due) == ("sbom", True) and "is newer than 2026-01-01" in why, why
+    world.execute("UPDATE sboms SET scanner_version = '0.45.0'")
+    next_, due, why = upcoming()
+    assert (next_, due) == ("full", True) and "0.45.0, older than" in why, why
+    off = dataclasses.replace(world.settings, rescan=config.RescanSettings())
+    with psycopg.connect(world.database_url) as conn:
+        assert explain.next_evaluation(conn, DIGEST, off).why.startswith("rescans are off")
