@@ -270,16 +270,28 @@ def _counts(sim: emulator_mod.Emulator) -> dict[str, int]:
     return {f"{verb} {resource}": n for (verb, resource), n in sorted(counts.items())}
 
 
-def watch_and_scan(svc: Services, shape: Shape, *, timeout: float = 120.0) -> FarmPass:
+def watch_and_scan(
+    svc: Services,
+    shape: Shape,
+    *,
+    timeout: float = 120.0,
+    database_url: str | None = None,
+    sim: emulator_mod.Emulator | None = None,
+) -> FarmPass:
     """Populate an emulator, run a ``ClusterWatcher`` until its tasks are published, then run
-    every task's submit and the collect passes in this process (a worker's code, no Celery)."""
+    every task's submit and the collect passes in this process (a worker's code, no Celery).
+    ``database_url`` and ``sim``: the caller's, kept for what it measures next (else new)."""
     import threading
 
     from scanqueue import watcher
 
     svc.flush_redis()
-    database_url = svc.database()
-    with services.tempdir("sq-bench-farm-") as directory, emulator(directory) as sim:
+    database_url = database_url or svc.database()
+    with services.tempdir("sq-bench-farm-") as directory, contextlib.ExitStack() as stack:
+        if sim is None:
+            sim = stack.enter_context(emulator(directory))
+        else:
+            sim.kubeconfig(directory / "kubeconfig")
         digests = populate(sim, shape)
         wait_for(lambda: running_pods(sim) >= shape.pods, timeout=timeout, what="pods running")
         sim.reset_counts()

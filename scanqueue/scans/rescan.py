@@ -18,10 +18,12 @@ because its SBOM could not be kept.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import hashlib
 import json
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -201,7 +203,8 @@ def run(r: Rescanner, *, scan_id: str, digest: str, cluster: str, image: str) ->
         document = sboms.unpack(stored.document, digest=digest)
         trivy_runner = runner(settings)
         version = trivy.db_version(trivy_runner)
-        text = trivy.scan_sbom(trivy_runner, document, name=_SOURCE_NAME)
+        with _alone(r, document, trivy_runner.timeout_seconds):
+            text = trivy.scan_sbom(trivy_runner, document, name=_SOURCE_NAME)
     except (sboms.UnusableSbom, trivy.UnreadableSbom) as e:
         with r.db.connection() as conn:
             stored_sboms.forget(conn, digest)
@@ -219,6 +222,29 @@ def run(r: Rescanner, *, scan_id: str, digest: str, cluster: str, image: str) ->
     log.info("rescan stored", extra={"scan_id": scan_id, "digest": digest,
                                      "findings": len(report.findings)})  # fmt: skip
     return "succeeded"
+
+
+@contextlib.contextmanager
+def _alone(r: Rescanner, document: bytes, timeout: float) -> Iterator[None]:
+    """Run one ``trivy sbom`` of this exact document at a time, farm-wide.
+
+    A Trivy server keys the uploaded SBOM by its content and deletes it when
+    that scan ends: two digests with identical package lists rescanned at once
+    make one of them fail with "layer cache missing" (seen at 2 at once).
+    """
+    key = "scanqueue:rescan-sbom:" + hashlib.sha256(document).hexdigest()
+    lock = r.redis.lock(key, timeout=timeout + 30, blocking_timeout=timeout)
+    try:
+        acquired = lock.acquire()
+    except redis.RedisError as e:
+        raise errors.TemporaryError(f"Redis, taking the rescan lock: {e}") from None
+    if not acquired:
+        raise errors.TemporaryError("an identical SBOM is being rescanned; retried")
+    try:
+        yield
+    finally:
+        with contextlib.suppress(redis.RedisError):
+            lock.release()
 
 
 def _fail(r: Rescanner, scan_id: str, reason: str) -> None:

@@ -7,6 +7,7 @@ against a ``trivy server`` whose DB the test changes. No cluster, no registry.
 
 from __future__ import annotations
 
+import concurrent.futures
 import dataclasses
 import gzip
 import json
@@ -236,3 +237,30 @@ def test_explain_says_whether_the_next_evaluation_is_a_rescan_or_a_full_scan(
     off = dataclasses.replace(world.settings, rescan=config.RescanSettings())
     with psycopg.connect(world.database_url) as conn:
         assert explain.next_evaluation(conn, DIGEST, off).why.startswith("rescans are off")
+
+
+def test_identical_sboms_rescanned_at_once_all_succeed(world: World) -> None:
+    """A Trivy server deletes an uploaded SBOM when its scan ends, keyed by content: two
+    identical package lists at once would fail one with "layer cache missing"."""
+    world.full_scan()
+    other = "sha256:" + "cd" * 32
+    with psycopg.connect(world.database_url, autocommit=True) as conn:
+        store.start_scan(conn, scan_id="full-2", cluster="eu", digest=other,
+                         image=f"registry.test/team/twin@{other}", mode="registry", attempt=1,
+                         credential_source=None, started_at=datetime.now(UTC))  # fmt: skip
+    world.execute(
+        """INSERT INTO sboms (digest, format, compression, document, size_bytes, packages,
+                              scanner_version, scan_id)
+           SELECT %s, format, compression, document, size_bytes, packages, scanner_version,
+                  'full-2' FROM sboms""",
+        other,
+    )
+
+    def one(job: tuple[str, str]) -> str:
+        return rescan.run(world.rescanner, scan_id=job[0], digest=job[1], cluster="eu",
+                          image=f"r/x@{job[1]}")  # fmt: skip
+
+    with concurrent.futures.ThreadPoolExecutor(2) as pool:
+        for round_ in range(4):
+            jobs = [(f"a-{round_}", DIGEST), (f"b-{round_}", other)]
+            assert list(pool.map(one, jobs)) == ["succeeded", "succeeded"]
