@@ -13,35 +13,19 @@ damaged one) the digest is scanned in full again by the watcher.
 
 from __future__ import annotations
 
-import base64
-import json
 from typing import Any
 
 import pytest
 
 from scanqueue.sim import trivydb
-from tests.conftest import REGISTRY_PASSWORD, REGISTRY_USER
-from tests.support import farm_fixtures, services, trivy_fixtures
+from tests.e2e import test_real_findings as real_findings
+from tests.support import farm_fixtures, trivy_fixtures
 from tests.support.farm_fixtures import Farm
 from tests.support.trivy_fixtures import EXPECTED, IMAGES
 
-NS = "team-a"
+NS = real_findings.NS
 ADDED = trivydb.Advisory("debian 12", "bash", "CVE-2099-2999", "HIGH", fixed="5.2.15-3")
 FOUND = ("CVE-2099-2999", "bash", "HIGH", "5.2.15-3")
-
-
-def _objects(host: str, image: str) -> list[dict[str, Any]]:
-    config = json.loads(services.dockerconfigjson(host, REGISTRY_USER, REGISTRY_PASSWORD))
-    data = base64.b64encode(json.dumps(config).encode()).decode()
-    return [
-        {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": NS}},
-        {"apiVersion": "v1", "kind": "Secret", "type": "kubernetes.io/dockerconfigjson",
-         "metadata": {"name": "regcred", "namespace": NS},
-         "data": {".dockerconfigjson": data}},
-        {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "app", "namespace": NS},
-         "spec": {"imagePullSecrets": [{"name": "regcred"}],
-                  "containers": [{"name": "app", "image": image}]}},
-    ]  # fmt: skip
 
 
 def _db(*more: trivydb.Advisory, updated_at: str) -> trivydb.AdvisoryFile:
@@ -60,7 +44,7 @@ def _scanned_once(farm: Farm) -> str:
     host = farm.registry.host
     digest = farm.registry.push("team/rescan", "1", content="rescan", contents=IMAGES["debian"])
     sim.set_digest(f"{host}/team/rescan:1", digest)
-    for obj in _objects(host, f"{host}/team/rescan:1"):
+    for obj in [*real_findings._objects(host), real_findings._pod("app", f"{host}/team/rescan:1")]:
         sim.create(obj)
     farm.start()
     farm.wait_for(lambda: farm.query("SELECT 1 FROM sboms WHERE digest = %s", digest),
