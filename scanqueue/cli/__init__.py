@@ -53,8 +53,29 @@ def main(argv: Sequence[str] | None = None) -> int:
     except errors.TemporaryError as e:
         print(f"scanqueue: {e} (temporary; try again)", file=sys.stderr)
         return 1
+    except ModuleNotFoundError as e:
+        if not _raised_by_the_emulator(e):
+            raise
+        print(
+            "scanqueue: this command runs the Kubernetes API emulator (the demo cluster), "
+            f"which needs the 'sim' extra: pip install 'scanqueue[sim]' (missing: {e.name}). "
+            "A production install (the image) leaves it out; run real clusters from a "
+            "scanqueue.toml instead.",
+            file=sys.stderr,
+        )
+        return 2
     except KeyboardInterrupt:
         return 130
+
+
+def _raised_by_the_emulator(error: ModuleNotFoundError) -> bool:
+    """Whether a missing module was imported by ``scanqueue.sim`` (the ``sim`` extra's side)."""
+    tb = error.__traceback__
+    while tb is not None:
+        if str(tb.tb_frame.f_globals.get("__name__", "")).startswith("scanqueue.sim"):
+            return True
+        tb = tb.tb_next
+    return False
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -8,9 +8,13 @@ which those packages cannot be imported and imports every module that is not the
 from __future__ import annotations
 
 import configparser
+import importlib
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
+
+import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -23,7 +27,9 @@ import importlib, importlib.abc, pkgutil, sys
 class Block(importlib.abc.MetaPathFinder):
     def find_spec(self, name, path=None, target=None):
         if name.split(".")[0] in BLOCKED:
-            raise ModuleNotFoundError(f"No module named {name!r} (blocked: not installed)")
+            raise ModuleNotFoundError(
+                f"No module named {name!r} (blocked: not installed)", name=name
+            )
         return None
 
 sys.meta_path.insert(0, Block())
@@ -82,3 +88,30 @@ def test_sim_only_packages_are_not_core_requirements() -> None:
     assert "kubernetes-validate" not in core
     assert "trivy" not in core
     assert "kubernetes-validate" in parser["options.extras_require"]["sim"].lower()
+
+
+def test_the_emulator_without_the_sim_extra_says_which_extra_to_install() -> None:
+    """A production install running `scanqueue sim serve` (or `demo`, `run --demo`)."""
+    script = _BLOCKER.split("import scanqueue", maxsplit=1)[0] + (
+        "from scanqueue import cli\nsys.exit(cli.main(['sim', 'serve']))\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", f"BLOCKED = {SIM_ONLY!r}\n{script}"],
+        capture_output=True, text=True, cwd=ROOT, timeout=120, check=False,
+    )  # fmt: skip
+    assert result.returncode == 2, result.stderr[-3000:]
+    assert "pip install 'scanqueue[sim]'" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_only_a_module_the_emulator_misses_is_explained_as_the_sim_extra() -> None:
+    from scanqueue import cli
+
+    emulator_side: dict[str, Any] = {"__name__": "scanqueue.sim.example"}
+    exec("def load():\n    import scanqueue_no_such_module\n", emulator_side)
+    with pytest.raises(ModuleNotFoundError) as missing:
+        emulator_side["load"]()
+    assert cli._raised_by_the_emulator(missing.value)
+    with pytest.raises(ModuleNotFoundError) as elsewhere:
+        importlib.import_module("scanqueue_no_such_module")
+    assert not cli._raised_by_the_emulator(elsewhere.value), "a real bug stays a traceback"
