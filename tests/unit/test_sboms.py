@@ -106,3 +106,26 @@ def test_a_sbom_report_is_renamed_after_the_image() -> None:
     renamed = json.loads(sboms.rewrite_report(text, source_name="sbom.cdx.json", image="r/a@d"))
     assert renamed["ArtifactName"] == "r/a@d"
     assert [r["Target"] for r in renamed["Results"]] == ["r/a@d (debian 12.5)", "Python"]
+
+
+def test_rescan_settings_are_checked_at_load() -> None:
+    from scanqueue import config, errors
+
+    on = {"enabled": True, "interval_seconds": 86400}
+    with pytest.raises(errors.ConfigError, match=r"rescan\.interval_seconds must be below"):
+        config.from_mapping({"rescan": on}, environ={})
+    with pytest.raises(errors.ConfigError, match=r"rescan\.min_trivy_version 'latest'"):
+        config.from_mapping({"rescan": {"min_trivy_version": "latest"}}, environ={})
+    with pytest.raises(errors.ConfigError, match=r"rescan\.max_per_plan must be positive"):
+        config.from_mapping({}, environ={"SCANQUEUE_RESCAN_MAX_PER_PLAN": "0"})
+    settings = config.from_mapping({}, environ={"SCANQUEUE_RESCAN_ENABLED": "true"})
+    assert settings.rescan.enabled and settings.rescan.interval_seconds == 21600
+
+
+def test_the_rescan_workers_image_carries_the_scan_jobs_trivy_release() -> None:
+    from scanqueue import config
+
+    dockerfile = (Path(__file__).parents[2] / "docker" / "Dockerfile.trivy").read_text()
+    stages = [line.split()[1] for line in dockerfile.splitlines() if line.startswith("FROM ")]
+    assert stages[0] == config.ClusterSettings(name="x").trivy_image
+    assert "COPY --from=trivy /usr/local/bin/trivy /usr/local/bin/trivy" in dockerfile
