@@ -22,7 +22,18 @@ from typing import Any, TypeVar
 
 import redis
 
-from scanqueue import config, credentials, dedupe, discovery, errors, images, kube, sboms, store
+from scanqueue import (
+    config,
+    credentials,
+    dedupe,
+    discovery,
+    errors,
+    images,
+    keyrings,
+    kube,
+    sboms,
+    store,
+)
 from scanqueue.store import sboms as stored_sboms
 
 _T = TypeVar("_T")
@@ -89,7 +100,14 @@ def pod(
             return None
 
     requests = discovery.requests(body, cluster=cluster, owners=discovery.OwnerResolver(lookup))
-    keyrings = _keyrings(api, namespace, spec, notes)
+    keyrings_found, secret_notes = keyrings.read(
+        api,
+        namespace=namespace,
+        pull_secrets=credentials.pull_secret_names(spec, None),
+        service_account=credentials.service_account_name(spec),
+        forbidden_is_note=True,
+    )
+    notes += secret_notes
     clusters = [c.name for c in settings.clusters] or [cluster]
     skipped: list[str] = []
     if redis_client is None:
@@ -104,7 +122,7 @@ def pod(
             reference = images.parse(request.image)
             chosen = [
                 CandidateView(c.source, c.key or c.registry)
-                for c in credentials.candidates(reference, keyrings)
+                for c in credentials.candidates(reference, keyrings_found)
             ]
         except images.InvalidReference as e:
             own_notes.append(str(e))
@@ -151,40 +169,6 @@ def next_evaluation(conn: Any, digest: str, settings: config.Settings) -> sboms.
         db_updated_at=stored_sboms.current_db(conn),
         min_trivy_version=rescan.min_trivy_version,
     )
-
-
-def _keyrings(
-    api: kube.ApiClient, namespace: str, spec: Mapping[str, Any], notes: list[str]
-) -> list[list[credentials.Credential]]:
-    account: Mapping[str, Any] | None = None
-    if not spec.get("imagePullSecrets"):
-        name = credentials.service_account_name(spec)
-        try:
-            account = kube.read_service_account(api=api, namespace=namespace, name=name)
-        except kube.NotFound:
-            notes.append(f"service account {name} not found")
-        except kube.Forbidden as e:
-            notes.append(f"service account {namespace}/{name} not read: {e}")
-    keyrings: list[list[credentials.Credential]] = []
-    for name in credentials.pull_secret_names(spec, account):
-        try:
-            secret = kube.read_secret(api=api, namespace=namespace, name=name)
-            creds, reason = credentials.from_secret(secret)
-        except kube.NotFound:
-            notes.append(f"pull secret {namespace}/{name} not found")
-            continue
-        except kube.Forbidden as e:
-            notes.append(
-                f"pull secret {namespace}/{name} not read (its candidates are missing): {e}"
-            )
-            continue
-        except credentials.MalformedSecret as e:
-            notes.append(str(e))
-            continue
-        if reason:
-            notes.append(reason)
-        keyrings.append(creds)
-    return keyrings
 
 
 def _farm_state(

@@ -67,21 +67,14 @@ class Publisher:
         one from ``batch()``, to send many tasks over one connection.
         """
         payload = discovery.to_payload(request)
-        try:
-            result = self._app.send_task(
-                TASK_NAME,
-                kwargs={"request": payload},
-                queue=queue_name(request.cluster),
-                task_id=request.scan_id or None,
-                producer=producer,
-                retry=True,
-                retry_policy={"max_retries": 2, "interval_start": 0.2, "interval_step": 0.5},
-            )
-        except (kombu.exceptions.OperationalError, OSError) as e:
-            raise errors.TemporaryError(
-                f"cannot publish the scan of {request.digest} ({request.namespace}/{request.pod}) "
-                f"on queue {queue_name(request.cluster)}: {e}; is the broker (Redis) up?"
-            ) from e
+        result = self._send(
+            TASK_NAME,
+            kwargs={"request": payload},
+            queue=queue_name(request.cluster),
+            what=f"the scan of {request.digest} ({request.namespace}/{request.pod})",
+            task_id=request.scan_id or None,
+            producer=producer,
+        )
         return str(result.id)
 
     def publish_collect(self, cluster: str, job: str, summary: dict[str, Any]) -> None:
@@ -90,18 +83,30 @@ class Publisher:
         ``summary`` is ``jobwatch.summary`` of the Job (names, annotations, status:
         references only). Raises ``TemporaryError`` when the broker cannot be reached.
         """
+        self._send(
+            COLLECT_JOB_TASK,
+            kwargs={"cluster": cluster, "job": job, "summary": summary},
+            queue=queue_name(cluster),
+            what=f"the collect of scan Job {job}",
+        )
+
+    def _send(
+        self, name: str, *, kwargs: dict[str, Any], queue: str, what: str, **options: Any
+    ) -> Any:
+        """``send_task`` with the broker's retries; a broker out of reach is a ``TemporaryError``
+        naming ``what`` was being published."""
         try:
-            self._app.send_task(
-                COLLECT_JOB_TASK,
-                kwargs={"cluster": cluster, "job": job, "summary": summary},
-                queue=queue_name(cluster),
+            return self._app.send_task(
+                name,
+                kwargs=kwargs,
+                queue=queue,
                 retry=True,
                 retry_policy={"max_retries": 2, "interval_start": 0.2, "interval_step": 0.5},
+                **options,
             )
         except (kombu.exceptions.OperationalError, OSError) as e:
             raise errors.TemporaryError(
-                f"cannot publish the collect of scan Job {job} on queue {queue_name(cluster)}: "
-                f"{e}; is the broker (Redis) up?"
+                f"cannot publish {what} on queue {queue}: {e}; is the broker (Redis) up?"
             ) from e
 
     @contextlib.contextmanager

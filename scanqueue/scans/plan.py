@@ -18,7 +18,7 @@ from scanqueue import (
     credentials,
     discovery,
     images,
-    kube,
+    keyrings,
     manifests,
     registry,
 )
@@ -75,34 +75,13 @@ def read_candidates(
     skipped with a note (the kubelet carries on too); API errors other than
     not-found propagate (``TemporaryError`` is retried by the task).
     """
-    notes: list[str] = []
-    names = list(request.pull_secrets)
-    if not names:
-        try:
-            account = kube.read_service_account(
-                api=ctx.api, namespace=request.namespace, name=request.service_account
-            )
-        except kube.NotFound:
-            notes.append(f"service account {request.namespace}/{request.service_account} not found")
-            account = None
-        names = credentials.pull_secret_names({}, account)
-    keyrings: list[list[credentials.Credential]] = []
-    for name in names:
-        where = f"{request.namespace}/{name}"
-        try:
-            secret = kube.read_secret(api=ctx.api, namespace=request.namespace, name=name)
-        except kube.NotFound:
-            notes.append(f"pull secret {where} not found")
-            continue
-        try:
-            found, reason = credentials.from_secret(secret)
-        except credentials.MalformedSecret as e:
-            notes.append(str(e))
-            continue
-        if reason:
-            notes.append(reason)
-        keyrings.append(found)
-    return credentials.candidates(image, keyrings), notes
+    keyrings_found, notes = keyrings.read(
+        ctx.api,
+        namespace=request.namespace,
+        pull_secrets=request.pull_secrets,
+        service_account=request.service_account,
+    )
+    return credentials.candidates(image, keyrings_found), notes
 
 
 def first_step(

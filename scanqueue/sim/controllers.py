@@ -300,7 +300,12 @@ class Controllers:
             status["startTime"] = stamp
         started = cluster_mod.parse_time(status["startTime"])
         deadline = spec.get("activeDeadlineSeconds")
+        failure: tuple[str, str] | None = None  # (reason, message) of the Failed condition
         if deadline is not None and now >= started + int(deadline):
+            failure = ("DeadlineExceeded", "Job was active longer than specified deadline")
+        elif failed > int(spec.get("backoffLimit", 6)):
+            failure = ("BackoffLimitExceeded", "Job has reached the specified backoff limit")
+        if failure is not None:
             for pod in active:
                 self._delete_pod(pod)
             self._finish(
@@ -308,22 +313,8 @@ class Controllers:
                 status,
                 kind="Failed",
                 stamp=stamp,
-                reason="DeadlineExceeded",
-                message="Job was active longer than specified deadline",
-                failed=failed + len(active),
-                succeeded=succeeded,
-            )
-            return
-        if failed > int(spec.get("backoffLimit", 6)):
-            for pod in active:
-                self._delete_pod(pod)
-            self._finish(
-                job,
-                status,
-                kind="Failed",
-                stamp=stamp,
-                reason="BackoffLimitExceeded",
-                message="Job has reached the specified backoff limit",
+                reason=failure[0],
+                message=failure[1],
                 failed=failed + len(active),
                 succeeded=succeeded,
             )

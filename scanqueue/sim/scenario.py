@@ -364,16 +364,7 @@ class _Applier:
             "labels": {**template["metadata"]["labels"], **(extra_labels or {})},
         }
         if owner is not None:
-            meta["ownerReferences"] = [
-                {
-                    "apiVersion": owner["apiVersion"],
-                    "kind": owner["kind"],
-                    "name": owner["metadata"]["name"],
-                    "uid": owner["metadata"]["uid"],
-                    "controller": True,
-                    "blockOwnerDeletion": True,
-                }
-            ]
+            meta["ownerReferences"] = [self._ref(owner)]
         spec = {**template["spec"], "nodeName": node}
         body: Obj = {"apiVersion": "v1", "kind": "Pod", "metadata": meta, "spec": spec}
         secrets = self._pod_secrets(namespace, workload)

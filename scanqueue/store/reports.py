@@ -28,39 +28,34 @@ class ReportTable:
 
 
 # Each query filters the current_findings view the same way (cluster, namespace,
-# minimum severity, fixable only), then counts each distinct finding once.
-_REPORT_QUERIES: dict[str, str] = {
-    "workload": """
+# minimum severity, fixable only): the CTE cf. Then it counts each distinct finding once.
+_FILTERED = """
     WITH cf AS (
         SELECT * FROM current_findings
          WHERE (%(cluster)s::text IS NULL OR cluster = %(cluster)s)
            AND (%(namespace)s::text IS NULL OR namespace = %(namespace)s)
            AND severity_rank >= %(min_rank)s
            AND (fixable OR NOT %(fixable)s)
-    ),
-    f AS (SELECT DISTINCT cluster, namespace, workload_kind, workload, digest, vulnerability_id,
-                 package, installed_version, target, severity, fixable
-            FROM cf)
-    SELECT cluster, namespace, workload_kind || '/' || workload AS workload,
-           count(*) FILTER (WHERE severity = 'CRITICAL') AS critical,
+    )"""
+_SEVERITY_COUNTS = """count(*) FILTER (WHERE severity = 'CRITICAL') AS critical,
            count(*) FILTER (WHERE severity = 'HIGH') AS high,
            count(*) FILTER (WHERE severity = 'MEDIUM') AS medium,
            count(*) FILTER (WHERE severity = 'LOW') AS low,
            count(*) FILTER (WHERE severity = 'UNKNOWN') AS unknown,
            count(*) FILTER (WHERE fixable) AS fixable,
-           count(*) AS total
+           count(*) AS total"""
+_REPORT_QUERIES: dict[str, str] = {
+    "workload": f"""{_FILTERED},
+    f AS (SELECT DISTINCT cluster, namespace, workload_kind, workload, digest, vulnerability_id,
+                 package, installed_version, target, severity, fixable
+            FROM cf)
+    SELECT cluster, namespace, workload_kind || '/' || workload AS workload,
+           {_SEVERITY_COUNTS}
       FROM f
      GROUP BY cluster, namespace, workload_kind, workload
      ORDER BY critical DESC, high DESC, medium DESC, low DESC, unknown DESC,
-              cluster, namespace, workload_kind, workload""",
-    "image": """
-    WITH cf AS (
-        SELECT * FROM current_findings
-         WHERE (%(cluster)s::text IS NULL OR cluster = %(cluster)s)
-           AND (%(namespace)s::text IS NULL OR namespace = %(namespace)s)
-           AND severity_rank >= %(min_rank)s
-           AND (fixable OR NOT %(fixable)s)
-    ),
+              cluster, namespace, workload_kind, workload""",  # noqa: S608 (constants only)
+    "image": f"""{_FILTERED},
     f AS (SELECT DISTINCT registry, repository, digest, vulnerability_id, package,
                  installed_version, target, severity, fixable
             FROM cf),
@@ -68,24 +63,11 @@ _REPORT_QUERIES: dict[str, str] = {
                  count(DISTINCT (cluster, namespace, workload_kind, workload)) AS workloads
             FROM cf GROUP BY digest)
     SELECT f.registry || '/' || f.repository AS image, f.digest, w.clusters, w.workloads,
-           count(*) FILTER (WHERE severity = 'CRITICAL') AS critical,
-           count(*) FILTER (WHERE severity = 'HIGH') AS high,
-           count(*) FILTER (WHERE severity = 'MEDIUM') AS medium,
-           count(*) FILTER (WHERE severity = 'LOW') AS low,
-           count(*) FILTER (WHERE severity = 'UNKNOWN') AS unknown,
-           count(*) FILTER (WHERE fixable) AS fixable,
-           count(*) AS total
+           {_SEVERITY_COUNTS}
       FROM f JOIN w ON w.digest = f.digest
      GROUP BY f.registry, f.repository, f.digest, w.clusters, w.workloads
-     ORDER BY critical DESC, high DESC, medium DESC, low DESC, unknown DESC, image, f.digest""",
-    "vulnerability": """
-    WITH cf AS (
-        SELECT * FROM current_findings
-         WHERE (%(cluster)s::text IS NULL OR cluster = %(cluster)s)
-           AND (%(namespace)s::text IS NULL OR namespace = %(namespace)s)
-           AND severity_rank >= %(min_rank)s
-           AND (fixable OR NOT %(fixable)s)
-    )
+     ORDER BY critical DESC, high DESC, medium DESC, low DESC, unknown DESC, image, f.digest""",  # noqa: S608
+    "vulnerability": f"""{_FILTERED}
     SELECT vulnerability_id,
            (array_agg(severity ORDER BY severity_rank DESC))[1] AS severity,
            max(cvss_score) AS cvss,
@@ -97,7 +79,7 @@ _REPORT_QUERIES: dict[str, str] = {
       FROM cf
      GROUP BY vulnerability_id
      ORDER BY max(severity_rank) DESC, workloads DESC, cvss DESC NULLS LAST,
-              vulnerability_id""",
+              vulnerability_id""",  # noqa: S608
 }
 
 

@@ -5,7 +5,8 @@ method it calls (found in the package's source, so a renamed method fails here) 
 the grants that method needs. The identities' code is read with ``ast``: the
 watcher's process is the ``scanqueue/watcher`` package and ``jobwatch.py`` (not
 ``explain``, which people run with their own kubeconfig), the worker's is the
-``scanqueue/scans`` package. Then, in both directions:
+``scanqueue/scans`` package and ``keyrings.py`` (the pull secrets it reads). Then, in both
+directions:
 
 - every ``kube.<fn>(...)`` an identity's code makes is granted in deploy/, in the
   namespaces where it is made (watched namespaces, or the scan namespace);
@@ -100,7 +101,11 @@ IDENTITIES = {
         ],
         {"explain"},
     ),
-    "worker": (test_deploy.WORKER, sorted((ROOT / "scanqueue" / "scans").glob("*.py")), set()),
+    "worker": (
+        test_deploy.WORKER,
+        [*sorted((ROOT / "scanqueue" / "scans").glob("*.py")), ROOT / "scanqueue" / "keyrings.py"],
+        set(),
+    ),
 }
 
 
