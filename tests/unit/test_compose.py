@@ -52,7 +52,22 @@ def _mounts(service: str) -> list[dict[str, Any]]:
 
 
 def test_compose_names_every_service_of_the_farm() -> None:
-    assert set(SERVICES) == {"redis", "postgres", *FARM}
+    assert set(SERVICES) == {"redis", "postgres", *FARM, "trivy"}
+
+
+def test_the_trivy_server_is_for_rescans_only_and_off_by_default() -> None:
+    """Workers' rescans use it inside the network; scan Jobs run in the clusters (no port)."""
+    trivy = SERVICES["trivy"]
+    assert trivy["profiles"] == ["rescans"], "docker compose --profile rescans up"
+    default = config.ClusterSettings.__dataclass_fields__["trivy_image"].default
+    assert trivy["image"] == default == ops_commands.stages()["trivy"]
+    assert trivy["command"][0] == "server"
+    assert "--listen=0.0.0.0:4954" in trivy["command"]
+    assert "ports" not in trivy
+    for name, service in SERVICES.items():  # a profiled service cannot be depended on
+        assert "trivy" not in (service.get("depends_on") or {}), name
+    assert trivy["healthcheck"]["test"][0] == "CMD"
+    assert trivy["cap_drop"] == ["ALL"] and trivy["read_only"] is True
 
 
 def test_kubeconfig_is_mounted_read_only_into_watcher_and_worker_only() -> None:
@@ -141,7 +156,7 @@ def test_farm_services_wait_for_migrate_to_complete() -> None:
 
 
 def test_every_long_running_service_has_a_healthcheck() -> None:
-    for name in ("redis", "postgres"):
+    for name in ("redis", "postgres", "trivy"):
         assert SERVICES[name]["healthcheck"]["test"][0] in ("CMD", "CMD-SHELL")
     assert len(_all("HEALTHCHECK")) == 1  # the farm services inherit the image's check
     for name in ("watcher", "worker", "beat", "flower", "exporter"):
@@ -179,6 +194,7 @@ NEEDS = {  # compose secrets per service
     "beat": {"redis_password", "alert_webhooks"},
     "flower": {"redis_password", "flower_basic_auth"},
     "exporter": {"postgres_password"},  # Postgres only (docs/results.md)
+    "trivy": set(),  # the farm network's own, no token
 }
 
 
