@@ -13,15 +13,19 @@ damaged one) the digest is scanned in full again by the watcher.
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
 from typing import Any
 
 import pytest
 
+from scanqueue import processes
 from scanqueue.sim import trivydb
 from tests.e2e import test_real_findings as real_findings
 from tests.support import farm_fixtures, trivy_fixtures
 from tests.support.farm_fixtures import Farm
+from tests.support.run_fixtures import labels, scrape
 from tests.support.trivy_fixtures import EXPECTED, IMAGES
+from tests.support.worker_fixtures import WorkerProcess
 
 NS = real_findings.NS
 ADDED = trivydb.Advisory("debian 12", "bash", "CVE-2099-2999", "HIGH", fixed="5.2.15-3")
@@ -88,7 +92,10 @@ def test_a_new_advisory_is_found_by_a_rescan_with_no_api_request_secret_or_pull(
         farm.directory / "rescan-only.toml", database_url=farm.database_url,
         redis_url=farm.redis_url, clusters=[], insecure=[], rescan=farm.rescan,
     )  # fmt: skip
-    farm.workers.append(farm.start_worker(config, queues=["scanqueue.rescan"], beat=True))
+    port = processes.free_port()
+    rescanner = WorkerProcess(config, ["scanqueue.rescan"], farm.directory / "rescan-worker.log",
+                              beat=True, metrics_port=port)  # fmt: skip
+    farm.workers.append(rescanner.start())
     registry_log = farm.registry.log.read_text(errors="replace")
     sim.reset_counts()
 
@@ -112,6 +119,10 @@ def test_a_new_advisory_is_found_by_a_rescan_with_no_api_request_secret_or_pull(
     assert changes == [("resolved", "CVE-2099-2999", "bash")]
     assert sim.request_counts() == {}
     assert farm.registry.log.read_text(errors="replace") == registry_log
+    metrics = scrape(f"http://127.0.0.1:{port}/metrics")
+    assert metrics[("scanqueue_rescans_total", labels(outcome="succeeded"))] == 2
+    updated = metrics[("scanqueue_vulnerability_db_updated_timestamp_seconds", ())]
+    assert updated == datetime(2026, 7, 1, tzinfo=UTC).timestamp()
 
 
 @pytest.mark.parametrize("damage", ["none stored", "truncated"])

@@ -264,3 +264,56 @@ def test_identical_sboms_rescanned_at_once_all_succeed(world: World) -> None:
         for round_ in range(4):
             jobs = [(f"a-{round_}", DIGEST), (f"b-{round_}", other)]
             assert list(pool.map(one, jobs)) == ["succeeded", "succeeded"]
+
+
+def _running(digest: str, *, pod: str, gone: bool = False) -> store.ContainerRow:
+    return store.ContainerRow(cluster="eu", namespace="team-a", workload_kind="Deployment",
+                              workload_name=pod, pod=pod, container="app", container_type="app",
+                              image="registry.test/team/app:1", digest=digest, node="n1",
+                              seen_at=datetime.now(UTC))  # fmt: skip
+
+
+def test_a_db_update_makes_running_digests_due_a_few_per_plan_pass_oldest_first(
+    world: World,
+) -> None:
+    """Rate limit and inventory: a newer DB makes every running digest due, but a plan pass
+    starts at most rescan.max_per_plan of them, oldest evaluation first; a digest gone from
+    every cluster is never rescanned, and one asked for a full scan costs no budget."""
+    report = reports.parse(world.full_scan())
+    digests = [DIGEST] + [f"sha256:{i:064x}" for i in range(1, 5)]  # sha256:...01 oldest
+    with psycopg.connect(world.database_url, autocommit=True) as conn:
+        for age, digest in enumerate(digests[1:]):
+            scan_id, when = f"full-{digest[-4:]}", datetime.now(UTC) - timedelta(hours=5 - age)
+            store.start_scan(conn, scan_id=scan_id, cluster="eu", digest=digest,
+                             image=f"registry.test/team/app@{digest}", mode="registry",
+                             attempt=1, credential_source=None, started_at=when)  # fmt: skip
+            store.finish_scan(conn, scan_id=scan_id, report=report, finished_at=when)
+        conn.execute(
+            """INSERT INTO sboms (digest, format, compression, document, size_bytes, packages,
+                                  scanner_version, scan_id)
+               SELECT d, format, compression, document, size_bytes, packages, scanner_version,
+                      scan_id FROM sboms, unnest(%s::text[]) AS d""",
+            (digests[1:],),
+        )
+        rows = [_running(d, pod=f"p{i}") for i, d in enumerate(digests[:4])]
+        store.record_containers(conn, [*rows, _running(digests[4], pod="gone")])
+        store.forget_pods(
+            conn, cluster="eu", namespace="team-a", pods=["gone"], at=datetime.now(UTC)
+        )
+        stored_sboms.want_full_scan(conn, digest=digests[3], reason="truncated SBOM")
+    limited = dataclasses.replace(
+        world.settings, rescan=dataclasses.replace(world.settings.rescan, max_per_plan=2)
+    )
+    world.rescanner.settings = limited
+    world.set_db(trivydb.AdvisoryFile(trivydb.load(trivy_fixtures.ADVISORIES).advisories,
+                                      updated_at="2026-06-01T00:00:00Z"))  # fmt: skip
+    first = rescan.plan(world.rescanner)
+    assert (first.rescans, first.full_scans, first.due) == (2, 0, 4)
+    assert first.oldest_due_seconds > 4 * 3600
+    assert [p["digest"] for p in world.published] == [digests[1], digests[2]]
+    # rescans in flight are not planned twice; the next pass takes the next ones
+    second = rescan.plan(world.rescanner)
+    assert [p["digest"] for p in world.published[2:]] == [DIGEST]
+    assert (second.rescans, second.due) == (1, 2)  # the wish for a full scan waits
+    running = world.query("SELECT digest FROM scans WHERE mode = 'sbom' AND status = 'running'")
+    assert {d for (d,) in running} == {digests[1], digests[2], DIGEST}
