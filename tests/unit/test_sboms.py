@@ -120,12 +120,3 @@ def test_rescan_settings_are_checked_at_load() -> None:
         config.from_mapping({}, environ={"SCANQUEUE_RESCAN_MAX_PER_PLAN": "0"})
     settings = config.from_mapping({}, environ={"SCANQUEUE_RESCAN_ENABLED": "true"})
     assert settings.rescan.enabled and settings.rescan.interval_seconds == 21600
-
-
-def test_the_rescan_workers_image_carries_the_scan_jobs_trivy_release() -> None:
-    from scanqueue import config
-
-    dockerfile = (Path(__file__).parents[2] / "docker" / "Dockerfile.trivy").read_text()
-    stages = [line.split()[1] for line in dockerfile.splitlines() if line.startswith("FROM ")]
-    assert stages[0] == config.ClusterSettings(name="x").trivy_image
-    assert "COPY --from=trivy /usr/local/bin/trivy /usr/local/bin/trivy" in dockerfile
