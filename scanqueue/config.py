@@ -357,7 +357,9 @@ def _check_rescan(rescan: RescanSettings, scan: ScanSettings, where: str) -> Non
             f"{where}: rescan.min_trivy_version {rescan.min_trivy_version!r} is not a version "
             "like 0.50.0"
         )
-    if rescan.trivy_server_token_file:
+    # only with rescans on: deploy/42-worker.yaml names the token file of an optional Secret
+    # (the Trivy server's, absent from a farm without one), so it may be missing until then
+    if rescan.enabled and rescan.trivy_server_token_file:
         read_password_file(rescan.trivy_server_token_file, "rescan.trivy_server_token_file")
 
 

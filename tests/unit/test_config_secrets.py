@@ -114,3 +114,14 @@ def test_every_connection_the_farm_makes_passes_the_password_from_its_file() -> 
         "pass password=config.database_password(settings.database) or "
         f"config.broker_password(settings.broker): {missing}"
     )
+
+
+def test_the_rescan_token_file_is_read_at_load_only_with_rescans_on(tmp_path: Path) -> None:
+    """deploy/42-worker.yaml names it from an optional Secret that a farm without the Trivy
+    server does not have: the worker must start without it while rescans are off."""
+    missing = str(tmp_path / "trivy-server-token" / "token")
+    off = config.from_mapping({"rescan": {"trivy_server_token_file": missing}})
+    assert off.rescan.trivy_server_token_file == missing
+    on = {"rescan": {"enabled": True, "trivy_server_token_file": missing}}
+    with pytest.raises(errors.ConfigError, match=r"rescan\.trivy_server_token_file: cannot read"):
+        config.from_mapping(on)

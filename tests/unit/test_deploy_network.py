@@ -234,9 +234,16 @@ def test_a_scan_pod_reaches_the_trivy_server_when_it_is_installed() -> None:
     assert not allowed(WITH_OPTIONAL, SCAN_POD, dataclasses.replace(server, port=4955))
 
 
-def test_only_scan_pods_reach_the_trivy_server() -> None:
+def test_only_scan_pods_and_the_workers_reach_the_trivy_server() -> None:
+    server = _farm_pod("trivy-server", 4954)
+    worker = _farm_pod("worker", 0, ip="10.244.1.11")  # rescans from stored SBOMs
+    assert allowed(WITH_OPTIONAL, worker, server)
+    for component in ("watcher", "beat", "flower", "exporter"):
+        assert not allowed(WITH_OPTIONAL, _farm_pod(component, 0, ip="10.244.1.12"), server)
     other = Endpoint("10.244.3.3", "team-a", (("app", "web"),))
-    assert not allowed(WITH_OPTIONAL, other, _farm_pod("trivy-server", 4954))
+    assert not allowed(WITH_OPTIONAL, other, server)
+    impostor = Endpoint("10.244.3.4", "team-a", worker.labels)  # a worker's labels elsewhere
+    assert not allowed(WITH_OPTIONAL, impostor, server)
 
 
 MONITORING = Endpoint("10.244.5.5", "monitoring", (("app", "prometheus"),))

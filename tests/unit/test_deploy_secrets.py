@@ -12,13 +12,14 @@ mounts exactly the keys its role needs, readable by its non-root user.
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from scanqueue import config
+from scanqueue import config, errors
 from tests.unit import test_deploy
 
 FARM_NS = test_deploy.FARM_NS
@@ -28,18 +29,25 @@ ENV_SECRETS_ALLOWED = {
     # trivy server takes --token from TRIVY_TOKEN; one process, httpGet probes.
     ("trivy-server", "TRIVY_TOKEN"),
 }
-SECRET_FILE_KEYS = ("database.password_file", "broker.password_file", "alerts.webhooks_file")
+SECRET_FILE_KEYS = (
+    "database.password_file",
+    "broker.password_file",
+    "alerts.webhooks_file",
+    "rescan.trivy_server_token_file",
+)
 
 NEEDS = {  # the settings naming a secret file, per command: what it must read, nothing more
     ("scanqueue", "migrate"): {"database.password_file"},
     ("scanqueue", "exporter"): {"database.password_file"},
     ("scanqueue", "watch"): {"database.password_file", "broker.password_file"},
     # the worker POSTs the alerts (control queue); beat schedules their dispatch only
-    # when a webhook is configured (workers/alerts.py), so both read the webhook URLs
+    # when a webhook is configured (workers/alerts.py), so both read the webhook URLs.
+    # The worker also runs rescans (plan and run tasks) against the optional Trivy server.
     ("celery", "worker"): {
         "database.password_file",
         "broker.password_file",
         "alerts.webhooks_file",
+        "rescan.trivy_server_token_file",
     },
     ("celery", "beat"): {"broker.password_file", "alerts.webhooks_file"},
     ("celery", "flower"): {"broker.password_file"},
@@ -75,20 +83,30 @@ def _named_files(container: dict[str, Any]) -> dict[str, str]:
     return named
 
 
-def _secret_items(pod: dict[str, Any], container: dict[str, Any]) -> dict[str, str]:
-    """The files the container sees from the Secret ``scanqueue``: path -> key."""
+@dataclasses.dataclass(frozen=True)
+class SecretFile:
+    secret: str  # the Secret's name (its template is in deploy/templates/)
+    key: str
+    optional: bool  # the volume's: absent Secret, no file, and the pod starts anyway
+
+    def value(self) -> str:
+        return str(test_deploy._one("Secret", self.secret, FARM_NS)["stringData"][self.key])
+
+
+def _secret_items(pod: dict[str, Any], container: dict[str, Any]) -> dict[str, SecretFile]:
+    """The files the container sees from Secret volumes: path -> where it comes from."""
     volumes = {v["name"]: v for v in pod.get("volumes", [])}
-    template = test_deploy._one("Secret", "scanqueue", FARM_NS)
     files = {}
     for mount in container.get("volumeMounts", []):
         secret = volumes[mount["name"]].get("secret")
         if not secret:
             continue
-        assert secret["secretName"] == "scanqueue"
+        template = test_deploy._one("Secret", secret["secretName"], FARM_NS)
         items = secret.get("items") or [{"key": k, "path": k} for k in template["stringData"]]
         for item in items:
             assert item["key"] in template["stringData"], item
-            files[f"{mount['mountPath']}/{item['path']}"] = item["key"]
+            found = SecretFile(secret["secretName"], item["key"], secret.get("optional", False))
+            files[f"{mount['mountPath']}/{item['path']}"] = found
     return files
 
 
@@ -127,34 +145,65 @@ def test_each_pod_names_and_mounts_exactly_the_secret_files_its_role_needs(
 ) -> None:
     named = _named_files(container)
     assert set(named) == _needs(container), name
-    for path in named.values():
-        assert path.startswith(SECRETS_DIR + "/"), (name, path)
     wanted = set(named.values())
     if any(a.startswith("--conf=") for a in container["command"]):  # flowerconfig.py
         wanted.add(f"{SECRETS_DIR}/flower-basic-auth")
     assert _mounted_files(pod, container) == wanted, name
 
 
-@pytest.mark.parametrize(("name", "pod", "container"), FARM_CONTAINERS, ids=FARM_IDS)
-def test_each_pod_loads_its_settings_with_only_the_files_it_mounts(
-    name: str, pod: dict[str, Any], container: dict[str, Any], tmp_path: Path
-) -> None:
-    """The settings as the pod's process builds them (config.load checks every file they
-    name): its ConfigMap, its environment, and its Secret files, the template's values."""
-    template = test_deploy._one("Secret", "scanqueue", FARM_NS)["stringData"]
-    for path, key in _secret_items(pod, container).items():
+def _pod_settings(
+    name: str,
+    pod: dict[str, Any],
+    container: dict[str, Any],
+    tmp_path: Path,
+    *,
+    optional_present: bool,
+    data: dict[str, Any] | None = None,
+) -> config.Settings:
+    """The settings as the pod's process builds them (config.load checks the files they
+    name): its ConfigMap, its environment, and its Secret files, the templates' values,
+    under ``tmp_path``; an optional Secret's files only when ``optional_present``."""
+    for path, source in _secret_items(pod, container).items():
+        if source.optional and not optional_present:
+            continue
         local = tmp_path / path.lstrip("/")
         local.parent.mkdir(parents=True, exist_ok=True)
-        local.write_text(template[key], encoding="utf-8")
+        local.write_text(source.value(), encoding="utf-8")
     environ = {
-        var: value.replace(SECRETS_DIR, str(tmp_path / SECRETS_DIR.lstrip("/")))
+        var: str(tmp_path) + value if value.startswith("/etc/scanqueue/") else value
         for var, value in _environ(container).items()
         if var.startswith("SCANQUEUE_") and var != "SCANQUEUE_CONFIG"
     }
-    settings = config.from_mapping(
-        test_deploy.config_map_settings(), environ=environ, source=f"{name} pod"
-    )
+    data = test_deploy.config_map_settings() if data is None else data
+    return config.from_mapping(data, environ=environ, source=f"{name} pod")
+
+
+@pytest.mark.parametrize("optional_present", [True, False], ids=["optional", "without"])
+@pytest.mark.parametrize(("name", "pod", "container"), FARM_CONTAINERS, ids=FARM_IDS)
+def test_each_pod_loads_its_settings_with_only_the_files_it_mounts(
+    name: str, pod: dict[str, Any], container: dict[str, Any], tmp_path: Path,
+    optional_present: bool,
+) -> None:  # fmt: skip
+    """With the optional Secrets created or not (the Trivy server's token)."""
+    settings = _pod_settings(name, pod, container, tmp_path, optional_present=optional_present)
     assert settings.clusters
+
+
+def test_a_worker_with_rescans_on_needs_the_trivy_server_token_and_reads_it(
+    tmp_path: Path,
+) -> None:
+    """[rescan] of 30-config.yaml uncommented: the token of the optional Secret is read at
+    load; without the Secret the worker says which file it misses."""
+    ((name, pod, worker),) = [c for c in FARM_CONTAINERS if c[0] == "scanqueue-worker"]
+    data = test_deploy.config_map_settings()
+    data["rescan"] = {"enabled": True, "trivy_server": "http://trivy-server.scanqueue.svc:4954"}
+    settings = _pod_settings(name, pod, worker, tmp_path / "on", optional_present=True, data=data)
+    token = config.read_password_file(
+        settings.rescan.trivy_server_token_file, "rescan.trivy_server_token_file"
+    )
+    assert token == test_deploy._one("Secret", "trivy-server-token", FARM_NS)["stringData"]["token"]
+    with pytest.raises(errors.ConfigError, match=r"rescan\.trivy_server_token_file: cannot read"):
+        _pod_settings(name, pod, worker, tmp_path / "off", optional_present=False, data=data)
 
 
 def _webhooks_template() -> str:
@@ -203,7 +252,7 @@ def test_no_secret_is_an_environment_variable_but_the_allowed_ones(
                 assert "exec" not in container.get("livenessProbe", {}), "a probe shell inherits it"
                 assert "exec" not in container.get("readinessProbe", {})
             if env["name"].endswith("_FILE"):  # a path to a mounted file, not its content
-                assert env["value"].startswith(SECRETS_DIR + "/"), env
+                assert env["value"] in _secret_items(pod, container), env
                 continue
             assert not any(word in env["name"] for word in ("PASSWORD", "PGPASS")), env
 
