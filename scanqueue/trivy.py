@@ -156,7 +156,7 @@ def scan_sbom(runner: Runner, document: bytes, *, name: str = "sbom.cdx.json") -
             "--skip-java-db-update"]  # fmt: skip
     if runner.server:
         args += ["--server", runner.server]
-    else:
+    else:  # the local DB, read only (trivy sbom writes nothing there: a test checks it)
         args += ["--offline-scan"]
     with tempfile.TemporaryDirectory(prefix="sq-trivy-") as home:
         args += ["--cache-dir", runner.cache_dir or str(Path(home, "cache"))]

@@ -317,3 +317,20 @@ def test_a_db_update_makes_running_digests_due_a_few_per_plan_pass_oldest_first(
     assert (second.rescans, second.due) == (1, 2)  # the wish for a full scan waits
     running = world.query("SELECT digest FROM scans WHERE mode = 'sbom' AND status = 'running'")
     assert {d for (d,) in running} == {digests[1], digests[2], DIGEST}
+
+
+def test_without_a_server_rescans_read_the_local_db_and_write_nothing_there(
+    world: World,
+) -> None:
+    world.full_scan()
+    cache = world.tmp / f"cache-{world.generation}"
+    before = sorted(str(p.relative_to(cache)) for p in cache.rglob("*"))
+    world.rescanner.settings = dataclasses.replace(
+        world.settings,
+        rescan=dataclasses.replace(world.settings.rescan, trivy_server="", cache_dir=str(cache)),
+    )
+    assert world.rescan("sbom-local") == "succeeded"
+    assert world.findings("sbom-local") == EXPECTED["debian"]
+    [(db_at,)] = world.query("SELECT db_updated_at FROM scans WHERE id = 'sbom-local'")
+    assert db_at == datetime(2026, 1, 1, tzinfo=UTC)
+    assert sorted(str(p.relative_to(cache)) for p in cache.rglob("*")) == before
