@@ -136,6 +136,8 @@ def write_settings(
     return path
 
 
+# shape: one try block, so that whatever started before a failure is stopped in its except;
+# the steps are calls (redis_and_postgres, Registry, _push, Emulator, scenario, write_settings)
 def start(
     directory: Path,
     *,
@@ -168,18 +170,10 @@ def start(
         started.append(public)
         say(f"  registry     {registry.host} (htpasswd, user {REGISTRY_USER}) and a public one "
             f"on {public.host}")  # fmt: skip
-        digests: dict[str, str] = {}
-        for image in PRIVATE_IMAGES:
-            repository, tag = image.split(":")
-            digests[f"{registry.host}/{image}"] = registry.push(
-                repository, tag, layer=_layer(f"scanqueue demo {image}", DEMO_IMAGES.get(image))
-            )
-        repository, tag = PUBLIC_IMAGE.split(":")
-        digests[f"{public.host}/{PUBLIC_IMAGE}"] = public.push(
-            repository,
-            tag,
-            layer=_layer(f"scanqueue demo {PUBLIC_IMAGE}", DEMO_IMAGES.get(PUBLIC_IMAGE)),
-        )
+        digests = {
+            **_push(registry, PRIVATE_IMAGES),
+            **_push(public, (PUBLIC_IMAGE,)),
+        }
         say(f"  images       {len(digests)} pushed with skopeo")
         emulator = emulator_mod.Emulator(name=CLUSTER, trivy_dir=directory / "trivy")
         emulator.start()
@@ -226,6 +220,16 @@ def start(
             with contextlib.suppress(Exception):
                 service.stop()
         raise
+
+
+def _push(registry: demo_services.Registry, images: tuple[str, ...]) -> dict[str, str]:
+    """Push each demo image (``repository:tag``) with its packages; reference -> digest."""
+    digests: dict[str, str] = {}
+    for image in images:
+        repository, tag = image.split(":")
+        layer = _layer(f"scanqueue demo {image}", DEMO_IMAGES.get(image))
+        digests[f"{registry.host}/{image}"] = registry.push(repository, tag, layer=layer)
+    return digests
 
 
 def environment(world: World) -> Mapping[str, str]:

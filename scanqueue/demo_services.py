@@ -24,7 +24,7 @@ import urllib.parse
 from pathlib import Path
 from typing import Any
 
-from scanqueue import config, errors, processes
+from scanqueue import config, errors, logs, processes
 
 
 class DemoError(errors.PermanentError):
@@ -320,10 +320,10 @@ def redis_and_postgres(
     defaults = config.Settings()
     redis_url = settings.broker.url
     if not private and redis_answers(redis_url):
-        say(f"  redis        {_no_password(redis_url)} (already running)")
+        say(f"  redis        {logs.redact(redis_url)} (already running)")
     elif not private and redis_url != defaults.broker.url:
         raise errors.TemporaryError(
-            f"Redis at {_no_password(redis_url)} (SCANQUEUE_BROKER_URL) does not answer; "
+            f"Redis at {logs.redact(redis_url)} (SCANQUEUE_BROKER_URL) does not answer; "
             "start it or unset the variable to let the demo start its own"
         )
     else:
@@ -335,10 +335,10 @@ def redis_and_postgres(
     database_url = settings.database.url
     problem = "private services asked for" if private else postgres_problem(database_url)
     if problem is None:
-        say(f"  postgres     {_no_password(database_url)} (already running)")
+        say(f"  postgres     {logs.redact(database_url)} (already running)")
     elif not private and database_url != defaults.database.url:
         raise errors.TemporaryError(
-            f"PostgreSQL at {_no_password(database_url)} (SCANQUEUE_DATABASE_URL) is not "
+            f"PostgreSQL at {logs.redact(database_url)} (SCANQUEUE_DATABASE_URL) is not "
             f"usable: {problem}"
         )
     else:
@@ -347,11 +347,3 @@ def redis_and_postgres(
         database_url = postgres.url
         say(f"  postgres     {database_url} (started for this run: {problem})")
     return redis_url, database_url
-
-
-def _no_password(url: str) -> str:
-    parts = urllib.parse.urlsplit(url)
-    if parts.password is None:
-        return url
-    netloc = parts.netloc.replace(f":{parts.password}@", ":***@")
-    return urllib.parse.urlunsplit(parts._replace(netloc=netloc))

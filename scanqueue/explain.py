@@ -116,16 +116,8 @@ def pod(
         skipped.append("last scan (no database)")
     views: list[ContainerView] = []
     for request in requests:
-        own_notes = list(notes)
-        chosen: list[CandidateView] = []
-        try:
-            reference = images.parse(request.image)
-            chosen = [
-                CandidateView(c.source, c.key or c.registry)
-                for c in credentials.candidates(reference, keyrings_found)
-            ]
-        except images.InvalidReference as e:
-            own_notes.append(str(e))
+        chosen, image_notes = _candidates(request.image, keyrings_found)
+        own_notes = notes + image_notes
         digest = request.digest
         state = _farm_state(redis_client, digest, clusters, skipped)
         last = None
@@ -150,6 +142,18 @@ def pod(
             )
         )
     return views
+
+
+def _candidates(image: str, found: list[keyrings.Keyring]) -> tuple[list[CandidateView], list[str]]:
+    """The candidates for ``image`` in the kubelet's order, or a note why there are none."""
+    try:
+        reference = images.parse(image)
+    except images.InvalidReference as e:
+        return [], [str(e)]
+    return [
+        CandidateView(c.source, c.key or c.registry)
+        for c in credentials.candidates(reference, found)
+    ], []
 
 
 def next_evaluation(conn: Any, digest: str, settings: config.Settings) -> sboms.Decision:

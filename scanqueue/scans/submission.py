@@ -10,8 +10,10 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Sequence
+from typing import Any
 
 from scanqueue import (
+    credentials,
     dedupe,
     discovery,
     errors,
@@ -95,21 +97,9 @@ def _submit_in_slot(
     image = images.parse(request.image)
     candidates, notes = plan.read_candidates(ctx, request, image)
     refusals = list(history)
-    step = plan.first_step(
+    step, secret_value = _choose(
         ctx, request, image=image, candidates=candidates, start=start, refusals=refusals
     )
-    secret_value = step.credential if step else None
-    while step is not None and plan.is_identity_token(step.credential):
-        try:
-            secret_value = plan.pull_token_credential(ctx, image.with_digest(digest), step)
-            break
-        except registry.NoCredentialAccepted as e:
-            refusals.extend(str(r) for r in e.refusals)
-            step = plan.first_step(
-                ctx, request, image=image, candidates=candidates, start=step.index + 1,
-                refusals=refusals,
-            )  # fmt: skip
-            secret_value = step.credential if step else None
     if step is None:
         reason = plan.refused_reason(request, candidates, notes, refusals)
         return ending.end(ctx, request, status="refused", reason=reason, attempt=attempt)
@@ -125,13 +115,7 @@ def _submit_in_slot(
         node_name=request.node if step.mode == "node" else None,
     )
     assert spec.job_name == job_name
-    body = manifests.scan_job(spec)
-    annotations = body["metadata"].setdefault("annotations", {})
-    payload = json.dumps(discovery.to_payload(request), sort_keys=True)
-    annotations[model.ANNOTATION_REQUEST] = payload
-    annotations[model.ANNOTATION_CANDIDATE] = str(step.index)
-    annotations[model.ANNOTATION_SOURCE] = step.source or ""
-    job = kube.create_job(api=ctx.api, body=body)  # 409: the existing Job is returned
+    job = kube.create_job(api=ctx.api, body=_job_body(spec, request, step))  # 409: existing
     owner = (job.get("metadata", {}).get("labels") or {}).get(manifests.LABEL_SCAN_ID)
     if owner != request.scan_id:
         # Another scan of this digest (an earlier claim that expired) runs this very Job:
@@ -163,13 +147,75 @@ def _submit_in_slot(
         # never leave a suspended Job (and its slot) behind a Secret that cannot be made
         ending.delete(ctx, job_name)
         raise
+    _record_started(
+        ctx, request, pinned=image.with_digest(digest), step=step, job_name=job_name,
+        attempt=attempt,
+    )  # fmt: skip
+    return model.Result("submitted", request.scan_id, digest, job_name, step.source or "")
+
+
+def _choose(
+    ctx: model.ScanContext,
+    request: discovery.ScanRequest,
+    *,
+    image: images.Reference,
+    candidates: list[credentials.Credential],
+    start: int,
+    refusals: list[str],
+) -> tuple[model.Step | None, credentials.Credential | None]:
+    """The first step from ``start`` that yields a credential for the scan Secret (an
+    identity token is exchanged for a pull token first), and that credential; refusals met
+    on the way are added to ``refusals``. (None, None): no step is left."""
+    digest = request.digest or ""
+    step = plan.first_step(
+        ctx, request, image=image, candidates=candidates, start=start, refusals=refusals
+    )
+    secret_value = step.credential if step else None
+    while step is not None and plan.is_identity_token(step.credential):
+        try:
+            secret_value = plan.pull_token_credential(ctx, image.with_digest(digest), step)
+            break
+        except registry.NoCredentialAccepted as e:
+            refusals.extend(str(r) for r in e.refusals)
+            step = plan.first_step(
+                ctx, request, image=image, candidates=candidates, start=step.index + 1,
+                refusals=refusals,
+            )  # fmt: skip
+            secret_value = step.credential if step else None
+    return step, secret_value
+
+
+def _job_body(
+    spec: manifests.ScanSpec, request: discovery.ScanRequest, step: model.Step
+) -> dict[str, Any]:
+    """The scan Job, annotated with its request and the plan step it runs (for collect)."""
+    body = manifests.scan_job(spec)
+    annotations = body["metadata"].setdefault("annotations", {})
+    payload = json.dumps(discovery.to_payload(request), sort_keys=True)
+    annotations[model.ANNOTATION_REQUEST] = payload
+    annotations[model.ANNOTATION_CANDIDATE] = str(step.index)
+    annotations[model.ANNOTATION_SOURCE] = step.source or ""
+    return body
+
+
+def _record_started(
+    ctx: model.ScanContext,
+    request: discovery.ScanRequest,
+    *,
+    pinned: images.Reference,
+    step: model.Step,
+    job_name: str,
+    attempt: int,
+) -> None:
+    """The scan row, the refreshed in-flight key and the log line of a submitted Job."""
+    digest = request.digest or ""
     with ctx.db.connection() as conn:
         store.start_scan(
             conn,
             scan_id=request.scan_id,
             cluster=request.cluster,
             digest=digest,
-            image=str(image.with_digest(digest)),
+            image=str(pinned),
             mode=plan.scan_mode(step),
             attempt=attempt,
             credential_source=step.source,
@@ -192,7 +238,6 @@ def _submit_in_slot(
             "credential_source": step.source,
         },
     )
-    return model.Result("submitted", request.scan_id, digest, job_name, step.source or "")
 
 
 def take_slot(ctx: model.ScanContext, job_name: str) -> None:

@@ -410,24 +410,7 @@ class Cluster:
                     "resourceVersion should not be set on objects to be created"
                 )
             if not meta.get("name"):
-                prefix = meta.get("generateName")
-                if not prefix:
-                    raise apierrors.invalid(
-                        res,
-                        "",
-                        [
-                            validation.Problem(
-                                "metadata.name",
-                                "FieldValueRequired",
-                                "Required value: name or generateName is required",
-                                422,
-                            )
-                        ],
-                    )
-                for _ in range(10):
-                    meta["name"] = prefix + "".join(random.choices(_NAME_CHARS, k=5))
-                    if (namespace, meta["name"]) not in self._objects[res.key]:
-                        break
+                meta["name"] = self._generated_name(res, namespace, meta.get("generateName"))
             name = meta["name"]
             if (namespace, name) in self._objects[res.key]:
                 group = f".{res.group}" if res.group else ""
@@ -485,6 +468,29 @@ class Cluster:
                     None,
                 )
             return stored
+
+    def _generated_name(self, res: resources.Resource, namespace: str, prefix: Any) -> str:
+        """A free name from ``generateName`` (five random characters, as the API server
+        adds); 422 when there is neither a name nor a prefix. Caller holds the lock."""
+        if not prefix:
+            raise apierrors.invalid(
+                res,
+                "",
+                [
+                    validation.Problem(
+                        "metadata.name",
+                        "FieldValueRequired",
+                        "Required value: name or generateName is required",
+                        422,
+                    )
+                ],
+            )
+        name = ""
+        for _ in range(10):
+            name = str(prefix) + "".join(random.choices(_NAME_CHARS, k=5))
+            if (namespace, name) not in self._objects[res.key]:
+                break
+        return name
 
     def _prepare_create(self, res: resources.Resource, obj: Obj) -> None:
         meta = obj["metadata"]
@@ -588,6 +594,8 @@ class Cluster:
 
     # ---------------------------------------------------------------- update
 
+    # shape: kube-apiserver's update path in its order (preconditions, immutable fields,
+    # admission, schema, status kept or not, commit), under one lock; each step is a helper
     def replace(
         self,
         res: resources.Resource,

@@ -259,15 +259,7 @@ class Controllers:
         if finished:
             self._schedule_ttl(job, finished)
             return
-        pods = [
-            p
-            for res, p in self.cluster.dependents(uid)
-            if res is PODS
-            and any(
-                r.get("uid") == uid and r.get("controller")
-                for r in p["metadata"].get("ownerReferences") or []
-            )
-        ]
+        pods = self._owned_pods(uid)
         phase = {p["metadata"]["uid"]: (p.get("status") or {}).get("phase") for p in pods}
         active = [p for p in pods if phase[p["metadata"]["uid"]] not in ("Succeeded", "Failed")]
         succeeded = sum(1 for p in pods if phase[p["metadata"]["uid"]] == "Succeeded")
@@ -276,20 +268,7 @@ class Controllers:
         succeeded = max(succeeded, int(status.get("succeeded") or 0))
         failed = max(failed, int(status.get("failed") or 0))
         if spec.get("suspend"):
-            for pod in active:
-                self._delete_pod(pod)
-            if not _true(conditions, "Suspended"):
-                _set_condition(
-                    status,
-                    "Suspended",
-                    "True",
-                    stamp,
-                    reason="JobSuspended",
-                    message="Job suspended",
-                )
-            status.pop("startTime", None)
-            status["active"] = 0
-            self._write_job_status(job, status)
+            self._suspend(job, status, active, stamp)
             return
         if _true(conditions, "Suspended"):
             _set_condition(
@@ -335,36 +314,68 @@ class Controllers:
             )
             return
         want = min(int(spec.get("parallelism", 1)), completions - succeeded) - len(active)
-        created = 0
-        if want > 0:
-            backoff = self.options.job_backoff_seconds * (2 ** max(failed - 1, 0)) if failed else 0
-            last_failure = max(
-                (self._finished_at(p) for p in pods if phase[p["metadata"]["uid"]] == "Failed"),
-                default=0.0,
-            )
-            if failed and now < last_failure + backoff:
-                self.later(last_failure + backoff - now, "job", uid)
-            else:
-                for _ in range(want):
-                    if self._create_pod(job):
-                        created += 1
-                    else:
-                        self.later(RETRY_SECONDS, "job", uid)
-                        break
+        failed_pods = [p for p in pods if phase[p["metadata"]["uid"]] == "Failed"]
+        created = self._start_pods(job, want, failed_pods, failed=failed, now=now)
         if deadline is not None:
             self.later(started + int(deadline) - now + 0.01, "job", uid)
-        status["active"] = len(active) + created
-        status["ready"] = sum(
-            1 for p in active if (p.get("status") or {}).get("phase") == "Running"
-        )
-        status["succeeded"] = succeeded
-        status["failed"] = failed
+        running = sum(1 for p in active if (p.get("status") or {}).get("phase") == "Running")
+        counts = {"active": len(active) + created, "ready": running}
+        self._write_counts(job, status, {**counts, "succeeded": succeeded, "failed": failed})
+
+    def _write_counts(self, job: Obj, status: Obj, counts: dict[str, int]) -> None:
+        """Write the Job's pod counts as the Job controller does (zero counts left out)."""
+        status.update(counts)
         status["terminating"] = 0
         status["uncountedTerminatedPods"] = {}
         for field in ("succeeded", "failed", "active"):
             if not status[field]:
                 status.pop(field)
         self._write_job_status(job, status)
+
+    def _owned_pods(self, uid: str) -> list[Obj]:
+        """The pods the Job ``uid`` controls (its controller ownerReference)."""
+        return [
+            p
+            for res, p in self.cluster.dependents(uid)
+            if res is PODS
+            and any(
+                r.get("uid") == uid and r.get("controller")
+                for r in p["metadata"].get("ownerReferences") or []
+            )
+        ]
+
+    def _suspend(self, job: Obj, status: Obj, active: list[Obj], stamp: str) -> None:
+        """A suspended Job: its active pods deleted, the Suspended condition, no startTime."""
+        for pod in active:
+            self._delete_pod(pod)
+        if not _true(status.get("conditions"), "Suspended"):
+            _set_condition(
+                status, "Suspended", "True", stamp, reason="JobSuspended", message="Job suspended"
+            )
+        status.pop("startTime", None)
+        status["active"] = 0
+        self._write_job_status(job, status)
+
+    def _start_pods(
+        self, job: Obj, want: int, failed_pods: list[Obj], *, failed: int, now: float
+    ) -> int:
+        """Create up to ``want`` pods, once the backoff after the last failed one has passed
+        (else come back then); return how many were created."""
+        if want <= 0:
+            return 0
+        uid = job["metadata"]["uid"]
+        backoff = self.options.job_backoff_seconds * (2 ** max(failed - 1, 0)) if failed else 0
+        last_failure = max((self._finished_at(p) for p in failed_pods), default=0.0)
+        if failed and now < last_failure + backoff:
+            self.later(last_failure + backoff - now, "job", uid)
+            return 0
+        created = 0
+        for _ in range(want):
+            if not self._create_pod(job):
+                self.later(RETRY_SECONDS, "job", uid)
+                break
+            created += 1
+        return created
 
     @staticmethod
     def _finished_at(pod: Obj) -> float:
@@ -657,26 +668,7 @@ class Controllers:
         for container in [*init, *containers]:
             _, problem = self._env(pod, container)
             if problem is not None:
-                status["containerStatuses"] = [
-                    self._container_status(
-                        c,
-                        {"waiting": {"reason": "CreateContainerConfigError", "message": problem}},
-                        digest=None,
-                        ready=False,
-                    )
-                    for c in containers
-                ]
-                _set_condition(
-                    status,
-                    "Ready",
-                    "False",
-                    stamp,
-                    reason="ContainersNotReady",
-                    message="containers with unready status",
-                )
-                self.cluster.write_status(PODS, pod, status)
-                self._event(pod, PODS, "Warning", "Failed", f"Error: {problem}")
-                self.later(RETRY_SECONDS, "pod", uid)
+                self._config_error(pod, status, problem, stamp=stamp)
                 return
         status["initContainerStatuses"] = [
             self._container_status(
@@ -740,6 +732,30 @@ class Controllers:
         env, _ = self._env(stored, scan)
         self._running.add(uid)
         self._pool.submit(self._scan, stored, scan, env)
+
+    def _config_error(self, pod: Obj, status: Obj, problem: str, *, stamp: str) -> None:
+        """A pod whose environment cannot be built (a missing Secret or key): every container
+        waits in CreateContainerConfigError, and the kubelet tries again later."""
+        status["containerStatuses"] = [
+            self._container_status(
+                c,
+                {"waiting": {"reason": "CreateContainerConfigError", "message": problem}},
+                digest=None,
+                ready=False,
+            )
+            for c in (pod.get("spec") or {}).get("containers") or []
+        ]
+        _set_condition(
+            status,
+            "Ready",
+            "False",
+            stamp,
+            reason="ContainersNotReady",
+            message="containers with unready status",
+        )
+        self.cluster.write_status(PODS, pod, status)
+        self._event(pod, PODS, "Warning", "Failed", f"Error: {problem}")
+        self.later(RETRY_SECONDS, "pod", pod["metadata"]["uid"])
 
     def _scan(self, pod: Obj, container: Mapping[str, Any], env: Mapping[str, str]) -> None:
         try:

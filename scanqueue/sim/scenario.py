@@ -347,6 +347,8 @@ class _Applier:
         self._turn += 1
         return node
 
+    # shape: one pod as the workload's controller and the kubelet would leave it (metadata,
+    # owner, spec, then a status per container); the builders per kind call it
     def pod(
         self,
         workload: Mapping[str, Any],

@@ -17,6 +17,7 @@ import socket
 import threading
 import time
 import urllib.parse
+from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
@@ -46,6 +47,31 @@ def version_info(kube_version: str) -> dict[str, Any]:
         "compiler": "gc",
         "platform": "linux/amd64",
     }
+
+
+def _event_line(kind: str, obj: Any) -> bytes:
+    """One watch event as the stream carries it: a JSON object and a newline."""
+    return json.dumps({"type": kind, "object": obj}, separators=(",", ":")).encode() + b"\n"
+
+
+def _event_lines(
+    events: list[cluster_mod.Event], res: resources.Resource, matches: Callable[[Any], bool]
+) -> list[bytes]:
+    """The lines a watch of ``res`` through ``matches`` sends for ``events``: an object that
+    starts or stops matching is ADDED or DELETED for this watch, as kube-apiserver says."""
+    out = []
+    for event in events:
+        if event.resource != res.key:
+            continue
+        now_match = matches(event.obj)
+        was_match = event.old is not None and matches(event.old)
+        kind = event.type
+        if kind == "MODIFIED" and now_match != was_match:
+            kind = "ADDED" if now_match else "DELETED"
+        elif not now_match:
+            continue
+        out.append(_event_line(kind, cluster_mod.typed(res, event.obj)))
+    return out
 
 
 class Server(ThreadingHTTPServer):
@@ -482,36 +508,14 @@ class Handler(BaseHTTPRequestHandler):
                 return False
             return selectors.labels_match(labels, obj) and (fields is None or fields(obj))
 
-        def encode(kind: str, obj: Any) -> bytes:
-            return json.dumps({"type": kind, "object": obj}, separators=(",", ":")).encode() + b"\n"
-
-        self.send_response(200)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Transfer-Encoding", "chunked")
-        self.send_header("Cache-Control", "no-cache, private")
-        self.end_headers()
+        encode = _event_line  # the hot loop below reads a local
+        self._start_chunked()
         deadline = time.monotonic() + timeout
         forced_gone = server.faults.take_gone(res.plural)
-        with cluster.lock:
-            if not rv_text or rv_text == "0":
-                initial = [o for o in cluster.objects(res, namespace) if matches(o)]
-                initial.sort(
-                    key=lambda o: (o["metadata"].get("namespace", ""), o["metadata"]["name"])
-                )
-                cursor = cluster.resource_version
-                pending = None
-            else:
-                cursor = int(rv_text)
-                initial = []
-                pending = cluster.events_since(cursor)
+        initial, cursor, expired = self._watch_start(res, namespace, rv_text, matches)
         try:
-            if forced_gone or (rv_text and rv_text != "0" and pending is None):
-                status = apierrors.ApiError(
-                    410,
-                    "Expired",
-                    f"too old resource version: {rv_text} ({cluster.oldest_resumable + 1})",
-                ).status()
-                self._chunk(encode("ERROR", status))
+            if forced_gone or expired:
+                self._send_expired(f"{rv_text} ({cluster.oldest_resumable + 1})")
                 self._chunk(b"")
                 return
             batch = b"".join(encode("ADDED", cluster_mod.typed(res, o)) for o in initial)
@@ -519,19 +523,14 @@ class Handler(BaseHTTPRequestHandler):
                 self._chunk(batch)
             last_bookmark = time.monotonic()
             while True:
-                with cluster.lock:
-                    events = cluster.events_since(cursor)
-                    while events is not None and not events and not server.stopping.is_set():
-                        left = deadline - time.monotonic()
-                        if left <= 0 or server.faults.watch_generation != generation:
-                            break
-                        cluster.changed.wait(min(left, server.options.bookmark_interval, 0.5))
-                        if (
-                            bookmarks
-                            and time.monotonic() - last_bookmark >= server.options.bookmark_interval
-                        ) or self._client_gone():
-                            break
-                        events = cluster.events_since(cursor)
+                events = self._next_events(
+                    cursor,
+                    deadline=deadline,
+                    generation=generation,
+                    bookmark_due=last_bookmark + server.options.bookmark_interval
+                    if bookmarks
+                    else None,
+                )
                 if self._client_gone():
                     self.close_connection = True
                     return  # the client hung up: free this thread now, not at the timeout
@@ -542,23 +541,9 @@ class Handler(BaseHTTPRequestHandler):
                         self.connection.shutdown(socket.SHUT_RDWR)
                     return
                 if events is None:
-                    status = apierrors.ApiError(
-                        410, "Expired", f"too old resource version: {cursor}"
-                    ).status()
-                    self._chunk(encode("ERROR", status))
+                    self._send_expired(str(cursor))
                     break
-                out = []
-                for event in events:
-                    if event.resource != res.key:
-                        continue
-                    now_match = matches(event.obj)
-                    was_match = event.old is not None and matches(event.old)
-                    kind = event.type
-                    if kind == "MODIFIED" and now_match != was_match:
-                        kind = "ADDED" if now_match else "DELETED"
-                    elif not now_match:
-                        continue
-                    out.append(encode(kind, cluster_mod.typed(res, event.obj)))
+                out = _event_lines(events, res, matches)
                 if events:
                     cursor = events[-1].rv
                 if out:
@@ -574,6 +559,61 @@ class Handler(BaseHTTPRequestHandler):
             self._chunk(b"")
         except (BrokenPipeError, ConnectionResetError, OSError):
             self.close_connection = True
+
+    def _watch_start(
+        self,
+        res: resources.Resource,
+        namespace: str | None,
+        rv_text: str,
+        matches: Callable[[Any], bool],
+    ) -> tuple[list[cluster_mod.Obj], int, bool]:
+        """Where a watch starts: the objects to send as ADDED first (a watch from "" or "0"),
+        the resourceVersion to follow from, and whether ``rv_text`` is too old to resume."""
+        cluster = self.server.cluster
+        with cluster.lock:
+            if not rv_text or rv_text == "0":
+                initial = [o for o in cluster.objects(res, namespace) if matches(o)]
+                initial.sort(
+                    key=lambda o: (o["metadata"].get("namespace", ""), o["metadata"]["name"])
+                )
+                return initial, cluster.resource_version, False
+            cursor = int(rv_text)
+            return [], cursor, cluster.events_since(cursor) is None
+
+    def _send_expired(self, version: str) -> None:
+        """The 410 Expired ERROR event of a watch that cannot resume from ``version``."""
+        status = apierrors.ApiError(410, "Expired", f"too old resource version: {version}")
+        self._chunk(_event_line("ERROR", status.status()))
+
+    def _next_events(
+        self, cursor: int, *, deadline: float, generation: int, bookmark_due: float | None
+    ) -> list[cluster_mod.Event] | None:
+        """The events after ``cursor``, waiting for some until the deadline, a dropped
+        connection (a new fault generation), a bookmark falls due or the client leaves.
+        None: ``cursor`` is older than the retained window."""
+        server = self.server
+        cluster = server.cluster
+        with cluster.lock:
+            events = cluster.events_since(cursor)
+            while events is not None and not events and not server.stopping.is_set():
+                left = deadline - time.monotonic()
+                if left <= 0 or server.faults.watch_generation != generation:
+                    break
+                cluster.changed.wait(min(left, server.options.bookmark_interval, 0.5))
+                if (
+                    bookmark_due is not None and time.monotonic() >= bookmark_due
+                ) or self._client_gone():
+                    break
+                events = cluster.events_since(cursor)
+        return events
+
+    def _start_chunked(self) -> None:
+        """The 200 and headers of a watch: a chunked JSON stream, never cached."""
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Transfer-Encoding", "chunked")
+        self.send_header("Cache-Control", "no-cache, private")
+        self.end_headers()
 
     def _client_gone(self) -> bool:
         """Whether the client closed its end (readable with nothing to read)."""
