@@ -19,13 +19,14 @@ from __future__ import annotations
 import dataclasses
 import functools
 import re
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, ParamSpec, TypeVar
 
 import psycopg
 import psycopg_pool
+from psycopg import pq
 
 from scanqueue import errors, logs
 
@@ -205,3 +206,24 @@ def pool(
             "check database.url and that Postgres is running"
         ) from e
     return p
+
+
+def execute_alone(conn: Connection, query: str | bytes, params: Mapping[str, Any]) -> Any:
+    """Run ``query`` as its own transaction, one round trip, and return its first row.
+
+    Outside a transaction the statement runs in autocommit (its implicit
+    transaction is the whole write; BEGIN and COMMIT would be two more round
+    trips). Inside the caller's transaction it runs in a savepoint, as every
+    write function does.
+    """
+    if conn.info.transaction_status != pq.TransactionStatus.IDLE:
+        with conn.transaction():
+            return conn.execute(query, params).fetchone()
+    if conn.autocommit:
+        return conn.execute(query, params).fetchone()
+    conn.autocommit = True
+    try:
+        return conn.execute(query, params).fetchone()
+    finally:
+        if not conn.closed:  # a lost connection raises what lost it, not this
+            conn.autocommit = False

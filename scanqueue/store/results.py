@@ -28,7 +28,6 @@ from collections.abc import Iterator, Mapping, Sequence
 from datetime import datetime
 from typing import Any, Literal
 
-from psycopg import pq
 from psycopg.types.json import Jsonb
 
 from scanqueue import errors, images, reports
@@ -59,7 +58,7 @@ def finish_scan(
     if params is None:  # the baseline, or a value the text columns cannot carry
         _finish_row_by_row(conn, scan_id, report, finished_at)
         return
-    row = _execute_alone(conn, _INGEST, params)
+    row = db.execute_alone(conn, _INGEST, params)
     if row is None:
         raise errors.PermanentError(
             f"scan {scan_id} is not recorded; call store.start_scan before finish_scan"
@@ -272,27 +271,6 @@ def _text(value: float | datetime | None) -> str | None:
     if value is None:
         return None
     return value.isoformat() if isinstance(value, datetime) else repr(value)
-
-
-def _execute_alone(conn: db.Connection, query: str, params: dict[str, Any]) -> Any:
-    """Run ``query`` as its own transaction, one round trip, and return its first row.
-
-    Outside a transaction the statement runs in autocommit (its implicit
-    transaction is the whole ingest; BEGIN and COMMIT would be two more round
-    trips). Inside the caller's transaction it runs in a savepoint, as every
-    write function does.
-    """
-    if conn.info.transaction_status != pq.TransactionStatus.IDLE:
-        with conn.transaction():
-            return conn.execute(query, params).fetchone()
-    if conn.autocommit:
-        return conn.execute(query, params).fetchone()
-    conn.autocommit = True
-    try:
-        return conn.execute(query, params).fetchone()
-    finally:
-        if not conn.closed:  # a lost connection raises what lost it, not this
-            conn.autocommit = False
 
 
 # ------------------------------------------------------------------ the row-by-row baseline

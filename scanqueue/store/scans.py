@@ -13,7 +13,7 @@ report's findings (that is ``results``).
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from datetime import datetime
 from typing import Any, Literal
 
@@ -84,42 +84,57 @@ def start_scan(
     be recorded; such a scan cannot succeed.
     """
     registry, repository = _split_image(image)
+    params = {
+        "scan_id": scan_id, "cluster": cluster, "digest": digest or None, "image": image,
+        "registry": registry, "repository": repository, "mode": mode, "attempt": attempt,
+        "source": credential_source, "started_at": started_at,
+    }  # fmt: skip
+    # One statement, one round trip (it runs once per submit and once per collect). It
+    # finds no cluster row only when another transaction inserted it and has not committed
+    # yet; then the statement-per-step way below, which retries, is taken.
+    try:
+        row = db.execute_alone(conn, _START, params)
+    except (psycopg.errors.CheckViolation, psycopg.errors.ForeignKeyViolation) as e:
+        detail = e.diag.message_primary or str(e)
+        raise errors.PermanentError(f"scan {scan_id}: refused by the database: {detail}") from e
+    if row is not None and row[0]:
+        return
     with conn.transaction():
-        cluster_id = inventory.ensure_cluster(conn, cluster)
+        params["cluster_id"] = inventory.ensure_cluster(conn, cluster)
         if digest:
-            _execute(
-                conn,
-                f"scan {scan_id}",
-                """INSERT INTO images (digest, registry, repository) VALUES (%s, %s, %s)
-                   ON CONFLICT (digest) DO NOTHING""",
-                (digest, registry, repository),
-            )
-        _execute(
-            conn,
-            f"scan {scan_id}",
-            """INSERT INTO scans AS s (id, digest, cluster_id, image, status, mode, attempt,
-                                       credential_source, started_at)
-               VALUES (%s, %s, %s, %s, 'running', %s, %s, %s, %s)
-               ON CONFLICT (id) DO UPDATE SET
-                  status = 'running', mode = EXCLUDED.mode, attempt = EXCLUDED.attempt,
-                  credential_source = EXCLUDED.credential_source,
-                  started_at = CASE WHEN EXCLUDED.attempt > s.attempt THEN EXCLUDED.started_at
-                                    ELSE s.started_at END,
-                  finished_at = NULL, error = NULL
-               WHERE s.status <> 'succeeded'
-                 AND (EXCLUDED.attempt > s.attempt
-                      OR (EXCLUDED.attempt = s.attempt AND s.status IN ('pending', 'running')))""",
-            (
-                scan_id,
-                digest or None,
-                cluster_id,
-                image,
-                mode,
-                attempt,
-                credential_source,
-                started_at,
-            ),
-        )
+            _execute(conn, f"scan {scan_id}", _INSERT_IMAGE, params)
+        _execute(conn, f"scan {scan_id}", _UPSERT, params)
+
+
+_INSERT_IMAGE = """INSERT INTO images (digest, registry, repository)
+    SELECT %(digest)s::text, %(registry)s::text, %(repository)s::text
+     WHERE %(digest)s::text IS NOT NULL
+    ON CONFLICT (digest) DO NOTHING"""
+# A higher attempt restarts the row; the same attempt changes nothing; never a succeeded one.
+_UPSERT_SCAN = """INSERT INTO scans AS s (id, digest, cluster_id, image, status, mode, attempt,
+                           credential_source, started_at)
+    SELECT %(scan_id)s, %(digest)s::text, {cluster}, %(image)s, 'running', %(mode)s,
+           %(attempt)s, %(source)s, %(started_at)s {rows}
+    ON CONFLICT (id) DO UPDATE SET
+       status = 'running', mode = EXCLUDED.mode, attempt = EXCLUDED.attempt,
+       credential_source = EXCLUDED.credential_source,
+       started_at = CASE WHEN EXCLUDED.attempt > s.attempt THEN EXCLUDED.started_at
+                         ELSE s.started_at END,
+       finished_at = NULL, error = NULL
+    WHERE s.status <> 'succeeded'
+      AND (EXCLUDED.attempt > s.attempt
+           OR (EXCLUDED.attempt = s.attempt AND s.status IN ('pending', 'running')))"""
+_UPSERT = _UPSERT_SCAN.format(cluster="%(cluster_id)s", rows="")
+_START = f"""WITH new_cluster AS (
+        INSERT INTO clusters (name) VALUES (%(cluster)s) ON CONFLICT (name) DO NOTHING RETURNING id
+    ), found AS (
+        SELECT id FROM new_cluster UNION ALL SELECT id FROM clusters WHERE name = %(cluster)s
+    ), image AS (
+        {_INSERT_IMAGE}
+    ), scan AS (
+        {_UPSERT_SCAN.format(cluster="found.id", rows="FROM found LIMIT 1")}
+    )
+    SELECT EXISTS (SELECT FROM found)"""  # noqa: S608 - our own constants, values are parameters
 
 
 def lock_scan(conn: db.Connection, scan_id: str, *, then: str) -> tuple[Any, ...]:
@@ -245,7 +260,9 @@ def _split_image(image: str) -> tuple[str, str]:
     return reference.registry, reference.repository
 
 
-def _execute(conn: db.Connection, what: str, query: str, params: Sequence[Any]) -> None:
+def _execute(
+    conn: db.Connection, what: str, query: str, params: Sequence[Any] | Mapping[str, Any]
+) -> None:
     try:
         conn.execute(query.encode(), params)
     except (psycopg.errors.CheckViolation, psycopg.errors.ForeignKeyViolation) as e:
