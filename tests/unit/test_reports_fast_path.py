@@ -66,3 +66,16 @@ def test_vulnerabilities_that_is_not_a_list_is_refused() -> None:
     text = json.dumps({"SchemaVersion": 2, "Results": [{"Target": "a", "Vulnerabilities": {}}]})
     with pytest.raises(reports.InvalidReport, match="Vulnerabilities"):
         reports.parse(text)
+
+
+def test_what_only_the_standard_library_decodes_is_still_read() -> None:
+    """The decoder is orjson, falling back to ``json``: NaN and integers past 64 bits (which
+    orjson refuses) are read as before, and the refusals keep ``json``'s wording."""
+    entry = {"VulnerabilityID": "CVE-1", "PkgName": "openssl", "Severity": "HIGH",
+             "CVSS": {"nvd": {"V3Score": float("nan")}}, "Huge": 2**70}  # fmt: skip
+    parsed = reports.parse(_report(entry))
+    assert [f.vulnerability.id for f in parsed.findings] == ["CVE-1"]
+    cut = _report(entry)[:-20]
+    refusal = rf"truncated JSON \(Expecting .,. delimiter at character {len(cut)} of {len(cut)}\)"
+    with pytest.raises(reports.InvalidReport, match=refusal):
+        reports.parse(cut)
