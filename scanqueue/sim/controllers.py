@@ -798,10 +798,9 @@ class Controllers:
                     0, self.reports.report_for(target, digest, now), digest
                 )
             return kubelet.ContainerExit(128, f"{e}\n", digest)
-        recorded = self.reports.find(target, digest)
-        if exited.exit_code == 0 and recorded is not None:
+        if exited.exit_code == 0 and self.reports.find(target, digest) is not None:
             # the test's point is this report's content; Trivy still had to pull and succeed
-            return kubelet.ContainerExit(0, recorded.decode("utf-8", errors="replace"), digest)
+            return kubelet.ContainerExit(0, self.reports.report_for(target, digest, now), digest)
         return exited
 
     def _deadline(self, pod: Obj) -> float:

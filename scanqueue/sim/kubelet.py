@@ -27,9 +27,13 @@ from pathlib import Path
 DIGEST = re.compile(r"sha256:[0-9a-f]{64}")
 
 
-@dataclasses.dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True, eq=False)
 class ContainerExit:
-    """How a scan container ended: its exit code, its log, the digest it ran."""
+    """How a scan container ended: its exit code, its log, the digest it ran.
+
+    Compared and hashed by identity: it is queued for the controllers in a set, and its
+    log is a whole Trivy report (a megabyte), which hashing by value would read each time.
+    """
 
     exit_code: int
     log: str
@@ -67,7 +71,8 @@ class Reports:
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self._by_key: dict[str, bytes] = {}
+        # bytes as recorded, and decoded once: the log of every scan of it is that text
+        self._by_key: dict[str, tuple[bytes, str]] = {}
 
     def set(self, image_or_digest: str, report: bytes | str | Path) -> None:
         if isinstance(report, Path):
@@ -76,24 +81,29 @@ class Reports:
             data = report.encode()
         else:
             data = report
+        entry = (data, data.decode("utf-8", errors="replace"))
         with self._lock:
             if DIGEST.fullmatch(image_or_digest):
-                self._by_key[image_or_digest] = data
+                self._by_key[image_or_digest] = entry
             else:
                 _, _, _, digest = split_image(image_or_digest)
-                self._by_key[digest or repository(image_or_digest)] = data
+                self._by_key[digest or repository(image_or_digest)] = entry
 
-    def find(self, image: str, digest: str | None) -> bytes | None:
+    def _entry(self, image: str, digest: str | None) -> tuple[bytes, str] | None:
         with self._lock:
             if digest and digest in self._by_key:
                 return self._by_key[digest]
             return self._by_key.get(repository(image))
 
+    def find(self, image: str, digest: str | None) -> bytes | None:
+        entry = self._entry(image, digest)
+        return None if entry is None else entry[0]
+
     def report_for(self, image: str, digest: str | None, now: float) -> str:
-        found = self.find(image, digest)
-        if found is not None:
+        entry = self._entry(image, digest)
+        if entry is not None:
             # byte for byte, byte-order mark and CRLF included: the parser must cope
-            return found.decode("utf-8", errors="replace")
+            return entry[1]
         return generated_report(image, digest, now)
 
 

@@ -10,6 +10,7 @@ through here.
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import logging
 import select
@@ -113,6 +114,13 @@ class Server(ThreadingHTTPServer):
         for conn in connections:
             with contextlib.suppress(OSError):
                 conn.shutdown(socket.SHUT_RDWR)
+
+
+@functools.lru_cache(maxsize=16)
+def _utf8(text: str) -> bytes:
+    """A log as sent: encoded once per text (the recorded report every scan pod prints is
+    one object; a text's hash is kept by the string, and a lookup compares identity first)."""
+    return text.encode()
 
 
 def _flag(query: dict[str, str], name: str) -> bool:
@@ -474,7 +482,7 @@ class Handler(BaseHTTPRequestHandler):
         if query.get("tailLines", "").isdigit():
             lines = text.splitlines(keepends=True)
             text = "".join(lines[-int(query["tailLines"]) :]) if int(query["tailLines"]) else ""
-        data = text.encode()
+        data = _utf8(text)
         if query.get("limitBytes", "").isdigit():
             data = data[: int(query["limitBytes"])]
         self._send(200, data, content_type="text/plain")
