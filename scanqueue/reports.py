@@ -13,6 +13,7 @@ two packages is two findings of one ``Vulnerability``.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import re
 from collections.abc import Mapping
@@ -421,6 +422,13 @@ def _time(text: str | None, name: str, source: str) -> datetime | None:
     if not text:
         return None
     try:
-        return datetime.fromisoformat(_FRACTION.sub(r"\1", text.replace("Z", "+00:00")))
+        return _rfc3339(text)
     except ValueError:
         raise InvalidReport(f"{source}: {name} {text[:40]!r} is not an RFC 3339 time") from None
+
+
+@functools.lru_cache(maxsize=8192)
+def _rfc3339(text: str) -> datetime:
+    """Two times per finding, mostly the same ones (an advisory's dates, in every report
+    that has it): each distinct text is parsed once. Raises ValueError (not cached)."""
+    return datetime.fromisoformat(_FRACTION.sub(r"\1", text.replace("Z", "+00:00")))
