@@ -57,10 +57,15 @@ def _clone(value: Any) -> Any:
 
 
 def merge_patch(target: Any, patch: Any) -> Any:
-    """RFC 7386 JSON merge patch."""
+    """RFC 7386 JSON merge patch: a new document; ``target`` is left as it is.
+
+    What the patch does not touch is ``target``'s own (shared, not copied: the cluster
+    copies the result as it decodes it, so a copy here would be a second one of the
+    whole object, for every ``kubectl patch``-like write).
+    """
     if not isinstance(patch, dict):
         return _clone(patch)
-    result = _clone(target) if isinstance(target, dict) else {}
+    result = dict(target) if isinstance(target, dict) else {}
     for key, value in patch.items():
         if value is None:
             result.pop(key, None)
