@@ -29,7 +29,7 @@ from typing import Any
 
 import redis
 
-from scanqueue import config, dedupe, errors, reports, sboms, store, trivy
+from scanqueue import config, dedupe, errors, images, reports, sboms, store, trivy
 from scanqueue.store import sboms as stored_sboms
 
 log = logging.getLogger(__name__)
@@ -209,7 +209,7 @@ def run(r: Rescanner, *, scan_id: str, digest: str, cluster: str, image: str) ->
         with r.db.connection() as conn:
             stored_sboms.forget(conn, digest)
         return _fall_back(r, scan_id, digest, str(e), "unreadable_sbom")
-    text = sboms.rewrite_report(text, source_name=_SOURCE_NAME, image=image)
+    text = sboms.rewrite_report(text, source_name=_SOURCE_NAME, image=_target(image, digest))
     try:
         report = reports.parse(text, source=f"trivy sbom of {digest}")
     except reports.InvalidReport as e:
@@ -245,6 +245,14 @@ def _alone(r: Rescanner, document: bytes, timeout: float) -> Iterator[None]:
     finally:
         with contextlib.suppress(redis.RedisError):
             lock.release()
+
+
+def _target(image: str, digest: str) -> str:
+    """``REPOSITORY@DIGEST``, as a scan Job names its target (its findings' targets say so)."""
+    try:
+        return f"{images.parse(image).name}@{digest}"
+    except images.InvalidReference:
+        return image
 
 
 def _fail(r: Rescanner, scan_id: str, reason: str) -> None:

@@ -106,6 +106,15 @@ def test_a_new_advisory_is_found_by_a_rescan_with_no_api_request_secret_or_pull(
     assert [s for s, _ in _rescans(farm)[before:]] == ["succeeded"]
     changes = farm.query("SELECT change, vulnerability_id, package, digest FROM finding_changes")
     assert changes == [("new", "CVE-2099-2999", "bash", digest)]
+    current = farm.query(
+        """SELECT workload, f.target FROM current_findings f
+            WHERE vulnerability_id = 'CVE-2099-2999'"""
+    )
+    [(full_target,)] = farm.query(
+        """SELECT DISTINCT f.target FROM findings f JOIN scans s ON s.id = f.scan_id
+            WHERE s.mode = 'registry' AND f.class = 'os-pkgs'"""
+    )
+    assert current == [("app", full_target)]  # the pod's workload; named as the full scan's
     assert sim.request_counts() == {}  # not one Kubernetes API request
     assert sim.list("Secret", "scanqueue-scans") == []
     assert sim.list("Job", "scanqueue-scans") == []
