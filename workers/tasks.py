@@ -85,9 +85,8 @@ def _record(cluster: str, results: list[scans.Result]) -> None:
         return
     with scan_context(cluster).db.connection() as conn:
         for result in ended:
-            row = store.get_scan(conn, result.scan_id)
-            if row is not None and row.finished_at is not None:
-                seconds = (row.finished_at - row.started_at).total_seconds()
+            seconds = store.scan_seconds(conn, result.scan_id)
+            if seconds is not None:
                 metrics.SCAN_DURATION.labels(cluster).observe(max(0.0, seconds))
 
 

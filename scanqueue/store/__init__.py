@@ -54,6 +54,7 @@ from scanqueue.store.scans import (
     last_scan,
     prune_scans,
     running_scans,
+    scan_seconds,
     start_scan,
 )
 
@@ -89,6 +90,7 @@ __all__ = [
     "replace_cluster_inventory",
     "report",
     "running_scans",
+    "scan_seconds",
     "select_digests",
     "start_scan",
 ]

@@ -186,6 +186,19 @@ _SCAN_SELECT = """
 
 
 @db.translated
+def scan_seconds(conn: db.Connection, scan_id: str) -> float | None:
+    """Seconds from start to end of scan ``scan_id``; None while it runs or when unknown.
+
+    For the duration metric, once per ended scan: the row alone (``get_scan`` also
+    counts the scan's findings)."""
+    row = conn.execute(
+        "SELECT extract(epoch FROM finished_at - started_at) FROM scans WHERE id = %s",
+        (scan_id,),
+    ).fetchone()
+    return None if row is None or row[0] is None else float(row[0])
+
+
+@db.translated
 def running_scans(conn: db.Connection, *, cluster: str, before: datetime) -> list[tuple[str, str]]:
     """(scan id, digest) of the scans of ``cluster`` still running that started before ``before``.
 

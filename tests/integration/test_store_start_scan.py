@@ -5,7 +5,7 @@ statement sees the database as it was when it began, so a cluster row that anoth
 transaction inserts and commits meanwhile is invisible to it: it must then still
 record the scan (the statement-per-step way), not drop it. Also what an upsert must
 keep: the same attempt changes nothing, a higher one restarts the row, a succeeded
-scan is never reopened.
+scan is never reopened; and the seconds a scan took, for the duration metric.
 """
 
 from __future__ import annotations
@@ -84,8 +84,10 @@ def test_the_same_attempt_changes_nothing_a_higher_one_restarts_a_success_stays(
     assert _row(store_conn, "s1")[1:] == (
         "running", 2, later, "team-a/other (registry.example.com)"
     )  # fmt: skip
-    store.finish_scan(
-        store_conn, scan_id="s1", report=trivy_reports["node-alpine-3.19"], finished_at=later
-    )
+    assert store.scan_seconds(store_conn, "s1") is None  # still running
+    store.finish_scan(store_conn, scan_id="s1", report=trivy_reports["node-alpine-3.19"],
+                      finished_at=later + timedelta(seconds=90))  # fmt: skip
     _start(store_conn, "s1", attempt=3, at=later + timedelta(minutes=1))
     assert _row(store_conn, "s1")[1:3] == ("succeeded", 2)
+    assert store.scan_seconds(store_conn, "s1") == 90.0
+    assert store.scan_seconds(store_conn, "nope") is None
