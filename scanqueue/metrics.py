@@ -263,7 +263,8 @@ def value(name: str, **labels: str) -> float:
 RESCANS = Counter(
     "scanqueue_rescans",
     "Rescans from stored SBOMs by outcome: planned, succeeded, failed, no_sbom, "
-    "unreadable_sbom (both end in a full scan), full_scan_asked (by the planner)",
+    "unreadable_sbom (both end in a full scan), full_scan_asked (by the planner), "
+    "already_ended (a late delivery of an ended rescan: nothing run)",
     ["outcome"],
     registry=REGISTRY,
 )

@@ -134,6 +134,7 @@ def plan(r: Rescanner) -> Planned:
         lost = now - timedelta(seconds=busy_for)
         stored_sboms.end_lost_rescans(conn, started_before=lost, at=now)
         rows = stored_sboms.evaluations(conn, busy_since=lost)
+        in_flight = stored_sboms.rescans_in_flight(conn, since=lost)
     due = []
     for candidate, busy in rows:
         decision = sboms.decide(
@@ -147,9 +148,11 @@ def plan(r: Rescanner) -> Planned:
             due.append((candidate, decision))
     oldest = max((_age(now, c) for c, _ in due), default=0.0)
     rescans = full = 0
-    # a digest already asked for a full scan waits for the watcher: it costs no budget
+    # a digest already asked for a full scan waits for the watcher: it costs no budget;
+    # rescans still queued or running do: the queue never holds more than max_per_plan
+    # (workers slower than the plan rate would otherwise grow it pass after pass)
     waiting = [(c, d) for c, d in due if c.evaluation.full_scan_wanted is None]
-    for candidate, decision in waiting[: settings.max_per_plan]:
+    for candidate, decision in waiting[: max(0, settings.max_per_plan - in_flight)]:
         if decision.next == "sbom":
             rescans += _start(r, candidate, now)
         else:
@@ -188,14 +191,22 @@ def run(r: Rescanner, *, scan_id: str, digest: str, cluster: str, image: str) ->
 
     Returns the outcome: ``succeeded``, ``no_sbom`` or ``unreadable_sbom`` (both
     end the row failed with the reason and ask for a full scan), ``failed``
-    (Trivy's output unusable; planned again). Raises ``TemporaryError`` for
-    what may pass (Trivy server away, database away): the task retries.
+    (Trivy's output unusable; planned again), ``already_ended`` (a late or
+    repeated delivery: the row succeeded already, or the planner ended it as
+    lost and planned the digest again; nothing is run). Raises
+    ``TemporaryError`` for what may pass (Trivy server away, database away):
+    the task retries.
     """
     settings = r.settings.rescan
     with r.db.connection() as conn:
         store.start_scan(conn, scan_id=scan_id, cluster=cluster, digest=digest, image=image,
                          mode="sbom", attempt=1, credential_source=None,
                          started_at=r.clock())  # fmt: skip
+        row = store.get_scan(conn, scan_id)
+        if row is None or row.status not in ("pending", "running"):
+            log.info("rescan already ended (%s); not run again", row and row.status,
+                     extra={"scan_id": scan_id, "digest": digest})  # fmt: skip
+            return "already_ended"
         stored = stored_sboms.get(conn, digest)
     if stored is None:
         return _fall_back(r, scan_id, digest, "no stored SBOM", "no_sbom")

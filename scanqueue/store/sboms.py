@@ -226,6 +226,17 @@ def end_lost_rescans(conn: db.Connection, *, started_before: datetime, at: datet
 
 
 @db.translated
+def rescans_in_flight(conn: db.Connection, *, since: datetime) -> int:
+    """Rescans queued or running that started after ``since`` (older ones count as lost)."""
+    row = conn.execute(
+        """SELECT count(*) FROM scans
+            WHERE mode = 'sbom' AND status IN ('pending', 'running') AND started_at > %s""",
+        (since,),
+    ).fetchone()
+    return int(row[0]) if row else 0
+
+
+@db.translated
 def evaluation(conn: db.Connection, digest: str) -> sboms.Evaluation:
     """The last successful evaluation of ``digest`` (running or not), its SBOM and any wish
     for a full scan: what ``sboms.decide`` needs (``scanqueue explain``)."""

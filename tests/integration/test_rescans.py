@@ -286,8 +286,9 @@ def test_a_db_update_makes_running_digests_due_a_few_per_plan_pass_oldest_first(
     world: World,
 ) -> None:
     """Rate limit and inventory: a newer DB makes every running digest due, but a plan pass
-    starts at most rescan.max_per_plan of them, oldest evaluation first; a digest gone from
-    every cluster is never rescanned, and one asked for a full scan costs no budget."""
+    starts at most rescan.max_per_plan of them less those still in flight, oldest first; a
+    digest gone from every cluster is never rescanned, and one asked for a full scan costs
+    no budget."""
     report = reports.parse(world.full_scan())
     digests = [DIGEST] + [f"sha256:{i:064x}" for i in range(1, 5)]  # sha256:...01 oldest
     with psycopg.connect(world.database_url, autocommit=True) as conn:
@@ -320,7 +321,12 @@ def test_a_db_update_makes_running_digests_due_a_few_per_plan_pass_oldest_first(
     assert (first.rescans, first.full_scans, first.due) == (2, 0, 4)
     assert first.oldest_due_seconds > 4 * 3600
     assert [p["digest"] for p in world.published] == [digests[1], digests[2]]
-    # rescans in flight are not planned twice; the next pass takes the next ones
+    # rescans in flight count against the budget: nothing more while both are queued
+    assert rescan.plan(world.rescanner).rescans == 0
+    # they are not planned twice; with room for one more, the next pass takes the next one
+    world.rescanner.settings = dataclasses.replace(
+        limited, rescan=dataclasses.replace(limited.rescan, max_per_plan=3)
+    )
     second = rescan.plan(world.rescanner)
     assert [p["digest"] for p in world.published[2:]] == [DIGEST]
     assert (second.rescans, second.due) == (1, 2)  # the wish for a full scan waits
