@@ -225,7 +225,7 @@ def queue_length(redis_url: str) -> int:
 
 
 @contextlib.contextmanager
-def scan_farm(
+def scan_context(
     directory: Path, *, database_url: str, redis_url: str, max_inflight: int = 100
 ) -> Iterator[scans.ScanContext]:
     """The orchestration's collaborators, in this process, as a worker builds them."""
@@ -324,10 +324,10 @@ def watch_and_scan(
             api.close()
         watch_requests = _counts(sim)
         requests = queued_requests(svc.redis_url)
-        with scan_farm(directory, database_url=database_url, redis_url=svc.redis_url) as farm:
+        with scan_context(directory, database_url=database_url, redis_url=svc.redis_url) as ctx:
             started = time.perf_counter()
             for request in requests:
-                result = scans.submit(farm, request)
+                result = scans.submit(ctx, request)
                 if result.outcome != "submitted":
                     raise RuntimeError(f"scan {request.scan_id}: {result.outcome} {result.detail}")
             submit_requests = _counts(sim)
@@ -342,7 +342,7 @@ def watch_and_scan(
                 timeout=timeout,
                 what="every scan Job complete",
             )  # fmt: skip
-            stored = _collect_all(farm, {r.scan_id for r in requests}, timeout=timeout)
+            stored = _collect_all(ctx, {r.scan_id for r in requests}, timeout=timeout)
             scan_seconds = time.perf_counter() - started
             collect_requests = _counts(sim)
         jobs = submit_requests.get("create jobs", 0) + collect_requests.get("create jobs", 0)
@@ -359,11 +359,11 @@ def watch_and_scan(
         )
 
 
-def _collect_all(farm: scans.ScanContext, wanted: set[str], *, timeout: float) -> int:
+def _collect_all(ctx: scans.ScanContext, wanted: set[str], *, timeout: float) -> int:
     done: set[str] = set()
     deadline = time.monotonic() + timeout
     while done != wanted:
-        for result in scans.collect(farm):
+        for result in scans.collect(ctx):
             if result.outcome != "succeeded":
                 raise RuntimeError(f"scan {result.scan_id}: {result.outcome} {result.detail}")
             done.add(result.scan_id)
