@@ -217,8 +217,6 @@ def run(r: Rescanner, *, scan_id: str, digest: str, cluster: str, image: str) ->
         with _alone(r, document, trivy_runner.timeout_seconds):
             text = trivy.scan_sbom(trivy_runner, document, name=_SOURCE_NAME)
     except (sboms.UnusableSbom, trivy.UnreadableSbom) as e:
-        with r.db.connection() as conn:
-            stored_sboms.forget(conn, digest)
         return _fall_back(r, scan_id, digest, str(e), "unreadable_sbom")
     text = sboms.rewrite_report(text, source_name=_SOURCE_NAME, image=_target(image, digest))
     try:

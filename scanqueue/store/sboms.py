@@ -110,22 +110,17 @@ def get(conn: db.Connection, digest: str) -> StoredSbom | None:
 
 
 @db.translated
-def forget(conn: db.Connection, digest: str) -> None:
-    """Delete the SBOM of ``digest`` (unreadable: the next full scan stores a new one)."""
-    with conn.transaction():
-        conn.execute("DELETE FROM sboms WHERE digest = %s", (digest,))
-
-
-@db.translated
 def want_full_scan(conn: db.Connection, *, digest: str, reason: str) -> None:
     """Ask for a full scan of ``digest``: the watcher no longer counts it fresh until one
-    succeeds (the caller also forgets Redis's fresh mark)."""
+    succeeds (the caller also forgets Redis's fresh mark). A stored SBOM is deleted (it
+    is not used: unreadable, or from a Trivy too old), so that the full scan keeps its own."""
     with conn.transaction():
         conn.execute(
             """INSERT INTO full_scans_wanted (digest, reason) VALUES (%s, %s)
                ON CONFLICT (digest) DO UPDATE SET reason = EXCLUDED.reason""",
             (digest, reason[:2000]),
         )
+        conn.execute("DELETE FROM sboms WHERE digest = %s", (digest,))
 
 
 @db.translated

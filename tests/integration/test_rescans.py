@@ -349,3 +349,20 @@ def test_without_a_server_rescans_read_the_local_db_and_write_nothing_there(
     [(db_at,)] = world.query("SELECT db_updated_at FROM scans WHERE id = 'sbom-local'")
     assert db_at == datetime(2026, 1, 1, tzinfo=UTC)
     assert sorted(str(p.relative_to(cache)) for p in cache.rglob("*")) == before
+
+
+def test_an_sbom_from_a_trivy_too_old_is_replaced_by_the_next_full_scans(world: World) -> None:
+    world.full_scan()
+    world.execute("UPDATE sboms SET scanner_version = '0.45.0'")
+    with psycopg.connect(world.database_url, autocommit=True) as conn:
+        store.record_containers(conn, [_running(DIGEST, pod="p0")])
+    world.set_db(trivydb.AdvisoryFile(trivydb.load(trivy_fixtures.ADVISORIES).advisories,
+                                      updated_at="2026-06-01T00:00:00Z"))  # fmt: skip
+    planned = rescan.plan(world.rescanner)
+    assert (planned.rescans, planned.full_scans) == (0, 1)
+    [(reason,)] = world.query("SELECT reason FROM full_scans_wanted")
+    assert "its SBOM came from 0.45.0, older than rescan.min_trivy_version 0.50.0" in reason
+    assert world.query("SELECT count(*) FROM sboms") == [(0,)]
+    world.full_scan()  # the full scan the watcher publishes keeps its own package list
+    assert world.query("SELECT scanner_version FROM sboms") == [(scanner.VERSION,)]
+    assert world.query("SELECT count(*) FROM full_scans_wanted") == [(0,)]
