@@ -166,7 +166,9 @@ def decide(
     Due when the last evaluation is older than ``interval_seconds``, or when the
     farm's DB (``db_updated_at``) is newer than the one it used (or that one is
     unknown). A digest never evaluated, asked for a full scan, without an SBOM,
-    or with one from a Trivy older than ``min_trivy_version`` gets a full scan.
+    or with one from a Trivy older than ``min_trivy_version`` gets a full scan;
+    one whose full scan with rescans on kept no SBOM (no package listed) is left
+    to the watcher's schedule (never due here).
     """
     if last.finished_at is None:
         return Decision("full", "never scanned: the watcher publishes its first scan", True)
@@ -188,8 +190,14 @@ def decide(
     due = stale or newer_db
     if last.full_scan_wanted:
         return Decision("full", f"{last.full_scan_wanted}; {when}", True)
+    if not last.has_sbom and last.db_updated_at is not None:
+        # a full scan with rescans on kept nothing (its report listed no package): asking
+        # more full scans would cost Jobs and credentials for no SBOM; the watcher's own
+        # schedule (scan.rescan_interval_seconds) scans it, as without rescans
+        why = "no SBOM: its last full scan listed no package to keep; the watcher scans it in full"
+        return Decision("full", f"{why} every scan.rescan_interval_seconds", False)
     if not last.has_sbom:
-        return Decision("full", f"no stored SBOM; {when}", due)
+        return Decision("full", f"no stored SBOM (scanned before rescans were on); {when}", due)
     if not trusted(last.sbom_scanner_version, min_trivy_version):
         version = last.sbom_scanner_version or "an unknown Trivy"
         why = (

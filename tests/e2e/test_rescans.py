@@ -138,8 +138,9 @@ def test_a_new_advisory_is_found_by_a_rescan_with_no_api_request_secret_or_pull(
 def test_without_a_usable_sbom_the_digest_is_scanned_in_full_again(farm: Farm, damage: str) -> None:
     farm.reevaluate_seconds = 1.0
     digest = _scanned_once(farm)
-    if damage == "none stored":
+    if damage == "none stored":  # as a digest scanned before rescans were on
         farm.query("DELETE FROM sboms RETURNING digest")
+        farm.query("UPDATE scans SET db_updated_at = NULL RETURNING 1")
     else:
         farm.query("UPDATE sboms SET document = substring(document from 1 for 50) RETURNING 1")
     farm.clusters["alpha"].set_advisories(_db(ADDED, updated_at="2026-06-01T00:00:00Z"))

@@ -89,9 +89,14 @@ def test_a_digest_is_due_when_old_or_when_the_db_is_newer() -> None:
 
 
 def test_no_sbom_an_old_trivy_or_a_wish_means_a_full_scan() -> None:
-    none = _decide(_evaluation(has_sbom=False), db=DB_NEW)
+    # scanned before rescans were on: no DB recorded, no SBOM
+    none = _decide(_evaluation(has_sbom=False, db_updated_at=None), db=DB_NEW)
     assert (none.next, none.due) == ("full", True)
-    assert none.why.startswith("no stored SBOM")
+    assert none.why.startswith("no stored SBOM (scanned before rescans were on)")
+    # scanned with rescans on, and nothing to keep: the watcher's schedule, never asked here
+    empty = _decide(_evaluation(has_sbom=False, finished_at=NOW - timedelta(hours=7)), db=DB_NEW)
+    assert (empty.next, empty.due) == ("full", False)
+    assert "listed no package to keep" in empty.why
     old = _decide(_evaluation(sbom_scanner_version="0.45.0"), db=DB_NEW)
     assert old.next == "full" and "0.45.0, older than rescan.min_trivy_version" in old.why
     wanted = _decide(_evaluation(full_scan_wanted="stored SBOM is not readable gzip"))
