@@ -167,7 +167,14 @@ def scan_sbom(runner: Runner, document: bytes, *, name: str = "sbom.cdx.json") -
         tail = _tail(done.stderr)
         if any(marker in tail.lower() for marker in _UNREADABLE_SBOM):
             raise UnreadableSbom(f"trivy sbom cannot read the stored SBOM: {tail}")
-        raise TrivyFailed(f"trivy sbom failed (exit {done.returncode}): {tail}")
+        against = f"Trivy server {runner.server}" if runner.server else f"DB in {runner.cache_dir}"
+        if runner.server and "unauthenticated" in tail:
+            raise errors.PermanentError(
+                f"{against} refused the token: wrong or missing; check "
+                f"rescan.trivy_server_token_file against the server's --token ({tail})"
+            )
+        raise TrivyFailed(f"trivy sbom against the {against} failed (exit {done.returncode}): "
+                          f"{tail}")  # fmt: skip
     return done.stdout.decode(errors="replace")
 
 

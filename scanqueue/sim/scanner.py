@@ -154,8 +154,11 @@ class Server:
     One per emulated world (not per scan): clients pass ``--server URL``.
     """
 
-    def __init__(self, cache_dir: str | os.PathLike[str], *, log: Path | None = None) -> None:
+    def __init__(
+        self, cache_dir: str | os.PathLike[str], *, log: Path | None = None, token: str = ""
+    ) -> None:
         self.cache_dir = Path(cache_dir)
+        self.token = token  # clients must send it (TRIVY_TOKEN in the environment, never argv)
         self.port = 0
         self.log_path = log or self.cache_dir.parent / "trivy-server.log"
         self._proc: subprocess.Popen[bytes] | None = None
@@ -163,6 +166,11 @@ class Server:
     @property
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def pid(self) -> int | None:
+        """The server's process id while it runs (tests pause it with SIGSTOP)."""
+        return None if self._proc is None else self._proc.pid
 
     def start(self, *, port: int = 0, timeout: float = 30) -> Server:
         """Start the server (on ``port``, else a free one) and wait until it answers; raises
@@ -173,7 +181,8 @@ class Server:
             self._proc = subprocess.Popen(
                 [binary(), "server", "--skip-db-update",
                  "--listen", f"127.0.0.1:{self.port}", "--cache-dir", str(self.cache_dir)],
-                stdout=log, stderr=subprocess.STDOUT, env=base_env(home),
+                stdout=log, stderr=subprocess.STDOUT,
+                env={**base_env(home), **({"TRIVY_TOKEN": self.token} if self.token else {})},
                 start_new_session=True, preexec_fn=die_with_parent,  # noqa: PLW1509
             )  # fmt: skip
         deadline = time.monotonic() + timeout

@@ -34,18 +34,24 @@ ADDED = trivydb.Advisory("debian 12", "bash", "CVE-2099-2999", "HIGH", fixed="5.
 class World:
     """A Trivy server on a DB the test rewrites, Postgres and Redis, and the rescanner."""
 
-    def __init__(self, tmp: Path, database_url: str, redis_url: str) -> None:
+    def __init__(self, tmp: Path, database_url: str, redis_url: str, token: str = "") -> None:
         self.tmp = tmp
         self.database_url = database_url
+        self.redis_url = redis_url
+        self.token = token  # the Trivy server wants it; the rescanner reads it from a file
         self.generation = 0
         self.published: list[dict[str, str]] = []
         self.server: scanner.Server | None = None
         self.set_db(trivydb.load(trivy_fixtures.ADVISORIES))
         assert self.server is not None
+        self.rescan_settings: dict[str, object] = {
+            "enabled": True, "trivy_server": self.server.url, "interval_seconds": 600}  # fmt: skip
+        if token:
+            (tmp / "trivy-token").write_text(token + "\n")
+            self.rescan_settings["trivy_server_token_file"] = str(tmp / "trivy-token")
         self.settings = config.from_mapping(
             {"database": {"url": database_url}, "broker": {"url": redis_url},
-             "rescan": {"enabled": True, "trivy_server": self.server.url,
-                        "interval_seconds": 600}},
+             "rescan": self.rescan_settings},
             environ={},
         )  # fmt: skip
         self.rescanner = rescan.Rescanner(
@@ -62,7 +68,8 @@ class World:
         port = self.server.port if self.server else 0
         if self.server is not None:
             self.server.stop()
-        self.server = scanner.Server(cache, log=self.tmp / "server.log").start(port=port)
+        self.server = scanner.Server(cache, log=self.tmp / "server.log", token=self.token)
+        self.server.start(port=port)
 
     def full_scan(self) -> str:
         """A full scan's report as a scan Job writes it: Trivy JSON listing every package."""
@@ -72,7 +79,8 @@ class World:
             (root / path).write_bytes(content)
         assert self.server is not None
         done = scanner.run(["rootfs", "--format", "json", "--quiet", "--scanners", "vuln",
-                            "--list-all-pkgs", "--server", self.server.url, str(root)])  # fmt: skip
+                            "--list-all-pkgs", "--server", self.server.url, str(root)],
+                           env={"TRIVY_TOKEN": self.token} if self.token else None)  # fmt: skip
         assert done.exit_code == 0, done.stderr
         scan_id = "full-1"
         with psycopg.connect(self.database_url, autocommit=True) as conn:
