@@ -204,7 +204,7 @@ def decide(
             f"its SBOM came from {version}, older than rescan.min_trivy_version {min_trivy_version}"
         )
         return Decision("full", f"{why}; {when}", due)
-    return Decision("sbom", f"rescan from the stored SBOM: {when}", due)
+    return Decision("sbom", when, due)
 
 
 def _age(delta: timedelta) -> str:

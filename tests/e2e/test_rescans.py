@@ -13,6 +13,9 @@ damaged one) the digest is scanned in full again by the watcher.
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from datetime import UTC, datetime
 from typing import Any
 
@@ -132,6 +135,19 @@ def test_a_new_advisory_is_found_by_a_rescan_with_no_api_request_secret_or_pull(
     assert metrics[("scanqueue_rescans_total", labels(outcome="succeeded"))] == 2
     updated = metrics[("scanqueue_vulnerability_db_updated_timestamp_seconds", ())]
     assert updated == datetime(2026, 7, 1, tzinfo=UTC).timestamp()
+
+    # scanqueue explain (it reads the pod: after the counts) says what comes next, and why
+    explained = subprocess.run(
+        [sys.executable, "-m", "scanqueue.cli", "explain", "app", "--cluster", "alpha",
+         "--namespace", NS],
+        env={**os.environ, "SCANQUEUE_CONFIG": str(farm.config_path)},
+        check=False, capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert explained.returncode == 0, explained.stderr
+    assert "last scan  succeeded in alpha" in explained.stdout
+    assert "(sbom; " in explained.stdout, explained.stdout
+    assert "next       rescan from the stored SBOM: evaluated" in explained.stdout
+    assert "against the current DB; due in" in explained.stdout
 
 
 @pytest.mark.parametrize("damage", ["none stored", "truncated"])
