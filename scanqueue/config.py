@@ -115,7 +115,8 @@ class AlertSettings:
     interval_seconds: float = 10.0  # beat plans new alerts and resends lost ones this often
     max_age_seconds: int = 86400  # a scan older than this when planned alerts nothing
     max_findings: int = 20  # findings listed in one notification; the rest are counted
-    keep_sent_days: int = 30  # delivered notifications are deleted after this; dead letters stay
+    keep_sent_days: int = 30  # delivered notifications (and planned outbox rows) deleted after this
+    keep_dead_days: int = 90  # dead letters (deliveries given up) deleted after this; 0 = never
     webhooks_file: str = ""  # TOML file (a mounted Secret) adding generic/alertmanager/slack_urls
 
 
@@ -444,6 +445,8 @@ def _check_alerts(alerts: AlertSettings, where: str) -> None:
                  "keep_sent_days"):  # fmt: skip
         if getattr(alerts, name) <= 0:
             raise errors.ConfigError(f"{where}: alerts.{name} must be positive")
+    if alerts.keep_dead_days < 0:
+        raise errors.ConfigError(f"{where}: alerts.keep_dead_days must be 0 (never) or more")
     if alerts.max_attempts < 1:
         raise errors.ConfigError(f"{where}: alerts.max_attempts must be at least 1")
     if alerts.retry_max_seconds < alerts.retry_base_seconds:

@@ -11,7 +11,8 @@
 - ``scanqueue.sweep`` (beat, per cluster): delete what outlived its deadline,
   fail scans whose Job vanished, prune old scans.
 - ``scanqueue.prune`` (beat, daily, control queue): delete inventory rows of
-  containers gone longer than ``database.retain_gone_days``.
+  containers gone longer than ``database.retain_gone_days``, and prune the alert
+  ledger (``store.prune``).
 
 Collaborators (API client, Postgres pool, Redis, registry client) are built
 lazily once per worker process and cluster: after the prefork pool forked.
@@ -19,6 +20,7 @@ lazily once per worker process and cluster: after the prefork pool forked.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import random
 import threading
@@ -367,12 +369,11 @@ def _schedule() -> dict[str, dict[str, Any]]:
             "args": (cluster.name,),
             "options": options,
         }
-    if settings.database.retain_gone_days:
-        schedule["prune"] = {
-            "task": "scanqueue.prune",
-            "schedule": PRUNE_INTERVAL_SECONDS,
-            "options": {"queue": CONTROL_QUEUE, "expires": PRUNE_INTERVAL_SECONDS},
-        }
+    schedule["prune"] = {  # the alert ledger too, whatever database.retain_gone_days says
+        "task": "scanqueue.prune",
+        "schedule": PRUNE_INTERVAL_SECONDS,
+        "options": {"queue": CONTROL_QUEUE, "expires": PRUNE_INTERVAL_SECONDS},
+    }
     return schedule
 
 
@@ -381,28 +382,28 @@ PRUNE_INTERVAL_SECONDS = 86400.0  # containers gone for days: once a day is enou
 
 @app.task(name="scanqueue.prune", queue=CONTROL_QUEUE)
 def prune() -> dict[str, int]:
-    """Delete inventory rows of containers gone longer than ``database.retain_gone_days``."""
-    from datetime import UTC, datetime, timedelta
+    """``scanqueue prune``, daily: containers gone longer than ``database.retain_gone_days``
+    and the alert ledger (``store.prune``)."""
+    from datetime import UTC, datetime
 
     settings = settings_of(app)
-    days = settings.database.retain_gone_days
-    if not days:
-        return {}
     try:
         with store.connect(
             settings.database.url, password=config.database_password(settings.database)
         ) as conn:
-            pruned = store.prune_gone(conn, gone_before=datetime.now(UTC) - timedelta(days=days))
+            pruned = store.prune(
+                conn,
+                now=datetime.now(UTC),
+                retain_gone_days=settings.database.retain_gone_days,
+                keep_sent_days=settings.alerts.keep_sent_days,
+                keep_dead_days=settings.alerts.keep_dead_days,
+            )
     except errors.TemporaryError as e:
         log.warning("prune stopped (tried again tomorrow): %s", e)
         return {}
-    log.info(
-        "pruned %d containers and %d workloads gone for more than %d days",
-        pruned.containers,
-        pruned.workloads,
-        days,
-    )
-    return {"containers": pruned.containers, "workloads": pruned.workloads}
+    counts = dataclasses.asdict(pruned)
+    log.info("pruned %s", ", ".join(f"{n} {what}" for what, n in counts.items()))
+    return counts
 
 
 app.conf.beat_schedule = _schedule()

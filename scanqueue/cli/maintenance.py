@@ -5,7 +5,8 @@ fixed, a registry came back) and, with ``--force``, forgets that they are
 fresh; the watchers then publish them on their next check of running digests
 (``--reevaluate-seconds``, a minute by default), through the normal dedupe:
 a scan in flight is never doubled. ``prune`` deletes inventory rows of
-containers gone for longer than ``database.retain_gone_days``.
+containers gone for longer than ``database.retain_gone_days``, then prunes the
+alert ledger (``store.prune``: outbox, dead letters, dedupe ledger).
 
 Neither ever prints a credential: only digests, clusters and reasons.
 """
@@ -13,7 +14,7 @@ Neither ever prints a credential: only digests, clusters and reasons.
 from __future__ import annotations
 
 import argparse
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 
 from scanqueue import config, errors
 from scanqueue.cli import parsing
@@ -47,7 +48,9 @@ def add_commands(sub: parsing.Subparsers) -> None:
 
     p = sub.add_parser(
         "prune",
-        help="delete inventory rows of containers gone for longer than database.retain_gone_days",
+        help="delete inventory rows of containers gone for longer than database.retain_gone_days, "
+        "alert outbox rows planned alerts.keep_sent_days ago, dead letters older than "
+        "alerts.keep_dead_days and the alert ledger of workloads no longer in the inventory",
     )
     p.add_argument("--days", type=int, metavar="N", help="override database.retain_gone_days")
     p.set_defaults(command=_cmd_prune)
@@ -131,15 +134,31 @@ def _cmd_prune(args: argparse.Namespace) -> int:
     days = settings.database.retain_gone_days if args.days is None else args.days
     if days < 0:
         raise errors.PermanentError("prune: --days must be 0 or more")
-    if days == 0:
-        print("prune: database.retain_gone_days is 0: inventory rows are kept forever")
-        return 0
     with store.connect(
         settings.database.url, password=config.database_password(settings.database)
     ) as conn:
-        pruned = store.prune_gone(conn, gone_before=datetime.now(UTC) - timedelta(days=days))
+        pruned = store.prune(
+            conn,
+            now=datetime.now(UTC),
+            retain_gone_days=days,
+            keep_sent_days=settings.alerts.keep_sent_days,
+            keep_dead_days=settings.alerts.keep_dead_days,
+        )
+    if days == 0:
+        print("prune: database.retain_gone_days is 0: inventory rows are kept forever")
+    else:
+        print(
+            f"prune: deleted {pruned.containers} container row(s) gone for more than {days} "
+            f"day(s) and {pruned.workloads} workload(s) left without containers; scans are kept"
+        )
     print(
-        f"prune: deleted {pruned.containers} container row(s) gone for more than {days} day(s) "
-        f"and {pruned.workloads} workload(s) left without containers; scans are kept"
+        f"prune: alerts: deleted {pruned.alert_outbox} outbox row(s) planned more than "
+        f"{settings.alerts.keep_sent_days} day(s) ago, {pruned.dead_letters} dead letter(s) "
+        f"{_dead_age(settings.alerts.keep_dead_days)}, {pruned.alert_ledger} ledger row(s) "
+        "of workloads no longer in the inventory"
     )
     return 0
+
+
+def _dead_age(days: int) -> str:
+    return f"older than {days} day(s)" if days else "(alerts.keep_dead_days 0: kept forever)"

@@ -40,7 +40,7 @@ from scanqueue.store.inventory import (
     record_containers,
     replace_cluster_inventory,
 )
-from scanqueue.store.maintenance import Pruned, prune_gone, select_digests
+from scanqueue.store.maintenance import Pruned, prune, prune_gone, select_digests
 from scanqueue.store.reports import ReportBy, ReportTable, report
 from scanqueue.store.results import finish_scan, import_report
 from scanqueue.store.scans import (
@@ -84,6 +84,7 @@ __all__ = [
     "migrate",
     "migrations",
     "pool",
+    "prune",
     "prune_gone",
     "prune_scans",
     "record_containers",

@@ -231,3 +231,48 @@ def prune(conn: db.Connection, *, sent_before: datetime) -> int:
             (sent_before,),
         )
     return int(cur.rowcount or 0)
+
+
+@dataclasses.dataclass(frozen=True)
+class LedgerPruned:
+    """What ``prune_ledger`` deleted."""
+
+    outbox: int  # outbox rows planned long ago
+    dead_letters: int  # deliveries given up long ago
+    ledger: int  # alerted_findings rows of workloads gone from the inventory
+
+
+@db.translated
+def prune_ledger(
+    conn: db.Connection, *, planned_before: datetime, dead_before: datetime | None
+) -> LedgerPruned:
+    """Delete what alerting no longer needs, in one transaction:
+
+    - outbox rows planned before ``planned_before`` (a planned scan is never planned
+      again: a succeeded scan is never ingested twice, so its row cannot come back);
+    - dead letters that ended before ``dead_before`` (None: kept forever);
+    - ledger rows of workloads the inventory no longer has (``prune_gone`` deleted
+      them, gone for ``database.retain_gone_days``): nothing is left for them to keep
+      from alerting twice; such a workload that comes back alerts as a new one.
+
+    Never a ledger row of a workload still in the inventory, running or not: that
+    would alert its findings again.
+    """
+    with conn.transaction():
+        outbox = conn.execute(
+            "DELETE FROM alert_outbox WHERE planned_at < %s", (planned_before,)
+        ).rowcount
+        dead = 0
+        if dead_before is not None:
+            dead = conn.execute(
+                "DELETE FROM alert_deliveries WHERE state = 'dead' AND finished_at < %s",
+                (dead_before,),
+            ).rowcount
+        ledger = conn.execute(
+            """DELETE FROM alerted_findings a
+                WHERE NOT EXISTS (
+                      SELECT 1 FROM workloads w JOIN clusters cl ON cl.id = w.cluster_id
+                       WHERE cl.name = a.cluster AND w.namespace = a.namespace
+                         AND w.kind = a.workload_kind AND w.name = a.workload)"""
+        ).rowcount
+    return LedgerPruned(int(outbox or 0), int(dead or 0), int(ledger or 0))

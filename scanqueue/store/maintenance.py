@@ -1,9 +1,10 @@
-"""Day-two queries: which digests a rescan selects, and pruning containers long gone.
+"""Day-two queries: which digests a rescan selects, and pruning what is long gone.
 
 ``select_digests`` turns what an operator names (a cluster, namespace,
 workload, image or digest) into the digests running there now;
 ``prune_gone`` deletes inventory rows of containers gone for longer than the
-retention, then the workloads left without any container. Scans and their
+retention, then the workloads left without any container; ``prune`` does that
+and prunes the alert ledger (``store.alerts.prune_ledger``). Scans and their
 findings are never touched here (``prune_scans`` keeps those per digest).
 
 It must never delete a container that runs (``gone_at IS NULL``) or one that
@@ -13,18 +14,21 @@ went away within the retention.
 from __future__ import annotations
 
 import dataclasses
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
-from scanqueue.store import db
+from scanqueue.store import alerts, db
 
 
 @dataclasses.dataclass(frozen=True)
 class Pruned:
-    """What ``prune_gone`` deleted."""
+    """What ``prune_gone`` (the first two) and ``prune`` deleted."""
 
     containers: int
     workloads: int
+    alert_outbox: int = 0
+    dead_letters: int = 0
+    alert_ledger: int = 0
 
 
 @db.translated
@@ -90,3 +94,28 @@ def prune_gone(conn: db.Connection, *, gone_before: datetime) -> Pruned:
             (gone_before,),
         ).rowcount
     return Pruned(containers=containers, workloads=workloads)
+
+
+def prune(
+    conn: db.Connection,
+    *,
+    now: datetime,
+    retain_gone_days: int,
+    keep_sent_days: int,
+    keep_dead_days: int,
+) -> Pruned:
+    """What ``scanqueue prune`` and the daily task delete: containers gone longer than
+    ``retain_gone_days`` (0: none) and their empty workloads, then the alert ledger
+    (outbox rows planned ``keep_sent_days`` ago, dead letters ``keep_dead_days`` old
+    (0: kept), the dedupe ledger of the workloads no longer in the inventory)."""
+    gone = Pruned(0, 0)
+    if retain_gone_days:
+        gone = prune_gone(conn, gone_before=now - timedelta(days=retain_gone_days))
+    dead_before = now - timedelta(days=keep_dead_days) if keep_dead_days else None
+    ledger = alerts.prune_ledger(
+        conn, planned_before=now - timedelta(days=keep_sent_days), dead_before=dead_before
+    )
+    return dataclasses.replace(
+        gone, alert_outbox=ledger.outbox, dead_letters=ledger.dead_letters,
+        alert_ledger=ledger.ledger,
+    )  # fmt: skip

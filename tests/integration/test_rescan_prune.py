@@ -169,6 +169,71 @@ def test_prune_deletes_containers_gone_longer_than_the_retention_and_their_workl
     assert "old" not in workloads and "db" in workloads
 
 
+def _ledger(conn: store.Connection, *workloads: tuple[str, str, str]) -> None:
+    for cluster, namespace, workload in workloads:
+        conn.execute(
+            """INSERT INTO alerted_findings (cluster, namespace, workload_kind, workload,
+                                             vulnerability_id, package, scan_id, alerted_at)
+               VALUES (%s, %s, 'Deployment', %s, 'CVE-2024-0001', 'openssl', 's-old', %s)""",
+            (cluster, namespace, workload, NOW - timedelta(days=60)),
+        )
+
+
+def test_prune_deletes_the_alert_ledger_past_its_retention_and_keeps_what_dedupes(
+    farm_config: Path, database_url: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with store.connect(database_url) as conn:
+        for scan_id in ("s-old", "s-recent", "s-unplanned"):
+            store.start_scan(conn, scan_id=scan_id, cluster="alpha", digest=D_WEB,
+                             image=f"reg.example/team/web@{D_WEB}", mode="registry", attempt=1,
+                             credential_source=None,
+                             started_at=NOW - timedelta(days=40))  # fmt: skip
+        with conn.transaction():
+            conn.execute(
+                """INSERT INTO alert_outbox (scan_id, created_at, planned_at) VALUES
+                   ('s-old', %(d40)s, %(d40)s), ('s-recent', %(d40)s, %(d1)s),
+                   ('s-unplanned', %(d40)s, NULL)""",
+                {"d40": NOW - timedelta(days=40), "d1": NOW - timedelta(days=1)},
+            )
+            for name, state, finished in [
+                ("dead-old", "dead", 100),
+                ("dead-new", "dead", 10),
+                ("waiting", "pending", None),
+                ("sent", "sent", 1),
+            ]:
+                conn.execute(
+                    """INSERT INTO alert_deliveries (scan_id, cluster, namespace, workload_kind,
+                              workload, webhook, notification, state, finished_at)
+                       VALUES ('s-old', 'alpha', 'team-a', 'Deployment', 'web', %s, '{}', %s,
+                               %s)""",
+                    (name, state, None if finished is None else NOW - timedelta(days=finished)),
+                )  # fmt: skip
+            # web runs; old is pruned by this very run (gone 20 days, retain 7); removed is
+            # no longer in the inventory at all
+            _ledger(conn, ("alpha", "team-a", "web"), ("beta", "team-a", "web"),
+                    ("alpha", "team-a", "old"), ("beta", "team-x", "removed"))  # fmt: skip
+    assert cli.main(["prune"]) == 0
+    out = capsys.readouterr().out
+    assert "deleted 1 outbox row(s) planned more than 30 day(s) ago, 1 dead letter(s) " \
+        "older than 90 day(s), 2 ledger row(s)" in out, out  # fmt: skip
+    with store.connect(database_url) as conn:
+        outbox = [r[0] for r in conn.execute("SELECT scan_id FROM alert_outbox ORDER BY 1")]
+        hooks = [r[0] for r in conn.execute("SELECT webhook FROM alert_deliveries ORDER BY 1")]
+        ledger = conn.execute(
+            "SELECT cluster, workload FROM alerted_findings ORDER BY 1, 2"
+        ).fetchall()
+    assert outbox == ["s-recent", "s-unplanned"]
+    assert hooks == ["dead-new", "sent", "waiting"]  # sent ones: the dispatcher's keep_sent_days
+    assert ledger == [("alpha", "web"), ("beta", "web")]
+    # the ledger still keeps web's finding from alerting twice; dead letters kept forever at 0
+    with store.connect(database_url) as conn:
+        again = store.prune(conn, now=NOW + timedelta(days=400), retain_gone_days=0,
+                            keep_sent_days=30, keep_dead_days=0)  # fmt: skip
+    assert (again.dead_letters, again.alert_ledger, again.alert_outbox) == (0, 0, 1)
+    with store.connect(database_url) as conn:  # never an outbox row not planned yet
+        assert [r[0] for r in conn.execute("SELECT scan_id FROM alert_outbox")] == ["s-unplanned"]
+
+
 def test_the_daily_prune_task_runs_on_the_control_queue_of_a_real_worker(
     farm_config: Path,
     redis_url: str,
@@ -180,7 +245,8 @@ def test_the_daily_prune_task_runs_on_the_control_queue_of_a_real_worker(
     worker_factory(farm_config, queues=[worker_app.CONTROL_QUEUE])
     client = worker_app.make_app(config.load(farm_config, environ={}))
     result = client.send_task("scanqueue.prune", queue=worker_app.CONTROL_QUEUE)
-    assert result.get(timeout=60) == {"containers": 1, "workloads": 1}
+    assert result.get(timeout=60) == {"containers": 1, "workloads": 1, "alert_outbox": 0,
+                                      "dead_letters": 0, "alert_ledger": 0}  # fmt: skip
     with store.connect(database_url) as conn:
         pods = [r[0] for r in conn.execute("SELECT pod FROM containers ORDER BY 1")]
     assert "old-1" not in pods and len(pods) == 4
