@@ -92,6 +92,15 @@ def collect(ctx: model.ScanContext) -> list[model.Result]:
     return results
 
 
+def claim_key(job: Mapping[str, Any]) -> str:
+    """What a collect claims: the Job's name and uid. A later Job of the same name (the
+    digest scanned again in this cluster within CLAIM_SECONDS: a full scan asked for after
+    an unusable SBOM) is another Job, collected at once, not after the first one's claim."""
+    metadata = job.get("metadata") or {}
+    uid = metadata.get("uid")
+    return f"{metadata.get('name')}/{uid}" if uid else str(metadata.get("name"))
+
+
 def collect_safely(
     ctx: model.ScanContext,
     job: Mapping[str, Any],
@@ -109,13 +118,14 @@ def collect_safely(
     name = str(job["metadata"]["name"])
     where = {"cluster": ctx.cluster.name, "job": name}
     cluster = ctx.cluster.name
-    if not dedupe.claim_collect(ctx.redis, cluster=cluster, job=name, ttl_seconds=CLAIM_SECONDS):
+    claim = claim_key(job)
+    if not dedupe.claim_collect(ctx.redis, cluster=cluster, job=claim, ttl_seconds=CLAIM_SECONDS):
         return None  # another worker collects it (or just did)
     try:
         return _collect_one(ctx, job, state, reason, pods=pods)
     except errors.TemporaryError as e:
         log.warning("collecting a scan Job failed; retried on the next pass: %s", e, extra=where)
-        dedupe.release_collect(ctx.redis, cluster=cluster, job=name)
+        dedupe.release_collect(ctx.redis, cluster=cluster, job=claim)
         return None
     except errors.PermanentError as e:
         log.error("collecting a scan Job failed for good: %s", e, extra=where)
@@ -130,7 +140,7 @@ def collect_safely(
             )
             ending.delete(ctx, name)
         except errors.ScanqueueError as again:
-            dedupe.release_collect(ctx.redis, cluster=cluster, job=name)
+            dedupe.release_collect(ctx.redis, cluster=cluster, job=claim)
             log.warning("could not end the scan of %s yet: %s", name, again, extra=where)
             return None
         return ended

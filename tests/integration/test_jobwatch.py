@@ -18,6 +18,7 @@ from typing import Any
 import pytest
 
 from scanqueue import dedupe, jobwatch, scans, store
+from scanqueue.scans import collection
 from tests.conftest import REGISTRY_PASSWORD, REGISTRY_USER
 from tests.reliability.test_sweep import _request
 from tests.reliability.test_sweep import scan_context as sweep_context  # noqa: F401  (the fixture)
@@ -119,11 +120,13 @@ def test_a_jobs_collect_is_claimed_once(
     _complete(sim, {job, other})
 
     # a claimed Job is left alone, by a collect task and by the pass
-    assert dedupe.claim_collect(scan_context.redis, cluster="alpha", job=other, ttl_seconds=60)
+    claim = collection.claim_key(sim.get("Job", SCAN_NAMESPACE, other))
+    assert claim.startswith(f"{other}/")  # name and uid: a later Job of that name is another
+    assert dedupe.claim_collect(scan_context.redis, cluster="alpha", job=claim, ttl_seconds=60)
     assert scans.collect_job(scan_context, other) is None
     assert [r.job for r in scans.collect(scan_context)] == [job]
     assert sim.get("Job", SCAN_NAMESPACE, other) is not None
-    dedupe.release_collect(scan_context.redis, cluster="alpha", job=other)
+    dedupe.release_collect(scan_context.redis, cluster="alpha", job=claim)
 
     # four collects of one Job at once: stored once
     barrier = threading.Barrier(4)
