@@ -307,6 +307,11 @@ def _handle_failure(
     if reason == "DeadlineExceeded":
         why = (f"scan Job {ctx.namespace}/{job_name} exceeded its deadline of "
                f"{ctx.settings.scan.job_deadline_seconds}s")  # fmt: skip
+        if ctx.cluster.ca_bundle_configmap and not last:  # no output: it may never have run
+            why += (f"; its pod printed nothing: if it never started, check that ConfigMap "
+                    f"{ctx.namespace}/{ctx.cluster.ca_bundle_configmap} (ca_bundle_configmap) "
+                    "exists with key ca.crt (the kubelet waits for it: FailedMount "
+                    "events)")  # fmt: skip
         return ending.end(ctx, request, status="timeout", reason=why, attempt=attempt)
     why = f"scan Job {ctx.namespace}/{job_name} failed ({reason or 'no reason given'})"
     if last:

@@ -664,12 +664,8 @@ class Controllers:
         )
         init = spec.get("initContainers") or []
         containers = spec.get("containers") or []
-        # environment first: a missing secret or key blocks every container
-        for container in [*init, *containers]:
-            _, problem = self._env(pod, container)
-            if problem is not None:
-                self._config_error(pod, status, problem, stamp=stamp)
-                return
+        if self._blocked(pod, status, [*init, *containers], stamp=stamp):
+            return
         status["initContainerStatuses"] = [
             self._container_status(
                 c,
@@ -732,6 +728,63 @@ class Controllers:
         env, _ = self._env(stored, scan)
         self._running.add(uid)
         self._pool.submit(self._scan, stored, scan, env)
+
+    def _blocked(
+        self, pod: Obj, status: Obj, containers: list[Mapping[str, Any]], *, stamp: str
+    ) -> bool:
+        """Whether a volume or an environment source is missing; then the pod waits."""
+        # volumes first: the kubelet mounts them before it creates any container
+        problem = self._mount_problem(pod)
+        if problem is not None:
+            self._mount_failed(pod, status, problem, stamp=stamp)
+            return True
+        # then the environment: a missing secret or key blocks every container
+        for container in containers:
+            _, problem = self._env(pod, container)
+            if problem is not None:
+                self._config_error(pod, status, problem, stamp=stamp)
+                return True
+        return False
+
+    def _mount_problem(self, pod: Obj) -> str | None:
+        """The kubelet's FailedMount message for the first ConfigMap or Secret volume whose
+        object (or a key its items name) does not exist, unless optional; else None."""
+        namespace = pod["metadata"]["namespace"]
+        for volume in (pod.get("spec") or {}).get("volumes") or []:
+            for key, res, label in (("configMap", CONFIGMAPS, "configmap"),
+                                    ("secret", SECRETS, "secret")):  # fmt: skip
+                source = volume.get(key)
+                if source is None or source.get("optional"):
+                    continue
+                name = source.get("name") or source.get("secretName") or ""
+                found = self.cluster.lookup(res, namespace, name)
+                why = f'{label} "{name}" not found'
+                if found is not None:
+                    missing = [i.get("key") for i in source.get("items") or []
+                               if i.get("key") not in (found.get("data") or {})]  # fmt: skip
+                    if not missing:
+                        continue
+                    what = "config" if res is CONFIGMAPS else "secret"
+                    why = f"{label} references non-existent {what} key: {missing[0]}"
+                return f'MountVolume.SetUp failed for volume "{volume.get("name", "")}" : {why}'
+        return None
+
+    def _mount_failed(self, pod: Obj, status: Obj, problem: str, *, stamp: str) -> None:
+        """A volume cannot be mounted: the pod stays Pending, its containers waiting in
+        ContainerCreating, a FailedMount event each try; the kubelet tries again later (the
+        Job's activeDeadlineSeconds ends it if the object never comes)."""
+        status["containerStatuses"] = [
+            self._container_status(
+                c, {"waiting": {"reason": "ContainerCreating"}}, digest=None, ready=False
+            )
+            for c in (pod.get("spec") or {}).get("containers") or []
+        ]
+        for condition in ("ContainersReady", "Ready"):
+            _set_condition(status, condition, "False", stamp, reason="ContainersNotReady",
+                           message="containers with unready status")  # fmt: skip
+        self.cluster.write_status(PODS, pod, status)
+        self._event(pod, PODS, "Warning", "FailedMount", problem)
+        self.later(RETRY_SECONDS, "pod", pod["metadata"]["uid"])
 
     def _config_error(self, pod: Obj, status: Obj, problem: str, *, stamp: str) -> None:
         """A pod whose environment cannot be built (a missing Secret or key): every container

@@ -102,7 +102,9 @@ def tls_registry(tmp_path: Path) -> Iterator[TlsRegistry]:
         registry.stop()
 
 
-def _run_scan(farm: Farm, registry: TlsRegistry, *, configmap: bool) -> tuple[Any, ...]:
+def _run_scan(
+    farm: Farm, registry: TlsRegistry, *, configmap: bool, create: bool = True
+) -> tuple[Any, ...]:
     farm.scan = {"registry_ca_bundle": str(registry.ca_file), "allow_anonymous": False}
     farm.cluster_options = {"scan_mode": "registry", "trivy_image": "aquasec/trivy:0.76.0"}
     if configmap:
@@ -110,9 +112,10 @@ def _run_scan(farm: Farm, registry: TlsRegistry, *, configmap: bool) -> tuple[An
     sim = farm.clusters["alpha"]
     for namespace in (NS, SCAN_NAMESPACE):  # farm.start() keeps an existing one
         sim.create({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": namespace}})
-    sim.create({"apiVersion": "v1", "kind": "ConfigMap",
-                "metadata": {"name": "internal-ca", "namespace": SCAN_NAMESPACE},
-                "data": {"ca.crt": registry.ca_file.read_text()}})  # fmt: skip
+    if create:
+        sim.create({"apiVersion": "v1", "kind": "ConfigMap",
+                    "metadata": {"name": "internal-ca", "namespace": SCAN_NAMESPACE},
+                    "data": {"ca.crt": registry.ca_file.read_text()}})  # fmt: skip
     digest = registry.push("team/internal", "1")
     image = f"{registry.host}/team/internal:1"
     sim.create(_secret("regcred", _dockerconfig(registry.host, REGISTRY_USER, REGISTRY_PASSWORD)))
@@ -145,3 +148,19 @@ def test_without_the_ca_configmap_the_scan_pod_refuses_the_certificate(
     assert status == "failed"
     assert "certificate" in (error or ""), error
     assert REGISTRY_PASSWORD not in (error or "")
+
+
+def test_a_missing_ca_configmap_holds_the_pod_until_the_jobs_deadline_which_names_it(
+    farm: Farm, tls_registry: TlsRegistry
+) -> None:
+    """ca_bundle_configmap set, the ConfigMap never created: the kubelet keeps the pod in
+    ContainerCreating (FailedMount), so the Job's activeDeadlineSeconds ends the scan,
+    whose reason says so and names the ConfigMap to check."""
+    status, _, _, error, _ = _run_scan(farm, tls_registry, configmap=True, create=False)
+    assert status == "timeout", error
+    assert "exceeded its deadline of 8s" in error, error
+    assert f"ConfigMap {SCAN_NAMESPACE}/internal-ca (ca_bundle_configmap)" in error, error
+    events = farm.clusters["alpha"].list("Event", SCAN_NAMESPACE)
+    mounts = {e["message"] for e in events if e.get("reason") == "FailedMount"}
+    assert mounts == {'MountVolume.SetUp failed for volume "ca" : configmap "internal-ca" '
+                      "not found"}, mounts  # fmt: skip

@@ -261,6 +261,70 @@ def test_missing_secret_blocks_the_pod_until_the_job_deadline(
     )
 
 
+def _with_ca_volume(job: dict[str, Any], configmap: str) -> dict[str, Any]:
+    """``job`` mounting ConfigMap ``configmap``'s ca.crt, as a cluster's ca_bundle_configmap."""
+    pod = job["spec"]["template"]["spec"]
+    items = [{"key": "ca.crt", "path": "ca.crt"}]
+    pod["volumes"] = [{"name": "ca", "configMap": {"name": configmap, "items": items}}]
+    pod["containers"][0]["volumeMounts"] = [
+        {"name": "ca", "mountPath": "/etc/scanqueue/ca", "readOnly": True}
+    ]
+    return job
+
+
+def _mount_events(sim: SimCluster, pod: str) -> list[str]:
+    events = sim.core().list_namespaced_event(SCAN_NS).items
+    return [e.message for e in events
+            if e.involved_object.name == pod and e.reason == "FailedMount"]  # fmt: skip
+
+
+def test_a_missing_configmap_volume_keeps_the_pod_creating_until_it_appears(
+    scans: SimCluster, pushed: tuple[str, str], registry: services.Registry
+) -> None:
+    """As a kubelet: no failed pod, but ContainerCreating and FailedMount events, retried;
+    the pod starts once the ConfigMap exists (with the key its items name)."""
+    sim = scans
+    target, digest = pushed
+    sim.set_report(digest, REPORTS / "node-alpine-3.19.json")
+    job = sim.batch().create_namespaced_job(SCAN_NS, _with_ca_volume(
+        scan_job("scan-noca", target, secret="cred", suspend=False), "corp-ca"))  # fmt: skip
+    sim.core().create_namespaced_secret(SCAN_NS, credential_secret(
+        "cred", job, {"username": REGISTRY_USER, "password": REGISTRY_PASSWORD}))  # fmt: skip
+    pod = sim.wait_for(lambda: sim.core().list_namespaced_pod(SCAN_NS).items, what="a pod")[0]
+    name = pod.metadata.name
+    expected = 'MountVolume.SetUp failed for volume "ca" : configmap "corp-ca" not found'
+    sim.wait_for(lambda: len(_mount_events(sim, name)) >= 2, what="FailedMount, retried")
+    assert set(_mount_events(sim, name)) == {expected}
+    pod = job_pod(sim, "scan-noca")
+    assert pod.status.phase == "Pending"
+    assert pod.status.container_statuses[0].state.waiting.reason == "ContainerCreating"
+    # a ConfigMap without the key its items name: still no mount
+    sim.core().create_namespaced_config_map(SCAN_NS, client.V1ConfigMap(
+        metadata=client.V1ObjectMeta(name="corp-ca"), data={"other": "x"}))  # fmt: skip
+    keyless = ('MountVolume.SetUp failed for volume "ca" : configmap references '
+               "non-existent config key: ca.crt")  # fmt: skip
+    sim.wait_for(lambda: keyless in _mount_events(sim, name), what="FailedMount for the key")
+    assert job_pod(sim, "scan-noca").status.phase == "Pending"
+    sim.core().patch_namespaced_config_map("corp-ca", SCAN_NS, {"data": {"ca.crt": "unused"}})
+    done = finished(sim, "scan-noca")
+    assert done.status.succeeded == 1
+
+
+def test_a_configmap_that_never_comes_ends_the_job_at_its_deadline(
+    scans: SimCluster, pushed: tuple[str, str]
+) -> None:
+    sim = scans
+    target, _ = pushed
+    sim.batch().create_namespaced_job(SCAN_NS, _with_ca_volume(
+        scan_job("scan-never", target, suspend=False, deadline=2), "corp-ca"))  # fmt: skip
+    done = finished(sim, "scan-never")
+    failed = [c for c in done.status.conditions if c.type == "Failed"]
+    assert failed[0].reason == "DeadlineExceeded"
+    sim.wait_for(
+        lambda: not sim.core().list_namespaced_pod(SCAN_NS).items, what="active pod deleted"
+    )
+
+
 def test_missing_key_is_a_create_container_config_error_naming_the_key(
     scans: SimCluster, pushed: tuple[str, str]
 ) -> None:
