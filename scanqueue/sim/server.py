@@ -22,6 +22,8 @@ from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
+import orjson
+
 from scanqueue.sim import apierrors, counts, faults, resources, selectors
 from scanqueue.sim import cluster as cluster_mod
 from scanqueue.sim import options as options_mod
@@ -52,7 +54,7 @@ def version_info(kube_version: str) -> dict[str, Any]:
 
 def _event_line(kind: str, obj: Any) -> bytes:
     """One watch event as the stream carries it: a JSON object and a newline."""
-    return json.dumps({"type": kind, "object": obj}, separators=(",", ":")).encode() + b"\n"
+    return orjson.dumps({"type": kind, "object": obj}) + b"\n"
 
 
 def _event_lines(
@@ -162,7 +164,9 @@ class Handler(BaseHTTPRequestHandler):
         content_type: str = "application/json",
         headers: dict[str, str] | None = None,
     ) -> None:
-        data = body if isinstance(body, bytes) else json.dumps(body, separators=(",", ":")).encode()
+        # orjson: compact JSON as kube-apiserver writes it (UTF-8, not \u-escaped), in a tenth
+        # of the standard library's time (the emulator shares the farm's cores)
+        data = body if isinstance(body, bytes) else orjson.dumps(body)
         self.send_response(code)
         self.send_header("Content-Type", content_type)
         self.send_header("Content-Length", str(len(data)))
