@@ -122,7 +122,7 @@ def plan(r: Rescanner) -> Planned:
     settings = r.settings.rescan
     now = r.clock()
     version = trivy.db_version(runner(settings))
-    busy_for = max(settings.timeout_seconds * 3, r.settings.scan.job_deadline_seconds)
+    lost = lost_before(r.settings, now)
     with r.db.connection() as conn:
         stored_sboms.observe_db(
             conn,
@@ -131,7 +131,6 @@ def plan(r: Rescanner) -> Planned:
             source=version.source,
             at=now,
         )
-        lost = now - timedelta(seconds=busy_for)
         stored_sboms.end_lost_rescans(conn, started_before=lost, at=now)
         rows = stored_sboms.evaluations(conn, busy_since=lost)
         in_flight = stored_sboms.rescans_in_flight(conn, since=lost)
@@ -159,6 +158,13 @@ def plan(r: Rescanner) -> Planned:
             _want_full_scan(r, candidate.digest, decision.why)
             full += 1
     return Planned(version.updated_at, rescans, full, len(due), oldest)
+
+
+def lost_before(settings: config.Settings, now: datetime) -> datetime:
+    """A rescan queued or running since before this counts as lost (its worker died): the
+    planner, and the sweep when rescans were turned off, end its row failed."""
+    busy_for = max(settings.rescan.timeout_seconds * 3, settings.scan.job_deadline_seconds)
+    return now - timedelta(seconds=busy_for)
 
 
 def _age(now: datetime, candidate: stored_sboms.Due) -> float:

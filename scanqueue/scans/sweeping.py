@@ -1,4 +1,5 @@
-"""The periodic sweep: delete scan Jobs and Secrets past their deadline, fail lost scans.
+"""The periodic sweep: delete scan Jobs and Secrets past their deadline, fail lost scans
+(rescans too: a rescan row whose worker died never stays ``running``, rescans on or off).
 
 Safe while scans run: it touches only what outlived deadline + margin, and
 never deletes a Secret whose Job may still be starting.
@@ -19,7 +20,8 @@ from scanqueue import (
     manifests,
     store,
 )
-from scanqueue.scans import collection, ending, model
+from scanqueue.scans import collection, ending, model, rescan
+from scanqueue.store import sboms as stored_sboms
 
 log = logging.getLogger(__name__)
 
@@ -87,6 +89,9 @@ def sweep(ctx: model.ScanContext) -> Swept:
             )
             dedupe.release(ctx.redis, digest, scan_id=scan_id)
             failed += 1
+        # rescans have no Job: ended by the rescan planner, and here, should rescans be off
+        lost = rescan.lost_before(ctx.settings, now)
+        failed += stored_sboms.end_lost_rescans(conn, started_before=lost, at=now)
         pruned = store.prune_scans(conn, keep=ctx.settings.database.retention_scans_per_digest)
     return Swept(deleted_jobs, deleted_secrets, failed, pruned)
 

@@ -209,7 +209,7 @@ def running_scans(conn: db.Connection, *, cluster: str, before: datetime) -> lis
         """SELECT s.id, coalesce(s.digest, '') FROM scans s
              JOIN clusters cl ON cl.id = s.cluster_id
             WHERE cl.name = %s AND s.status IN ('pending', 'running') AND s.started_at < %s
-              AND s.mode <> 'sbom'  -- no Job: a lost rescan is ended by the rescan planner
+              AND s.mode <> 'sbom'  -- no Job: lost rescans end by sboms.end_lost_rescans
             ORDER BY s.started_at, s.id""",
         (cluster, before),
     ).fetchall()

@@ -140,3 +140,23 @@ def test_sweep_fails_a_scan_whose_job_vanished_and_releases_its_digest(
     assert row is not None and row.status == "failed"
     assert "vanished" in (row.error or "")
     assert dedupe.in_flight(scan_context.redis, request.digest or "") is None
+
+
+def test_sweep_ends_a_rescan_whose_worker_died_even_with_rescans_off(
+    scan_context: scans.ScanContext,
+) -> None:
+    """A rescan has no Job; the planner ends lost ones, but with rescans turned off since,
+    no planner runs: the sweep does it, past the rescans' busy window."""
+    digest = "sha256:" + "5b" * 32
+    with scan_context.db.connection() as conn:
+        store.start_scan(conn, scan_id="sbom-orphan", cluster="alpha", digest=digest,
+                         image=f"reg.example/team/app@{digest}", mode="sbom", attempt=1,
+                         credential_source=None, started_at=datetime.now(UTC))  # fmt: skip
+    assert not scan_context.settings.rescan.enabled
+    assert scans.sweep(scan_context).scans_failed == 0  # within its window: it may still run
+    _later(scan_context)
+    assert scans.sweep(scan_context).scans_failed == 1
+    with scan_context.db.connection() as conn:
+        row = store.get_scan(conn, "sbom-orphan")
+    assert row is not None and (row.status, row.error) == (
+        "failed", "rescan task lost (worker gone?); planned again")  # fmt: skip
