@@ -3,6 +3,8 @@
 - A worker SIGKILLed while its ``trivy sbom`` child runs: the rescan is planned again
   and completes, the killed row does not stay ``running``, and the killed task's late
   redelivery evaluates nothing a second time.
+- Postgres restarted (``immediate``, as a crash) while ``trivy sbom`` runs: storing
+  its result fails, the task retries, and the rescan is stored once when it is back.
 - The Trivy server's token (``rescan.trivy_server_token_file``, a server started with
   a token): it reaches the ``trivy`` child's environment and nothing else (no process's
   argv, no worker environment, log, metric or scan row); a wrong token ends the rescan
@@ -34,7 +36,7 @@ from scanqueue import processes, sboms, store
 from scanqueue.sim import trivydb
 from scanqueue.store import sboms as stored_sboms
 from tests.integration import test_rescans
-from tests.support import farm_fixtures, trivy_fixtures
+from tests.support import farm_fixtures, services, trivy_fixtures
 from tests.support import reliability_fixtures as rel
 from tests.support.worker_fixtures import WorkerProcess
 
@@ -65,12 +67,15 @@ def workers() -> Iterator[list[WorkerProcess]]:
 
 
 def _worker(
-    world: test_rescans.World, started: list[WorkerProcess], **options: Any
+    world: test_rescans.World, started: list[WorkerProcess], timeout: float = 5, **options: Any
 ) -> WorkerProcess:
+    """A worker (embedded beat) on the rescan queue; ``timeout``: rescan.timeout_seconds,
+    which also sets how long a rescan may stay queued or running before it counts as lost
+    (3 times that)."""
     config = farm_fixtures.write_settings(
         world.tmp / "rescan.toml", database_url=world.database_url, redis_url=world.redis_url,
         clusters=[], insecure=[],
-        rescan={**world.rescan_settings, "plan_interval_seconds": 0.5, "timeout_seconds": 5},
+        rescan={**world.rescan_settings, "plan_interval_seconds": 0.5, "timeout_seconds": timeout},
     )  # fmt: skip
     log = world.tmp / f"worker-{len(started)}.log"
     worker = WorkerProcess(config, ["scanqueue.rescan"], log, beat=True, **options)
@@ -218,3 +223,27 @@ def test_the_trivy_server_token_reaches_only_the_trivy_child_and_a_wrong_one_nam
 def _metrics_text(port: int) -> str:
     with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as response:
         return str(response.read().decode())
+
+
+def test_postgres_restarted_while_trivy_sbom_runs_stores_the_rescan_once(
+    world: test_rescans.World,
+    workers: list[WorkerProcess],
+    postgres_server: services.PostgresServer,
+) -> None:
+    # retries back off 1, 2, 4, 8 s...: a window of 60 s before the row counts as lost
+    worker = _worker(world, workers, timeout=20)
+    try:
+        with _held_in_trivy_sbom(world, worker):
+            postgres_server.stop("immediate")  # as a crash would, while Trivy evaluates
+        # Trivy's result cannot be stored: the task is retried with backoff
+        _wait(lambda: "rescan will be retried" in worker.log.read_text(errors="replace"),
+              timeout=60, what="the rescan retried while Postgres is down")  # fmt: skip
+    finally:
+        postgres_server.start()
+    retried = [ln for ln in worker.log.read_text(errors="replace").splitlines()
+               if "rescan will be retried" in ln]  # fmt: skip
+    assert "Postgres, in store.finish_scan" in retried[0], retried  # after Trivy's evaluation
+    _wait(lambda: _rescans(world, "succeeded"), timeout=90, what="the rescan stored")
+    rows = _rescans(world)
+    assert [s for _, s, _ in rows] == ["succeeded"], rows  # one row, stored once
+    assert worker.proc is not None and worker.proc.poll() is None  # the worker lived through it
