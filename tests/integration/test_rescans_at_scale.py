@@ -100,6 +100,21 @@ def _complete(world: test_rescans.World, task: dict[str, str], report: reports.R
                                        db_updated_at=datetime.fromisoformat(NEW_DB))  # fmt: skip
 
 
+def _work_off(
+    world: test_rescans.World,
+    batch: list[dict[str, str]],
+    report: reports.Report,
+    rescanned: collections.Counter[str],
+) -> None:
+    """Run a pass's rescans: the first REAL with the real Trivy, the others completed."""
+    for i, task in enumerate(batch):
+        rescanned[task["digest"]] += 1
+        if i < REAL:
+            assert rescan.run(world.rescanner, **task) == "succeeded"
+        else:
+            _complete(world, task, report)
+
+
 def _in_flight(world: test_rescans.World) -> int:
     [(count,)] = world.query(
         "SELECT count(*) FROM scans WHERE mode = 'sbom' AND status IN ('pending', 'running')"
@@ -128,12 +143,7 @@ def test_a_db_update_over_1200_running_digests_is_rescanned_200_a_pass_each_once
             break
         if len(passes) == 1:  # oldest evaluation first
             assert [t["digest"] for t in batch] == digests[:LIMIT]
-        for i, task in enumerate(batch):
-            rescanned[task["digest"]] += 1
-            if i < REAL:
-                assert rescan.run(world.rescanner, **task) == "succeeded"
-            else:
-                _complete(world, task, report)
+        _work_off(world, batch, report, rescanned)
     assert len(passes) == math.ceil(RUNNING / LIMIT) + 1, passes
     assert [due for due, _ in passes] == [RUNNING - LIMIT * i for i in range(len(passes))]
     assert set(rescanned) == set(digests)
@@ -203,12 +213,7 @@ def test_rescan_workers_slower_than_the_plan_rate_never_queue_more_nor_rescan_tw
     rescanned = collections.Counter(t["digest"] for t in world.published[:50])
     batch = world.published[before:]
     while batch:
-        for i, task in enumerate(batch):
-            rescanned[task["digest"]] += 1
-            if i < REAL:
-                assert rescan.run(world.rescanner, **task) == "succeeded"
-            else:
-                _complete(world, task, report)
+        _work_off(world, batch, report, rescanned)
         before = len(world.published)
         planned = rescan.plan(world.rescanner)
         assert planned.rescans <= LIMIT and _in_flight(world) <= LIMIT
