@@ -5,6 +5,7 @@
   redelivery evaluates nothing a second time.
 - Postgres restarted (``immediate``, as a crash) while ``trivy sbom`` runs: storing
   its result fails, the task retries, and the rescan is stored once when it is back.
+- Redis (broker and locks) restarted while ``trivy sbom`` runs: stored once.
 - The Trivy server's token (``rescan.trivy_server_token_file``, a server started with
   a token): it reaches the ``trivy`` child's environment and nothing else (no process's
   argv, no worker environment, log, metric or scan row); a wrong token ends the rescan
@@ -44,9 +45,11 @@ TOKEN = "trivy-token-" + secrets.token_hex(12)
 DIGEST = test_rescans.DIGEST
 
 
-@pytest.fixture
-def world(tmp_path: Path, database_url: str, redis_url: str) -> Iterator[test_rescans.World]:
-    handle = test_rescans.World(tmp_path, database_url, redis_url, token=TOKEN)
+@contextlib.contextmanager
+def _seeded(tmp: Path, database_url: str, redis_url: str) -> Iterator[test_rescans.World]:
+    """A digest that runs in a pod, scanned in full with its SBOM kept; a Trivy server that
+    wants TOKEN."""
+    handle = test_rescans.World(tmp, database_url, redis_url, token=TOKEN)
     try:
         handle.full_scan()
         with psycopg.connect(database_url, autocommit=True) as conn:
@@ -56,6 +59,12 @@ def world(tmp_path: Path, database_url: str, redis_url: str) -> Iterator[test_re
         with contextlib.suppress(ProcessLookupError, TypeError):
             os.kill(handle.server.pid, signal.SIGCONT)  # type: ignore
         handle.close()
+
+
+@pytest.fixture
+def world(tmp_path: Path, database_url: str, redis_url: str) -> Iterator[test_rescans.World]:
+    with _seeded(tmp_path, database_url, redis_url) as handle:
+        yield handle
 
 
 @pytest.fixture
@@ -247,3 +256,28 @@ def test_postgres_restarted_while_trivy_sbom_runs_stores_the_rescan_once(
     rows = _rescans(world)
     assert [s for _, s, _ in rows] == ["succeeded"], rows  # one row, stored once
     assert worker.proc is not None and worker.proc.poll() is None  # the worker lived through it
+
+
+def test_redis_restarted_while_trivy_sbom_runs_stores_the_rescan_once(
+    tmp_path: Path,
+    database_url: str,
+    durable_redis: rel.DurableRedis,
+    workers: list[WorkerProcess],
+) -> None:
+    """The broker and the rescan lock's Redis restarts (append-only file: nothing acknowledged
+    is lost) while Trivy evaluates. Celery terminates a late-acked task on a lost broker
+    connection, so that rescan dies holding its lock (identical SBOMs wait for it to expire,
+    timeout + 30 s); the planner counts it lost and plans it again. In the end: one
+    evaluation stored, no row left running, the others ended as lost, and the terminated
+    task's redelivery (after the visibility timeout) runs nothing."""
+    with _seeded(tmp_path, database_url, durable_redis.url) as world:
+        worker = _worker(world, workers)
+        with _held_in_trivy_sbom(world, worker):
+            durable_redis.restart()
+        _wait(lambda: _rescans(world, "succeeded"), timeout=60, what="the rescan stored")
+        time.sleep(35)  # past the broker's visibility timeout (30 s): any redelivery is done
+        rows = _rescans(world)
+        assert [s for _, s, _ in rows].count("succeeded") == 1, rows
+        lost = (None, "failed", "rescan task lost (worker gone?); planned again")
+        assert all(s == "succeeded" or (None, s, e) == lost for _, s, e in rows), rows
+        assert worker.proc is not None and worker.proc.poll() is None
