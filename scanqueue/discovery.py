@@ -30,6 +30,9 @@ PAYLOAD_VERSION = 1
 # Scan Jobs carry this label (manifests.py); their pods are never inventoried or scanned.
 MANAGED_BY_LABEL = "app.kubernetes.io/managed-by"
 MANAGED_BY_VALUE = "scanqueue"
+# what the watcher lists and watches: every pod but scanqueue's own scan pods (a pod without
+# the label matches too), so the API server filters them out instead of ``selected``
+NOT_MANAGED_SELECTOR = f"{MANAGED_BY_LABEL}!={MANAGED_BY_VALUE}"
 TERMINAL_PHASES = frozenset({"Succeeded", "Failed"})
 POD_TEMPLATE_HASH_LABEL = "pod-template-hash"  # set by the Deployment controller
 

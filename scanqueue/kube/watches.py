@@ -6,11 +6,11 @@ An ERROR event is raised as the error it stands for (410: ``Gone``, list again).
 from __future__ import annotations
 
 import contextlib
-import json
 from collections.abc import Callable, Iterator
 from typing import Any
 
 import kubernetes
+import orjson
 from kubernetes.watch import watch as k8s_watch
 
 from scanqueue import errors
@@ -25,8 +25,11 @@ def watch_pods(
     namespace: str | None,
     resource_version: str,
     timeout_seconds: int,
+    label_selector: str | None = None,
 ) -> Iterator[tuple[str, Object]]:
     """Yield ``(type, pod)`` events for ``namespace`` (``None``: all) after ``resource_version``.
+
+    ``label_selector``: only the pods it matches (as the list the watch resumes from).
 
     Types are ADDED, MODIFIED, DELETED and BOOKMARK (requested; its object
     carries only ``metadata.resourceVersion``). The server ends the stream
@@ -44,6 +47,8 @@ def watch_pods(
         "_preload_content": False,
         "_request_timeout": (client.CONNECT_TIMEOUT, timeout_seconds + client.WATCH_READ_MARGIN),
     }
+    if label_selector:
+        options["label_selector"] = label_selector
 
     def start() -> Any:
         if namespace is None:
@@ -90,9 +95,9 @@ def _events(kind_name: str, where: str, start: Callable[[], Any]) -> Iterator[tu
             if not line:
                 continue
             try:
-                event = json.loads(line)
+                event = orjson.loads(line)
                 kind, obj = event["type"], event["object"]
-            except (ValueError, KeyError, TypeError) as e:
+            except (orjson.JSONDecodeError, KeyError, TypeError) as e:
                 raise errors.TemporaryError(
                     f"watch {kind_name} in {where}: undecodable event ({e}); watch again"
                 ) from e

@@ -247,7 +247,10 @@ class ClusterWatcher:
         wanted: list[Running] = []
         listed = metrics.WATCH_EVENTS.labels(self.name, "LISTED")
         version = ""
-        for items, page_version in kube.list_pod_pages(api=self._api, namespace=scope):
+        pages = kube.list_pod_pages(
+            api=self._api, namespace=scope, label_selector=discovery.NOT_MANAGED_SELECTOR
+        )
+        for items, page_version in pages:
             version = page_version
             self._prefetch_owners(items)
             for pod in items:

@@ -13,7 +13,7 @@ import threading
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from scanqueue import errors, kube, metrics
+from scanqueue import discovery, errors, kube, metrics
 from scanqueue.watcher.pacing import Backoff, WatchOptions
 from scanqueue.watcher.picture import Scope
 
@@ -49,6 +49,7 @@ def follow(
                 namespace=scope,
                 resource_version=version,
                 timeout_seconds=options.watch_timeout_seconds,
+                label_selector=discovery.NOT_MANAGED_SELECTOR,
             ):
                 if stop.is_set():
                     return

@@ -235,10 +235,22 @@ def test_excluded_namespaces_and_scan_pods_are_ignored(
     assert scan_pod is not None
     scan_pod["metadata"]["labels"] = {"app.kubernetes.io/managed-by": "scanqueue"}
     sim.replace(scan_pod)
+    listed = metrics.value("scanqueue_watch_events_total", cluster="eu", type="LISTED")
     watcher = watch_farm.watch(sim, "eu", exclude_namespaces=("kube-system",))
     inventory = watch_farm.settle(watcher, containers=2)
     assert {ns for ns, *_ in inventory} == {"shop"}
     assert [r.digest for r in watch_farm.requests("eu")] == [sim.digest_of(IMAGES[0])]
+    # the API server leaves scan pods out of the list and the watch (a label selector): the
+    # watcher never decodes them (4 pods listed: shop's 2 and kube-system's 2, not scan-x)
+    assert metrics.value("scanqueue_watch_events_total", cluster="eu", type="LISTED") == listed + 4
+    added = metrics.value("scanqueue_watch_events_total", cluster="eu", type="ADDED")
+    sim.create({"apiVersion": "v1", "kind": "Pod",
+                "metadata": {"name": "scan-y", "namespace": "shop",
+                             "labels": {"app.kubernetes.io/managed-by": "scanqueue"}},
+                "spec": {"containers": [{"name": "app", "image": IMAGES[7]}]}})  # fmt: skip
+    w.bare_pod("shop", "after-scan-y", IMAGES[8])  # its events come after scan-y's
+    watch_farm.settle(watcher, containers=3)
+    assert metrics.value("scanqueue_watch_events_total", cluster="eu", type="ADDED") == added + 1
 
 
 def test_included_namespaces_are_watched_one_by_one(
