@@ -7,11 +7,11 @@ expects. What it must never do: keep global client state (``load_kube_config``).
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable
 from typing import Any
 
 import kubernetes
+import orjson
 import urllib3
 
 from scanqueue import config, errors
@@ -90,7 +90,7 @@ def call(
             data = response.data
         finally:
             response.release_conn()
-        decoded = json.loads(data) if data else {}
+        decoded = orjson.loads(data) if data else {}
         if not isinstance(decoded, dict):
             raise ValueError("response is not a JSON object")
         return decoded
