@@ -208,9 +208,10 @@ def run(r: Rescanner, *, scan_id: str, digest: str, cluster: str, image: str) ->
         store.start_scan(conn, scan_id=scan_id, cluster=cluster, digest=digest, image=image,
                          mode="sbom", attempt=1, credential_source=None,
                          started_at=r.clock())  # fmt: skip
-        row = store.get_scan(conn, scan_id)
-        if row is None or row.status not in ("pending", "running"):
-            log.info("rescan already ended (%s); not run again", row and row.status,
+        # still to run? then it counts as started now: the planner's lost-rescan window
+        # (3 x timeout) runs from here, longer than this run takes, not from the plan pass
+        if not stored_sboms.begin_rescan(conn, scan_id=scan_id, at=r.clock()):
+            log.info("rescan already ended; not run again",
                      extra={"scan_id": scan_id, "digest": digest})  # fmt: skip
             return "already_ended"
         stored = stored_sboms.get(conn, digest)

@@ -221,6 +221,20 @@ def end_lost_rescans(conn: db.Connection, *, started_before: datetime, at: datet
 
 
 @db.translated
+def begin_rescan(conn: db.Connection, *, scan_id: str, at: datetime) -> bool:
+    """Stamp rescan ``scan_id`` as started ``at`` if it is still queued or running; return
+    whether it is (False: it succeeded already, or was ended as lost: nothing to run)."""
+    with conn.transaction():
+        row = conn.execute(
+            """UPDATE scans SET started_at = greatest(started_at, %s)
+                WHERE id = %s AND mode = 'sbom' AND status IN ('pending', 'running')
+            RETURNING 1""",
+            (at, scan_id),
+        ).fetchone()
+    return row is not None
+
+
+@db.translated
 def rescans_in_flight(conn: db.Connection, *, since: datetime) -> int:
     """Rescans queued or running that started after ``since`` (older ones count as lost)."""
     row = conn.execute(

@@ -21,7 +21,7 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from scanqueue import reports, sboms, store, trivy
+from scanqueue import errors, reports, sboms, store, trivy
 from scanqueue.scans import rescan
 from scanqueue.sim import trivydb
 from scanqueue.store import sboms as stored_sboms
@@ -224,3 +224,34 @@ def test_rescan_workers_slower_than_the_plan_rate_never_queue_more_nor_rescan_tw
             GROUP BY digest, db_updated_at HAVING count(*) > 1"""
     )
     assert twice == []
+
+
+def test_a_rescan_counts_as_lost_from_when_it_starts_not_from_its_plan_pass(
+    world: test_rescans.World,
+) -> None:
+    """A rescan queued for most of the lost window, then started (here its first try fails:
+    the Trivy server is away, and the task retries): the next plan pass past the window
+    counts the never-started ones lost, not this one, so it is not planned a second time
+    while it runs."""
+    _seed(world)
+    _new_db(world)
+    shift = [timedelta(0)]
+    world.rescanner.clock = lambda: datetime.now(UTC) + shift[0]
+    assert rescan.plan(world.rescanner).rescans == LIMIT
+    started, *queued = world.published
+    window = datetime.now(UTC) - rescan.lost_before(world.settings, datetime.now(UTC))
+
+    shift[0] = window - timedelta(seconds=10)
+    assert world.server is not None
+    world.server.stop()
+    with pytest.raises(errors.TemporaryError):
+        rescan.run(world.rescanner, **started)
+    _new_db(world)  # the server is back
+    shift[0] = window + timedelta(seconds=10)
+    before = len(world.published)
+    assert rescan.plan(world.rescanner).rescans == LIMIT - 1  # the started one is in flight
+    again = {t["digest"] for t in world.published[before:]}
+    assert again == {t["digest"] for t in queued}
+    assert world.query("SELECT status FROM scans WHERE id = %s", started["scan_id"]) == [
+        ("running",)]  # fmt: skip
+    assert rescan.run(world.rescanner, **started) == "succeeded"  # its retry
