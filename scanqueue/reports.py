@@ -260,19 +260,21 @@ def parse(data: str | bytes, *, source: str = "report") -> Report:
     message naming ``source``) for the legacy top-level-list format, another
     schema version, truncated or non-JSON text, and missing required fields.
     """
-    text = _decode(data, source)
-    stripped = text.strip()
-    if not stripped:
-        raise InvalidReport(f"{source}: empty output, expected Trivy JSON")
-    try:
-        document = _loads(stripped)
-    except json.JSONDecodeError as e:
-        truncated = e.pos >= len(stripped) - 1 or "Unterminated" in e.msg
-        what = "truncated JSON" if truncated and stripped[0] in "{[" else "not JSON"
-        raise InvalidReport(
-            f"{source}: {what} ({e.msg} at character {e.pos} of {len(stripped)}); "
-            f"output starts with {_preview(stripped)}"
-        ) from None
+    document = _loads_bytes(data) if isinstance(data, bytes) else _REFUSED
+    if document is _REFUSED:
+        text = _decode(data, source)
+        stripped = text.strip()
+        if not stripped:
+            raise InvalidReport(f"{source}: empty output, expected Trivy JSON")
+        try:
+            document = _loads(stripped)
+        except json.JSONDecodeError as e:
+            truncated = e.pos >= len(stripped) - 1 or "Unterminated" in e.msg
+            what = "truncated JSON" if truncated and stripped[0] in "{[" else "not JSON"
+            raise InvalidReport(
+                f"{source}: {what} ({e.msg} at character {e.pos} of {len(stripped)}); "
+                f"output starts with {_preview(stripped)}"
+            ) from None
     if isinstance(document, list):
         raise InvalidReport(
             f"{source}: legacy Trivy JSON (a top-level list of results, written by Trivy "
@@ -309,6 +311,23 @@ def _loads(text: str) -> Any:
         return orjson.loads(text)
     except orjson.JSONDecodeError:
         return json.loads(text)
+
+
+_REFUSED = object()  # what _loads_bytes returns for bytes orjson does not take as they are
+_UTF8_BOM = b"\xef\xbb\xbf"
+
+
+def _loads_bytes(data: bytes) -> Any:
+    """The JSON object in UTF-8 ``data`` (a byte-order mark skipped), decoded by orjson from
+    the bytes, or ``_REFUSED`` (not an object, or not for orjson): then ``parse`` takes its
+    text way, with its errors and its fallbacks. Decoding 1 MB to text first and orjson
+    encoding it back to UTF-8 (a report's text is not ASCII) doubled the parse: ~2.6 ms
+    against ~1.5 ms."""
+    try:
+        document = orjson.loads(data.removeprefix(_UTF8_BOM))
+    except orjson.JSONDecodeError:
+        return _REFUSED
+    return document if isinstance(document, dict) else _REFUSED
 
 
 def parse_file(path: str | Path) -> Report:

@@ -168,7 +168,7 @@ def _collect_one(
         ending.delete(ctx, name)
         scan_id = str((metadata.get("labels") or {}).get(manifests.LABEL_SCAN_ID))
         return model.Result("failed", scan_id, "", name, f"unreadable scan Job annotations: {e}")
-    pod, log_text = _pod_and_log(ctx, name, pods)
+    pod, output = _pod_and_log(ctx, name, pods)
     with ctx.db.connection() as conn:
         # The submit that created this Job may have died before recording the scan; a
         # redelivered submit adopts the Job, but the Job may finish first.
@@ -184,7 +184,7 @@ def _collect_one(
             started_at=model.created(job),
         )
     if state == "complete":
-        result = _store_report(ctx, request, name, log_text, attempt)
+        result = _store_report(ctx, request, name, output, attempt)
     else:
         result = _handle_failure(
             ctx,
@@ -192,7 +192,7 @@ def _collect_one(
             job_name=name,
             reason=reason,
             pod=pod,
-            text=log_text,
+            text=output.decode("utf-8", "replace"),
             step_index=step_index,
             attempt=attempt,
         )
@@ -213,17 +213,18 @@ def _mode_of(job: Mapping[str, Any], annotations: Mapping[str, str]) -> str:
 
 def _pod_and_log(
     ctx: model.ScanContext, job_name: str, pods: Sequence[Mapping[str, Any]] | None
-) -> tuple[Mapping[str, Any] | None, str]:
+) -> tuple[Mapping[str, Any] | None, bytes]:
+    """The Job's pod and its log's bytes (not decoded: a report goes to the parser as is)."""
     if pods is None:
         pods = kube.pods_of_job(api=ctx.api, namespace=ctx.namespace, name=job_name)
     if not pods:
-        return None, ""
+        return None, b""
     pod = pods[-1]
     phase = (pod.get("status") or {}).get("phase")
     if phase not in ("Succeeded", "Failed"):
-        return pod, ""
+        return pod, b""
     try:
-        text = kube.read_pod_log(
+        text = kube.read_pod_log_bytes(
             api=ctx.api,
             namespace=ctx.namespace,
             name=str(pod["metadata"]["name"]),
@@ -231,23 +232,31 @@ def _pod_and_log(
             limit_bytes=model.MAX_LOG_BYTES,
         )
     except kube.NotFound:
-        text = ""
+        text = b""
     return pod, text
 
 
 def _store_report(
-    ctx: model.ScanContext, request: discovery.ScanRequest, job_name: str, text: str, attempt: int
+    ctx: model.ScanContext,
+    request: discovery.ScanRequest,
+    job_name: str,
+    output: bytes,
+    attempt: int,
 ) -> model.Result:
     digest = request.digest or ""
+    source = f"log of scan Job {ctx.namespace}/{job_name}"
     try:
-        report = reports.parse(text, source=f"log of scan Job {ctx.namespace}/{job_name}")
+        try:
+            report = reports.parse(output, source=source)
+        except reports.InvalidReport:  # judged on the text, undecodable bytes replaced
+            report = reports.parse(output.decode("utf-8", "replace"), source=source)
     except reports.InvalidReport as e:
         return ending.end(ctx, request, status="failed", reason=str(e), attempt=attempt)
     with ctx.db.connection() as conn:
         store.finish_scan(conn, scan_id=request.scan_id, report=report, finished_at=ctx.clock())
     # the package list, kept once per digest for rescans (never fails the scan)
     rescan.keep_sbom(settings=ctx.settings, db=ctx.db, scan_id=request.scan_id,
-                     digest=digest, text=text)  # fmt: skip
+                     digest=digest, text=output)  # fmt: skip
     dedupe.mark_fresh(ctx.redis, digest, ttl_seconds=ctx.settings.scan.rescan_interval_seconds)
     log.info(
         "scan stored",

@@ -77,8 +77,12 @@ def runner(settings: config.RescanSettings) -> trivy.Runner:
     )
 
 
-def keep_sbom(*, settings: config.Settings, db: Any, scan_id: str, digest: str, text: str) -> bool:
+def keep_sbom(
+    *, settings: config.Settings, db: Any, scan_id: str, digest: str, text: str | bytes
+) -> bool:
     """After a successful full scan: keep the digest's package list as CycloneDX, once.
+
+    ``text``: the report (the pod log's bytes are decoded here, only when rescans are on).
 
     Never raises for a scan's sake: a list that cannot be kept (no packages
     listed, no trivy binary, the database away) is logged; the digest then gets
@@ -87,6 +91,8 @@ def keep_sbom(*, settings: config.Settings, db: Any, scan_id: str, digest: str, 
     if not settings.rescan.enabled or not digest:
         return False
     where = {"scan_id": scan_id, "digest": digest}
+    if isinstance(text, bytes):
+        text = text.decode("utf-8", "replace")
     try:
         why = sboms.listed_packages(json.loads(text.lstrip("\ufeff")))
         packed = None

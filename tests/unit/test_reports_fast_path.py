@@ -79,3 +79,25 @@ def test_what_only_the_standard_library_decodes_is_still_read() -> None:
     refusal = rf"truncated JSON \(Expecting .,. delimiter at character {len(cut)} of {len(cut)}\)"
     with pytest.raises(reports.InvalidReport, match=refusal):
         reports.parse(cut)
+
+
+def test_bytes_are_decoded_as_they_are_and_read_as_the_text_is() -> None:
+    """A pod log's bytes go to orjson without a text in between (byte-order mark skipped);
+    whatever orjson refuses in them takes the text way, so bytes and their text agree:
+    same report, same refusals."""
+    recorded = (TRIVY / "python-debian-12-bom-crlf.json").read_bytes()
+    assert recorded.startswith(b"\xef\xbb\xbf") and recorded.endswith(b"\r\n")
+    assert reports.parse(recorded) == reports.parse(recorded.decode("utf-8-sig"))
+    entry = {"VulnerabilityID": "CVE-1", "PkgName": "openssl", "Severity": "HIGH",
+             "CVSS": {"nvd": {"V3Score": float("nan")}}, "Huge": 2**70}  # fmt: skip
+    for text in (_report(entry), _report(entry) + "\x0c\x1f", "\ufeff " + _report(entry)):
+        assert reports.parse(text.encode()) == reports.parse(text)
+    for bad, refusal in (
+        (b"", "empty output"),
+        (b"\xef\xbb\xbf \r\n", "empty output"),
+        (_report(entry).encode()[:-20], "truncated JSON"),
+        (b'{"SchemaVersion": 2, "x": "\xff"}', r"not UTF-8 text \(byte 27\)"),
+        (b"null", "expected a JSON object"),
+    ):
+        with pytest.raises(reports.InvalidReport, match=refusal):
+            reports.parse(bad)
