@@ -13,7 +13,9 @@ scheduler and a kubelet for scan pods (whose registry pull is real: skopeo).
 - ``scenario``: a YAML file declaring a cluster (``load``, ``apply``); the demo
   ships as ``data/demo.yaml``.
 - ``cluster`` (state and API semantics), ``server`` (HTTP), ``controllers``
-  (Job, TTL, GC, scheduler, kubelet), ``kubelet`` (the pull and the report),
+  (the work queue and GC), ``jobcontroller`` (Job, TTL), ``podkubelet``
+  (scheduler, kubelet), ``objstatus`` (conditions, Events), ``kubelet`` (images,
+  the digest and the recorded report), ``podrun`` (a scan pod's real Trivy),
   ``admission``/``validation`` (what the API server refuses), ``patch``,
   ``selectors``, ``resources``, ``faults``.
 

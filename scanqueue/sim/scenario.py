@@ -59,7 +59,7 @@ from typing import TYPE_CHECKING, Any
 import yaml
 
 from scanqueue import errors
-from scanqueue.sim import apierrors, controllers, kubelet
+from scanqueue.sim import apierrors, kubelet, podkubelet
 from scanqueue.sim import cluster as cluster_mod
 
 if TYPE_CHECKING:
@@ -408,7 +408,7 @@ class _Applier:
                         "image": container["image"],
                         "imageID": str(entry.get("imageID") or "")
                         if str(entry.get("imageID") or "").count("@")
-                        else controllers.image_id(container["image"], digest),
+                        else podkubelet.image_id(container["image"], digest),
                         "containerID": "containerd://"
                         + _short_hash(namespace, name, container["name"], length=32),
                         "started": group == "containers",

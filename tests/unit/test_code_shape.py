@@ -25,11 +25,6 @@ LARGE_MODULES = {
         "patch, delete and list share the resourceVersion counter, the watch window and the "
         "owner index (admission, patch and selectors are modules of their own)"
     ),
-    "scanqueue/sim/controllers.py": (
-        "the Job controller and the scan pods' kubelet on one work queue and one timer heap "
-        "(the queue keeps work proportional to the objects a change touches); the kubelet's "
-        "image and pod-run parts are kubelet.py and podrun.py"
-    ),
     "scanqueue/sim/scenario.py": (
         "the scenario file's schema, one builder per workload kind, and the applier"
     ),
