@@ -255,6 +255,30 @@ def test_refused_secret_never_echoes_its_content(scripted: Callable[..., Any]) -
     assert CANARY not in repr(caught.value.__context__)
 
 
+def test_created_objects_go_to_the_api_server_as_given(scripted: Callable[..., Any]) -> None:
+    """Job and Secret bodies are sent as they are (not through the client's models): the
+    API server judges them, and a refusal of a Secret names fields, never values (a
+    client-side model check echoed the value it refused)."""
+    answer = status(422, "Invalid", f"Secret is invalid: {CANARY}",
+                    details={"causes": [{"field": "data[password]"}]})  # fmt: skip
+    server, api = scripted(lambda r: answer if "secrets" in r.path else ok(json.loads(r.body)))
+    job = {"apiVersion": "batch/v1", "kind": "Job",
+           "metadata": {"name": "sq-1", "namespace": "scans", "labels": {"a": "b"}},
+           "spec": {"suspend": True, "backoffLimit": 0, "template": {"spec": {"containers": [
+               {"name": "trivy", "image": "trivy:1", "args": ["image", "x"]}]}}}}  # fmt: skip
+    assert kube.create_job(api=api, body=job) == job
+    assert json.loads(server.seen[-1].body) == job
+    assert server.seen[-1].method == "POST" and server.seen[-1].path.endswith("/scans/jobs")
+    secret = {"apiVersion": "v1", "kind": "Secret",
+              "metadata": {"name": "sq-1-cred", "namespace": "scans"},
+              "data": {"password": [CANARY]}}  # fmt: skip
+    with pytest.raises(errors.PermanentError) as caught:
+        kube.create_secret(api=api, body=secret)
+    assert "create Secret scans/sq-1-cred: HTTP 422 Invalid data[password]" in str(caught.value)
+    assert CANARY not in str(caught.value) and caught.value.__cause__ is None
+    assert json.loads(server.seen[-1].body) == secret
+
+
 def test_unreachable_api_server_is_temporary(tmp_path: Path) -> None:
     port = services.free_port()  # nothing listens there
     kubeconfig = write_kubeconfig(tmp_path / "k", {"gone": f"http://127.0.0.1:{port}"}, "gone")
