@@ -12,7 +12,8 @@ scheduler and a kubelet for scan pods (whose registry pull is real: skopeo).
   ``request_counts``, ``wait_for``).
 - ``scenario``: a YAML file declaring a cluster (``load``, ``apply``); the demo
   ships as ``data/demo.yaml``.
-- ``cluster`` (state and API semantics), ``server`` (HTTP), ``controllers``
+- ``cluster`` (state and API semantics; ``bodies`` checks what is written),
+  ``server`` (HTTP), ``controllers``
   (the work queue and GC), ``jobcontroller`` (Job, TTL), ``podkubelet``
   (scheduler, kubelet), ``objstatus`` (conditions, Events), ``kubelet`` (images,
   the digest and the recorded report), ``podrun`` (a scan pod's real Trivy),

@@ -26,6 +26,7 @@ import yaml
 
 from scanqueue.sim import (
     apierrors,
+    bodies,
     controllers,
     counts,
     faults,
@@ -222,20 +223,20 @@ class Emulator:
             )
         ns = namespace or (body.get("metadata") or {}).get("namespace") or ""
         created = self.cluster.create(res, ns, body, keep_status=keep_status)
-        return cluster_mod.clone(cluster_mod.typed(res, created))
+        return cluster_mod.clone(bodies.typed(res, created))
 
     def get(self, kind: str, namespace: str | None, name: str) -> Obj | None:
         """The object, or None when it does not exist."""
         res = resource(kind)
         found = self.cluster.lookup(res, namespace or "", name)
-        return None if found is None else cluster_mod.clone(cluster_mod.typed(res, found))
+        return None if found is None else cluster_mod.clone(bodies.typed(res, found))
 
     def list(
         self, kind: str, namespace: str | None = None, *, label_selector: str | None = None
     ) -> list[Obj]:
         res = resource(kind)
         found = self.cluster.list(res, namespace, label_selector=label_selector)
-        return [cluster_mod.clone(cluster_mod.typed(res, o)) for o in found.items]
+        return [cluster_mod.clone(bodies.typed(res, o)) for o in found.items]
 
     def delete(
         self, kind: str, namespace: str | None, name: str, *, propagation: str | None = None
@@ -247,7 +248,7 @@ class Emulator:
         res = resource(str(body.get("kind")))
         meta = body.get("metadata") or {}
         stored = self.cluster.replace(res, meta.get("namespace", ""), meta["name"], body)
-        return cluster_mod.clone(cluster_mod.typed(res, stored))
+        return cluster_mod.clone(bodies.typed(res, stored))
 
     def set_status(
         self, kind: str, namespace: str | None, name: str, status: Mapping[str, Any]
@@ -258,7 +259,7 @@ class Emulator:
         stored = self.cluster.write_status(res, current, cluster_mod.clone(dict(status)))
         if stored is None:
             raise apierrors.not_found(res, name)
-        return cluster_mod.clone(cluster_mod.typed(res, stored))
+        return cluster_mod.clone(bodies.typed(res, stored))
 
     def pod_log(self, namespace: str, name: str, container: str | None = None) -> str | None:
         pod = self.cluster.lookup(resources.BY_KEY["pods"], namespace, name)

@@ -24,7 +24,7 @@ from typing import Any
 
 import orjson
 
-from scanqueue.sim import apierrors, counts, faults, resources, selectors
+from scanqueue.sim import apierrors, bodies, counts, faults, resources, selectors
 from scanqueue.sim import cluster as cluster_mod
 from scanqueue.sim import options as options_mod
 
@@ -73,7 +73,7 @@ def _event_lines(
             kind = "ADDED" if now_match else "DELETED"
         elif not now_match:
             continue
-        out.append(_event_line(kind, cluster_mod.typed(res, event.obj)))
+        out.append(_event_line(kind, bodies.typed(res, event.obj)))
     return out
 
 
@@ -331,9 +331,9 @@ class Handler(BaseHTTPRequestHandler):
         warnings: list[str] = []
         # the emulator's default is Strict (a real server's is Warn): typos fail tests
         field_validation = query.get("fieldValidation") or "Strict"
-        if field_validation not in cluster_mod.FIELD_VALIDATION:
+        if field_validation not in bodies.FIELD_VALIDATION:
             raise apierrors.bad_request(
-                f"fieldValidation must be one of {', '.join(cluster_mod.FIELD_VALIDATION)}, "
+                f"fieldValidation must be one of {', '.join(bodies.FIELD_VALIDATION)}, "
                 f"not {field_validation!r}"
             )
         writing: dict[str, Any] = {"field_validation": field_validation, "warnings": warnings}
@@ -344,14 +344,14 @@ class Handler(BaseHTTPRequestHandler):
             self._log(namespace or "", name, query)
         elif verb == "get":
             assert name is not None
-            self._send(200, cluster_mod.typed(res, cluster.get(res, ns, name)))
+            self._send(200, bodies.typed(res, cluster.get(res, ns, name)))
         elif verb == "create":
             obj = cluster.create(res, ns, body, dry_run=dry_run, **writing)
-            self._send(201, cluster_mod.typed(res, obj), headers=self._warnings(warnings))
+            self._send(201, bodies.typed(res, obj), headers=self._warnings(warnings))
         elif verb == "update":
             assert name is not None
             obj = cluster.replace(res, ns, name, body, subresource=sub, dry_run=dry_run, **writing)
-            self._send(200, cluster_mod.typed(res, obj), headers=self._warnings(warnings))
+            self._send(200, bodies.typed(res, obj), headers=self._warnings(warnings))
         elif verb == "patch":
             assert name is not None
             content_type = self.headers.get("Content-Type", "")
@@ -362,7 +362,7 @@ class Handler(BaseHTTPRequestHandler):
             obj = cluster.patch(
                 res, ns, name, body, content_type, subresource=sub, dry_run=dry_run, **writing
             )
-            self._send(200, cluster_mod.typed(res, obj), headers=self._warnings(warnings))
+            self._send(200, bodies.typed(res, obj), headers=self._warnings(warnings))
         elif verb == "delete":
             assert name is not None
             self._delete(res=res, namespace=ns, name=name, query=query, body=body, dry_run=dry_run)
@@ -452,7 +452,7 @@ class Handler(BaseHTTPRequestHandler):
         else:
             # kube-apiserver answers 202 only to a deferred delete with orphanDependents=false
             accepted = not gone and orphan is not None and str(orphan).lower() == "false"
-            self._send(202 if accepted else 200, cluster_mod.typed(res, obj), headers=headers)
+            self._send(202 if accepted else 200, bodies.typed(res, obj), headers=headers)
 
     # ------------------------------------------------------------------ log
 
@@ -530,7 +530,7 @@ class Handler(BaseHTTPRequestHandler):
                 self._send_expired(f"{rv_text} ({cluster.oldest_resumable + 1})")
                 self._chunk(b"")
                 return
-            batch = b"".join(encode("ADDED", cluster_mod.typed(res, o)) for o in initial)
+            batch = b"".join(encode("ADDED", bodies.typed(res, o)) for o in initial)
             if batch:
                 self._chunk(batch)
             last_bookmark = time.monotonic()

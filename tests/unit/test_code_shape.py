@@ -23,7 +23,8 @@ LARGE_MODULES = {
     "scanqueue/sim/cluster.py": (
         "kube-apiserver's storage semantics on one lock and one event log: create, replace, "
         "patch, delete and list share the resourceVersion counter, the watch window and the "
-        "owner index (admission, patch and selectors are modules of their own)"
+        "owner index (request-body checks, admission, patch and selectors are modules of "
+        "their own: bodies, admission, patch, selectors)"
     ),
     "scanqueue/sim/scenario.py": (
         "the scenario file's schema, one builder per workload kind, and the applier"
