@@ -243,13 +243,7 @@ def test_postgres_restarted_while_trivy_sbom_runs_stores_the_rescan_once(
     worker = _worker(world, workers, timeout=20)
     try:
         with _held_in_trivy_sbom(world, worker):
-            # The shared test server runs with synchronous_commit=off (speed): a crash would
-            # drop its last commits, the planned and begun rescan row among them, which a
-            # production server (synchronous_commit on) keeps. Write them out first, so the
-            # crash loses only what is in flight, as it would in production.
-            with psycopg.connect(world.database_url, autocommit=True) as conn:
-                conn.execute("CHECKPOINT")
-            postgres_server.stop("immediate")  # as a crash would, while Trivy evaluates
+            postgres_server.crash()  # while Trivy evaluates; committed rows survive
         # Trivy's result cannot be stored: the task is retried with backoff
         _wait(lambda: "rescan will be retried" in worker.log.read_text(errors="replace"),
               timeout=60, what="the rescan retried while Postgres is down")  # fmt: skip

@@ -101,7 +101,7 @@ def test_postgres_restarted_mid_ingest_stores_the_report_once(
     farm.wait_for(
         lambda: sim.request_counts()[("get", "pods/log")] > 0, timeout=60, what="a collect"
     )
-    postgres_server.stop("immediate")  # as a crash would
+    postgres_server.crash()
     try:
         sim.faults.clear()
         farm.wait_for(
