@@ -290,6 +290,8 @@ def _cluster(raw: Any, index: int, source: str) -> ClusterSettings:
                 f"{where}.{key} {getattr(cluster, key)!r} is not a Kubernetes quantity "
                 "(e.g. 500m, 2, 256Mi, 4Gi)"
             )
+    _check_server_url(cluster.trivy_server, f"{where}.trivy_server",
+                      "name a Secret holding it in trivy_server_token_secret")  # fmt: skip
     if cluster.ca_bundle_configmap and not _SUBDOMAIN.match(cluster.ca_bundle_configmap):
         raise errors.ConfigError(f"{where}.ca_bundle_configmap must be a ConfigMap name")
     version = _TRIVY_TAG.search(cluster.trivy_image.rpartition("/")[2])
@@ -358,6 +360,8 @@ def _check_rescan(rescan: RescanSettings, scan: ScanSettings, where: str) -> Non
             f"{where}: rescan.min_trivy_version {rescan.min_trivy_version!r} is not a version "
             "like 0.50.0"
         )
+    _check_server_url(rescan.trivy_server, f"{where}: rescan.trivy_server",
+                      "put it in the file named by rescan.trivy_server_token_file")  # fmt: skip
     # only with rescans on: deploy/42-worker.yaml names the token file of an optional Secret
     # (the Trivy server's, absent from a farm without one), so it may be missing until then
     if rescan.enabled and rescan.trivy_server_token_file:
@@ -397,6 +401,19 @@ def read_password_file(path: str, key: str) -> str | None:
     if not secret:
         raise errors.ConfigError(f"{key}: {path} is empty; it must hold the password")
     return secret
+
+
+def _check_server_url(url: str, key: str, token_hint: str) -> None:
+    """Refuse a Trivy server URL with user information (``user:secret@host``): a URL goes
+    to trivy's arguments, scan rows, logs and errors, where a secret must never be. Trivy
+    authenticates to its server with a token, which has its own place (``token_hint``).
+    The message never repeats the URL."""
+    authority = url.partition("://")[2].partition("/")[0].partition("?")[0].partition("#")[0]
+    if "@" in authority:
+        raise errors.ConfigError(
+            f"{key} carries user information (user:password@); Trivy authenticates to its "
+            f"server with a token: remove it from the URL and {token_hint}"
+        )
 
 
 def _url_has_password(url: str) -> bool:

@@ -125,3 +125,34 @@ def test_the_rescan_token_file_is_read_at_load_only_with_rescans_on(tmp_path: Pa
     on = {"rescan": {"enabled": True, "trivy_server_token_file": missing}}
     with pytest.raises(errors.ConfigError, match=r"rescan\.trivy_server_token_file: cannot read"):
         config.from_mapping(on)
+
+
+@pytest.mark.parametrize(
+    "url",
+    [f"http://scanner:{SECRET}@trivy:4954", f"https://{SECRET}@trivy.example:4954/x",
+     f"http://u:{SECRET}@trivy"],
+)  # fmt: skip
+def test_a_trivy_server_url_with_user_information_is_refused(url: str) -> None:
+    """A server URL reaches trivy's argv, scan rows and logs: a secret in it would leak
+    there. Refused for the farm's rescans and for a cluster's scan Jobs, with where the
+    token goes instead, and the URL never repeated."""
+    with pytest.raises(errors.ConfigError) as rescan:
+        config.from_mapping({"rescan": {"trivy_server": url}}, environ={}, source="t.toml")
+    assert "rescan.trivy_server carries user information" in str(rescan.value)
+    assert "rescan.trivy_server_token_file" in str(rescan.value)
+    cluster = {"name": "a", "kubeconfig": "k", "trivy_server": url}
+    with pytest.raises(errors.ConfigError) as scans:
+        config.from_mapping({"clusters": [cluster]}, environ={}, source="t.toml")
+    assert "clusters[0].trivy_server carries user information" in str(scans.value)
+    assert "trivy_server_token_secret" in str(scans.value)
+    assert SECRET not in str(rescan.value) + str(scans.value)
+
+
+def test_a_trivy_server_url_without_user_information_is_taken() -> None:
+    url = "http://trivy.scanqueue.svc:4954"
+    settings = config.from_mapping(
+        {"rescan": {"trivy_server": url},
+         "clusters": [{"name": "a", "kubeconfig": "k", "trivy_server": url + "/?a=b@c"}]},
+        environ={}, source="t.toml",
+    )  # fmt: skip
+    assert settings.rescan.trivy_server == url
