@@ -82,9 +82,9 @@ def test_what_only_the_standard_library_decodes_is_still_read() -> None:
 
 
 def test_bytes_are_decoded_as_they_are_and_read_as_the_text_is() -> None:
-    """A pod log's bytes go to orjson without a text in between (byte-order mark skipped);
-    whatever orjson refuses in them takes the text way, so bytes and their text agree:
-    same report, same refusals."""
+    """A pod log's bytes go to msgspec without a text in between (byte-order mark skipped);
+    whatever it refuses in them takes the text way, so bytes and their text agree: same
+    report, same refusals (but for bytes in fields never read: below)."""
     recorded = (TRIVY / "python-debian-12-bom-crlf.json").read_bytes()
     assert recorded.startswith(b"\xef\xbb\xbf") and recorded.endswith(b"\r\n")
     assert reports.parse(recorded) == reports.parse(recorded.decode("utf-8-sig"))
@@ -96,8 +96,24 @@ def test_bytes_are_decoded_as_they_are_and_read_as_the_text_is() -> None:
         (b"", "empty output"),
         (b"\xef\xbb\xbf \r\n", "empty output"),
         (_report(entry).encode()[:-20], "truncated JSON"),
-        (b'{"SchemaVersion": 2, "x": "\xff"}', r"not UTF-8 text \(byte 27\)"),
+        (b'{"SchemaVersion": 2, "ArtifactName": "\xff"}', r"not UTF-8 text \(byte 38\)"),
+        (b'{"SchemaVersion": 2, "Results": {"Target": "x"}}', "Results: Not a valid list"),
+        (
+            b'{"SchemaVersion": 2, "Results": [{"Target": "x", "Vulnerabilities": [7]}]}',
+            "Results.0.Vulnerabilities.0._schema: Invalid input type",
+        ),
         (b"null", "expected a JSON object"),
     ):
         with pytest.raises(reports.InvalidReport, match=refusal):
             reports.parse(bad)
+
+
+def test_a_field_that_is_never_read_is_skipped_unread() -> None:
+    """msgspec skips what a Report is not built from (Packages, Descriptions, References:
+    most of a report with --list-all-pkgs) without building it, and without checking its
+    strings' UTF-8: a byte that is not UTF-8 there costs nothing and changes nothing. One in
+    a field that is read is refused, naming the byte (above)."""
+    entry = {"VulnerabilityID": "CVE-1", "PkgName": "openssl", "Severity": "HIGH"}
+    good = _report(entry).encode()
+    bad = good[:-1] + b', "Packages": [{"Name": "\xff\xfe", "Licenses": ["\xc3"]}]}'
+    assert reports.parse(bad) == reports.parse(good)
