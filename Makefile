@@ -5,6 +5,9 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 PYTEST_ARGS ?=
+# Test processes (pytest-xdist): most tests wait on real services and processes, so more
+# than the 2 cores; each process starts its own Redis, PostgreSQL and registries.
+TEST_WORKERS ?= 4
 
 .PHONY: install system services test lint format run demo bench clean lock
 
@@ -45,7 +48,7 @@ format: install
 	$(BIN)/ruff check --fix .
 
 test: install lint
-	$(BIN)/pytest -p no:cacheprovider $(PYTEST_ARGS)
+	$(BIN)/pytest -p no:cacheprovider -n $(TEST_WORKERS) --dist worksteal $(PYTEST_ARGS)
 
 run: install services
 	$(BIN)/scanqueue run
