@@ -29,6 +29,7 @@ def main(argv: list[str]) -> int:
     if argv and RESULTS.exists():
         results = json.loads(RESULTS.read_text())
     failed = False
+    before = machine()
     for name in names:
         module = importlib.import_module(f"bench.{name}")
         run = getattr(module, "run", None)
@@ -45,10 +46,40 @@ def main(argv: list[str]) -> int:
         result = {**result, "seconds": round(time.perf_counter() - started, 2)}
         results[name] = result
         print(json.dumps(result, indent=2), flush=True)
+    after = machine()
+    results["machine"] = {"loop_ms_before": before["loop_ms"], "loop_ms_after": after["loop_ms"],
+                          "steal_pct_before": before["steal_pct"],
+                          "steal_pct_after": after["steal_pct"]}  # fmt: skip
     RESULTS.write_text(json.dumps(results, indent=2) + "\n")
     print(f"wrote {RESULTS}\n")
     print(table(results))
     return 1 if failed else 0
+
+
+def machine() -> dict[str, float]:
+    """How fast this machine runs Python right now, so that figures taken on different
+    machines, or hours apart on a shared one, can be compared: CPU ms for a fixed
+    pure-Python loop (the fastest of 5), and the share of the CPU the hypervisor gave to
+    other guests meanwhile (steal, from /proc/stat). The same code measured 0.73 s for this
+    loop at one hour and 1.15 s three hours later on the same machine (bench/README)."""
+
+    def cpu_ticks() -> tuple[int, int]:
+        try:
+            fields = [int(v) for v in Path("/proc/stat").read_text().split("\n")[0].split()[1:]]
+        except (OSError, ValueError):
+            return 0, 0
+        return sum(fields[:8]), fields[7] if len(fields) > 7 else 0
+
+    total_before, steal_before = cpu_ticks()
+    best = float("inf")
+    for _ in range(5):
+        start = time.process_time()
+        sum(i * i for i in range(2_000_000))
+        best = min(best, time.process_time() - start)
+    total_after, steal_after = cpu_ticks()
+    total = total_after - total_before
+    steal = 100.0 * (steal_after - steal_before) / total if total else 0.0
+    return {"loop_ms": round(best * 1000, 1), "steal_pct": round(steal, 1)}
 
 
 # (module, label, path to a summary {"median", "spread_pct", ...} or a number, target key)
@@ -109,7 +140,15 @@ HEADLINES: list[tuple[str, str, tuple[str, ...]]] = [
 
 def table(results: dict[str, Any]) -> str:
     """The headline figures as a text table: median, spread over runs, target met."""
-    lines = [f"{'figure':<46} {'median':>10} {'spread':>8}  target"]
+    lines = []
+    speed = results.get("machine")
+    if isinstance(speed, dict):
+        lines.append(
+            f"machine: {speed.get('loop_ms_before')} -> {speed.get('loop_ms_after')} CPU ms per "
+            f"reference loop (lower is faster), steal {speed.get('steal_pct_before')}% -> "
+            f"{speed.get('steal_pct_after')}%"
+        )
+    lines.append(f"{'figure':<46} {'median':>10} {'spread':>8}  target")
     for module, label, path in HEADLINES:
         node: Any = results.get(module)
         if not isinstance(node, dict):

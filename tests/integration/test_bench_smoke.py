@@ -83,3 +83,6 @@ def test_bench_runner_reports_a_failing_module_and_exits_non_zero(
     assert bench_main.main(["ingest"]) == 1
     written = json.loads((tmp_path / "results.json").read_text())
     assert "boom" in written["ingest"]["error"]
+    # how fast the machine ran, before and after, to compare runs taken apart
+    assert written["machine"]["loop_ms_before"] > 0 and written["machine"]["loop_ms_after"] > 0
+    assert "CPU ms per reference loop" in bench_main.table(written)
