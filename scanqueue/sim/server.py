@@ -129,6 +129,9 @@ def _flag(query: dict[str, str], name: str) -> bool:
     return query.get(name, "").lower() in ("true", "1")
 
 
+ONE_WRITE_BYTES = 65536  # answers up to this size go out with their headers in one write
+
+
 class Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
     # Headers and body go out in separate writes: with Nagle's algorithm on, the body waits
@@ -173,8 +176,17 @@ class Handler(BaseHTTPRequestHandler):
         self.send_header("Cache-Control", "no-cache, private")
         for name, value in (headers or {}).items():
             self.send_header(name, value)
-        self.end_headers()
-        if self.command != "HEAD":
+        if self.command == "HEAD":
+            self.end_headers()
+        elif len(data) <= ONE_WRITE_BYTES:
+            # headers and body in one write (``end_headers`` without its flush): a syscall
+            # less here and a wake-up less in the client, for each of the ~8 requests a scan
+            # costs (the emulator shares the farm's cores)
+            buffered: list[bytes] = self._headers_buffer  # type: ignore[attr-defined]
+            buffered += (b"\r\n", data)
+            self.flush_headers()
+        else:
+            self.end_headers()
             self.wfile.write(data)
 
     def _error(self, error: apierrors.ApiError) -> None:
