@@ -15,7 +15,7 @@ steady rate), and from the watcher's start (process start-up and the first
 list included); the API requests per scan of the whole farm as it runs; the
 scan-task messages the workers received per scan (1 when no scan waits, at
 most 2 when one does: parked, then published once when a slot is freed); and
-the most scan Jobs that existed at once, seen through a watch. The emulator
+the most scan Jobs that existed at once (from the emulator's change events). The emulator
 and Postgres run on the same two cores as the farm: they are part of what is
 measured.
 """
@@ -31,7 +31,7 @@ import psycopg
 
 from bench import _world
 from scanqueue import dedupe, status
-from tests.support import farm_fixtures, reliability_fixtures, services, worker_fixtures
+from tests.support import farm_fixtures, services, worker_fixtures
 
 REPEATS = _world.env_int("PIPELINE_REPEATS", 3)
 TARGET = 50.0  # scans per second with instant Jobs on 2 cores
@@ -49,7 +49,7 @@ def run_once(
     """One run: ``digests`` digests through ``workers`` worker processes under ``max_inflight``.
 
     Returns the rates, the API requests and scan-task messages per scan, and the most
-    scan Jobs that existed at once (seen through a watch on the emulator).
+    scan Jobs that existed at once (from the emulator's change events).
     """
     svc.flush_redis()
     database_url = svc.database()
@@ -75,9 +75,7 @@ def run_once(
                   "job_ttl_seconds": 600, "sweep_margin_seconds": 120},
             cluster_options={"max_inflight": max_inflight},
         )  # fmt: skip
-        jobs = reliability_fixtures.ObjectRecorder(
-            _Apis(sim), "Job", namespace=_world.SCAN_NAMESPACE
-        )
+        jobs = _JobsAtOnce(sim, _world.SCAN_NAMESPACE)
         started: list[worker_fixtures.WorkerProcess] = []
         watcher: farm_fixtures.WatcherProcess | None = None
         try:
@@ -154,7 +152,7 @@ def run_once(
         "scan_task_messages_per_scan": scan_tasks / digests,
         # scan and collect_job tasks (the periodic passes, per cluster, not counted)
         "broker_messages_per_scan": (scan_tasks + collect_tasks) / digests,
-        "most_jobs_at_once": float(jobs.most_at_once),
+        "most_jobs_at_once": float(jobs.most),
         **{f"cpu_ms_per_scan_{role}": ms for role, ms in cpu_ms.items()},
         "watcher_start_up_cpu_seconds": watcher_start_up,
     }
@@ -163,8 +161,8 @@ def run_once(
 class _CpuMeter:
     """CPU seconds per role from now on: worker and watcher process trees, Postgres (the
     postmaster and its backends), Redis, and this process less its main thread (the emulator's
-    threads, and the Job watch counting Jobs at once). Per scan, it is what the farm costs
-    whatever else loads the machine; wall time is not."""
+    threads; the count of Jobs at once is a listener called in them). Per scan, it is what
+    the farm costs whatever else loads the machine; wall time is not."""
 
     def __init__(self, svc: _world.Services, roots: dict[str, list[int]]) -> None:
         redis_proc = svc.redis.proc
@@ -194,21 +192,32 @@ class _CpuMeter:
         return {role: round(seconds * 1000 / scans, 2) for role, seconds in used.items()}
 
 
-class _Apis:
-    """What ``ObjectRecorder`` asks of an emulator: typed API clients."""
+class _JobsAtOnce:
+    """The most scan Jobs in ``namespace`` that existed at once, counted from the emulator's
+    own change events (a listener called in the emulator, no HTTP). A watch over HTTP saw
+    the same, but decoding some 5 events a Job on the cores being measured was charged to
+    the emulator's CPU per scan (tests/e2e/test_scan_burst.py still counts through a real
+    watch)."""
 
-    def __init__(self, sim: Any) -> None:
-        self._sim = sim
+    def __init__(self, sim: Any, namespace: str) -> None:
+        self._cluster = sim.cluster
+        self._namespace = namespace
+        self._live: set[str] = set()
+        self.most = 0
+        self._cluster.listeners.append(self)
 
-    def batch(self) -> Any:
-        from kubernetes import client
+    def __call__(self, event: Any) -> None:
+        metadata = event.obj.get("metadata") or {}
+        if event.resource != "jobs.batch" or metadata.get("namespace") != self._namespace:
+            return
+        if event.type == "DELETED":
+            self._live.discard(metadata.get("name"))
+        else:
+            self._live.add(metadata.get("name"))
+            self.most = max(self.most, len(self._live))
 
-        return client.BatchV1Api(self._sim.api_client())
-
-    def core(self) -> Any:
-        from kubernetes import client
-
-        return client.CoreV1Api(self._sim.api_client())
+    def stop(self) -> None:
+        self._cluster.listeners.remove(self)
 
 
 def _task_counts(redis_url: str) -> tuple[int, int]:
