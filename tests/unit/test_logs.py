@@ -11,6 +11,8 @@ import sys
 from collections.abc import Iterator
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from scanqueue import errors, logs
 
@@ -236,3 +238,24 @@ def test_importing_the_module_configures_no_handler() -> None:
     )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert done.stdout.split() == ["0", str(logging.WARNING)]
+
+
+_FRAGMENTS = [
+    "password", "PassWD", "secret", "Token", "identitytoken", "registrytoken", "auth",
+    "x-registry-auth", "basic", "Bearer", "://", "postgresql://", "u", ":", "@", "=", "'",
+    '"', "\\", " ", "\n", ",", "&", ";", "{", "}", "dXNlcjpwYXNz", "eyJhbGciOi", "AB12+/",
+    "==", "db_", "_", "[REDACTED]", "host", "/db", "x", "Z9", "é", "pull secret",
+]  # fmt: skip
+
+
+@given(st.lists(st.sampled_from(_FRAGMENTS), max_size=14).map("".join))
+@settings(max_examples=3000, deadline=None)
+def test_a_line_without_a_trigger_word_is_what_the_patterns_would_leave(text: str) -> None:
+    """``redact`` skips the substitutions when none of its trigger words is in the text:
+    it must give what every pattern applied in turn gives, for any text."""
+    slow = text
+    for pattern, replacement in logs._PATTERNS:
+        slow = pattern.sub(replacement, slow)
+    assert logs.redact(text) == slow
+    if not logs._TRIGGER.search(text):
+        assert slow == text
