@@ -6,9 +6,10 @@ storing twice changes nothing. It must never stop a pass for one bad Job.
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from scanqueue import (
@@ -169,22 +170,29 @@ def _collect_one(
         scan_id = str((metadata.get("labels") or {}).get(manifests.LABEL_SCAN_ID))
         return model.Result("failed", scan_id, "", name, f"unreadable scan Job annotations: {e}")
     pod, output = _pod_and_log(ctx, name, pods)
-    with ctx.db.connection() as conn:
-        # The submit that created this Job may have died before recording the scan; a
-        # redelivered submit adopts the Job, but the Job may finish first.
-        store.start_scan(
-            conn,
-            scan_id=request.scan_id,
-            cluster=request.cluster,
-            digest=request.digest or "",
-            image=f"{images.parse(request.image).name}@{request.digest}",
-            mode=_mode_of(job, annotations),
-            attempt=attempt,
-            credential_source=annotations.get(model.ANNOTATION_SOURCE) or None,
-            started_at=model.created(job),
-        )
+    # The submit that created this Job may have died before recording the scan; a
+    # redelivered submit adopts the Job, but the Job may finish first: then the row is
+    # recorded here, as the Job says. A first attempt's success records it only if the
+    # ingest finds no row (its submit recorded these very values); a later attempt's row
+    # may still hold the attempt before (its credential source), so it is recorded first.
+    record = functools.partial(
+        store.start_scan,
+        scan_id=request.scan_id,
+        cluster=request.cluster,
+        digest=request.digest or "",
+        image=str(images.parse(request.image).with_digest(request.digest))  # as submit has it
+        if request.digest
+        else request.image,
+        mode=_mode_of(job, annotations),
+        attempt=attempt,
+        credential_source=annotations.get(model.ANNOTATION_SOURCE) or None,
+        started_at=model.created(job),
+    )
+    if state != "complete" or attempt > 1:
+        with ctx.db.connection() as conn:
+            record(conn)
     if state == "complete":
-        result = _store_report(ctx, request, name, output, attempt)
+        result = _store_report(ctx, request, name, output, attempt, record=record)
     else:
         result = _handle_failure(
             ctx,
@@ -242,6 +250,8 @@ def _store_report(
     job_name: str,
     output: bytes,
     attempt: int,
+    *,
+    record: Callable[[Any], None],
 ) -> model.Result:
     digest = request.digest or ""
     source = f"log of scan Job {ctx.namespace}/{job_name}"
@@ -253,7 +263,13 @@ def _store_report(
     except reports.InvalidReport as e:
         return ending.end(ctx, request, status="failed", reason=str(e), attempt=attempt)
     with ctx.db.connection() as conn:
-        store.finish_scan(conn, scan_id=request.scan_id, report=report, finished_at=ctx.clock())
+        try:
+            store.finish_scan(conn, scan_id=request.scan_id, report=report,
+                              finished_at=ctx.clock())  # fmt: skip
+        except store.ScanNotRecorded:  # its submit died before recording it: the Job says
+            record(conn)
+            store.finish_scan(conn, scan_id=request.scan_id, report=report,
+                              finished_at=ctx.clock())  # fmt: skip
     # the package list, kept once per digest for rescans (never fails the scan)
     rescan.keep_sbom(settings=ctx.settings, db=ctx.db, scan_id=request.scan_id,
                      digest=digest, text=output)  # fmt: skip

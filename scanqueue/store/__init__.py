@@ -46,6 +46,7 @@ from scanqueue.store.results import finish_scan, import_report
 from scanqueue.store.scans import (
     FAILED_STATUSES,
     ScanMode,
+    ScanNotRecorded,
     ScanRow,
     ScanStatus,
     fail_scan,
@@ -70,6 +71,7 @@ __all__ = [
     "ReportBy",
     "ReportTable",
     "ScanMode",
+    "ScanNotRecorded",
     "ScanRow",
     "ScanStatus",
     "applied_versions",

@@ -49,8 +49,9 @@ def finish_scan(
 
     Everything is one statement (``findings_via="insert"`` is the benchmark's
     row-by-row baseline: one INSERT per finding). Idempotent: a scan already
-    succeeded is left as it is. Raises ``PermanentError`` for an unknown scan
-    id (call ``start_scan`` first) or a scan started without a digest.
+    succeeded is left as it is. Raises ``ScanNotRecorded`` for an unknown scan
+    id (call ``start_scan`` first), ``PermanentError`` for a scan started without
+    a digest.
     """
     # Whatever else a success writes goes in both ways below: a CTE of _INGEST reading
     # ``go``, and a statement in _finish_row_by_row's transaction.
@@ -60,7 +61,7 @@ def finish_scan(
         return
     row = db.execute_alone(conn, _INGEST, params)
     if row is None:
-        raise errors.PermanentError(
+        raise scans.ScanNotRecorded(
             f"scan {scan_id} is not recorded; call store.start_scan before finish_scan"
         )
     if row[1] is None:

@@ -137,16 +137,20 @@ _START = f"""WITH new_cluster AS (
     SELECT EXISTS (SELECT FROM found)"""  # noqa: S608 - our own constants, values are parameters
 
 
+class ScanNotRecorded(errors.PermanentError):
+    """The scan has no row yet: ``start_scan`` first."""
+
+
 def lock_scan(conn: db.Connection, scan_id: str, *, then: str) -> tuple[Any, ...]:
     """(status, digest) of scan ``scan_id``, its row locked until the transaction ends.
 
-    Raises ``PermanentError`` for an unknown scan id (``then`` names the caller).
+    Raises ``ScanNotRecorded`` for an unknown scan id (``then`` names the caller).
     """
     row = conn.execute(
         "SELECT status, digest FROM scans WHERE id = %s FOR UPDATE", (scan_id,)
     ).fetchone()
     if row is None:
-        raise errors.PermanentError(
+        raise ScanNotRecorded(
             f"scan {scan_id} is not recorded; call store.start_scan before {then}"
         )
     return tuple(row)

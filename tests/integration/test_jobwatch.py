@@ -142,3 +142,28 @@ def test_a_jobs_collect_is_claimed_once(
     with scan_context.db.connection() as conn:
         rows = [store.get_scan(conn, r.scan_id) for r in (request, other_request)]
     assert [row.status for row in rows if row is not None] == ["succeeded", "succeeded"]
+
+
+def test_a_job_whose_submit_died_before_the_scan_row_is_stored_with_the_row_it_says(
+    scan_context: scans.ScanContext, registry: services.Registry, sim: sim_fixtures.SimCluster
+) -> None:
+    """The submit made the Job and its Secret, then died before recording the scan row;
+    the Job finishes before the redelivered submit comes: the collect records the row from
+    the Job's annotations (mode, attempt, credential source, start) and stores the report.
+    A first attempt's collect does this only when the ingest finds no row."""
+    request, job = _submit(scan_context, registry, "no-row")
+    with scan_context.db.connection() as conn:
+        submitted = store.get_scan(conn, request.scan_id)
+        conn.execute("DELETE FROM scans WHERE id = %s", (request.scan_id,))
+        conn.commit()
+    assert submitted is not None
+    _complete(sim, {job})
+    result = scans.collect_job(scan_context, job)
+    assert result is not None and result.outcome == "succeeded", result
+    with scan_context.db.connection() as conn:
+        row = store.get_scan(conn, request.scan_id)
+    assert row is not None and row.status == "succeeded" and row.finished_at is not None
+    assert (row.mode, row.attempt, row.credential_source, row.image) == (
+        submitted.mode, submitted.attempt, submitted.credential_source, submitted.image,
+    )  # fmt: skip
+    sim.wait_for(lambda: not rel.leftovers(sim), what="the Job and its Secret deleted")
