@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import logging
 import os
+import time
 from typing import Any
 
 import click
@@ -136,7 +137,7 @@ class Consumer(CeleryConsumer):  # type: ignore[misc]
     without this: tests/integration/test_task_events.py). Events are fire and forget as
     before: a worker killed loses what it had not sent, at most a tenth of a second's worth."""
 
-    _events_flush_due = False
+    _flush_due_at = 0.0  # monotonic time of the scheduled flush; 0: none scheduled
 
     def on_send_event_buffered(self) -> None:
         if not self.hub:
@@ -145,12 +146,16 @@ class Consumer(CeleryConsumer):  # type: ignore[misc]
             # stopping: the loop may not turn again, and the tasks the pool finishes
             # meanwhile still send their events
             self._flush_events_now()
-        elif not self._events_flush_due:
-            self._events_flush_due = True
+            return
+        now = time.monotonic()
+        # one flush scheduled at a time; one overdue by a second was lost with its timer
+        # entry (a reconnect), and the next event schedules another
+        if not self._flush_due_at or now > self._flush_due_at + 1.0:
+            self._flush_due_at = now + EVENT_FLUSH_SECONDS
             self.hub.call_later(EVENT_FLUSH_SECONDS, self._flush_buffered_events)
 
     def _flush_buffered_events(self) -> None:
-        self._events_flush_due = False
+        self._flush_due_at = 0.0
         self._flush_events()
 
     def _flush_events_now(self) -> None:
