@@ -408,7 +408,8 @@ def _check_server_url(url: str, key: str, token_hint: str) -> None:
     to trivy's arguments, scan rows, logs and errors, where a secret must never be. Trivy
     authenticates to its server with a token, which has its own place (``token_hint``).
     The message never repeats the URL."""
-    authority = url.partition("://")[2].partition("/")[0].partition("?")[0].partition("#")[0]
+    rest = url.partition("://")[2] if "://" in url else url  # "user:pw@host:4954" too
+    authority = rest.partition("/")[0].partition("?")[0].partition("#")[0]
     if "@" in authority:
         raise errors.ConfigError(
             f"{key} carries user information (user:password@); Trivy authenticates to its "

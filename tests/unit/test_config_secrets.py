@@ -130,7 +130,7 @@ def test_the_rescan_token_file_is_read_at_load_only_with_rescans_on(tmp_path: Pa
 @pytest.mark.parametrize(
     "url",
     [f"http://scanner:{SECRET}@trivy:4954", f"https://{SECRET}@trivy.example:4954/x",
-     f"http://u:{SECRET}@trivy"],
+     f"http://u:{SECRET}@trivy", f"u:{SECRET}@trivy:4954"],
 )  # fmt: skip
 def test_a_trivy_server_url_with_user_information_is_refused(url: str) -> None:
     """A server URL reaches trivy's argv, scan rows and logs: a secret in it would leak
