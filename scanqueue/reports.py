@@ -320,47 +320,26 @@ _UTF8_BOM = b"\xef\xbb\xbf"
 
 # The fields of a report that ``_load`` and ``_build`` read, for msgspec: it decodes only
 # these and skips the rest of the document without building it (a scan's report, with
-# --list-all-pkgs, is mostly Packages, Descriptions and References we do not keep). A
-# field absent from the document stays absent (UNSET); any value keeps its JSON type (Any):
-# the checks and their messages stay the schemas'.
-class _WireVulnerability(msgspec.Struct):
-    VulnerabilityID: Any = msgspec.UNSET
-    PkgName: Any = msgspec.UNSET
-    PkgPath: Any = msgspec.UNSET
-    InstalledVersion: Any = msgspec.UNSET
-    FixedVersion: Any = msgspec.UNSET
-    Status: Any = msgspec.UNSET
-    Severity: Any = msgspec.UNSET
-    Title: Any = msgspec.UNSET
-    PrimaryURL: Any = msgspec.UNSET
-    CVSS: Any = msgspec.UNSET
-    PublishedDate: Any = msgspec.UNSET
-    LastModifiedDate: Any = msgspec.UNSET
+# --list-all-pkgs, is mostly Packages, Descriptions and References we do not keep). The
+# fields are the schemas' own (one list of names), each absent one left absent (UNSET), any
+# value kept with its JSON type (Any): the checks and their messages stay the schemas'.
+def _wire(name: str, schema: marshmallow.Schema, nested: dict[str, Any] | None = None) -> Any:
+    types = nested or {}
+    return msgspec.defstruct(
+        name, [(field, types.get(field, Any), msgspec.UNSET) for field in schema.fields]
+    )
 
 
-class _WireResult(msgspec.Struct):
-    Target: Any = msgspec.UNSET
-    Class: Any = msgspec.UNSET
-    Type: Any = msgspec.UNSET
-    Vulnerabilities: list[_WireVulnerability] | msgspec.UnsetType | None = msgspec.UNSET
+def _listed(struct: Any) -> Any:
+    return list[struct] | msgspec.UnsetType | None
 
 
-class _WireMetadata(msgspec.Struct):
-    OS: Any = msgspec.UNSET
-    ImageID: Any = msgspec.UNSET
-    RepoDigests: Any = msgspec.UNSET
-
-
-class _WireReport(msgspec.Struct):
-    SchemaVersion: Any = msgspec.UNSET
-    ArtifactName: Any = msgspec.UNSET
-    ArtifactType: Any = msgspec.UNSET
-    CreatedAt: Any = msgspec.UNSET
-    Trivy: Any = msgspec.UNSET
-    Metadata: _WireMetadata | msgspec.UnsetType | None = msgspec.UNSET
-    Results: list[_WireResult] | msgspec.UnsetType | None = msgspec.UNSET
-
-
+_WireReport = _wire("_WireReport", _REPORT_SCHEMA, {
+    "Metadata": _wire("_WireMetadata", _MetadataSchema()) | msgspec.UnsetType | None,
+    "Results": _listed(_wire("_WireResult", _ResultSchema(), {
+        "Vulnerabilities": _listed(_wire("_WireVulnerability", _VulnerabilitySchema())),
+    })),
+})  # fmt: skip
 _WIRE_DECODER = msgspec.json.Decoder(_WireReport)
 
 
