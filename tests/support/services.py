@@ -95,7 +95,32 @@ class RedisServer:
         self.port = self.port or free_port()
         process = processes.Process("redis-server", self.argv(), self.directory / "redis.out")
         self.process = _started(process, self.port, "redis-server")
+        self._wait_loaded()
         return self
+
+    def _wait_loaded(self, timeout: float = 20) -> None:
+        """Ready means PING answers: a Redis with an append-only file accepts connections
+        while it loads the file and answers every command with LOADING until it is done."""
+        import redis
+
+        deadline = time.monotonic() + timeout
+        client = redis.Redis(host="127.0.0.1", port=self.port, socket_timeout=5)
+        try:
+            while True:
+                try:
+                    client.ping()
+                    return
+                except (redis.exceptions.AuthenticationError, redis.exceptions.ResponseError):
+                    return  # it answers, asking for a password: its data is loaded
+                except redis.exceptions.BusyLoadingError:
+                    if time.monotonic() > deadline:
+                        raise ServiceError(
+                            f"redis-server still loading its data after {timeout:.0f}s; "
+                            f"its log:\n{_tail(self.log)}"
+                        ) from None
+                    time.sleep(0.05)
+        finally:
+            client.close()
 
     def stop(self) -> None:
         if self.process is not None:
