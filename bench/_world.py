@@ -153,7 +153,9 @@ def populate(sim: emulator_mod.Emulator, shape: Shape, *, report: Path = REPORT)
     return digests
 
 
-def wait_for(predicate: Callable[[], Any], *, timeout: float, what: str) -> Any:
+def wait_for(
+    predicate: Callable[[], Any], *, timeout: float, what: str, every: float = 0.02
+) -> Any:
     deadline = time.monotonic() + timeout
     while True:
         value = predicate()
@@ -161,7 +163,7 @@ def wait_for(predicate: Callable[[], Any], *, timeout: float, what: str) -> Any:
             return value
         if time.monotonic() > deadline:
             raise TimeoutError(f"{what}: not reached within {timeout:g}s")
-        time.sleep(0.02)
+        time.sleep(every)
 
 
 def running_pods(sim: emulator_mod.Emulator) -> int:

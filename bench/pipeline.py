@@ -119,8 +119,10 @@ def run_once(
                 return tuple(row) if row[0] >= digests else None
 
             try:
+                # every 0.2 s: the rate comes from the rows' own times, and each poll is a
+                # query Postgres answers on the cores being measured
                 _, _, first_started, last_stored = _world.wait_for(
-                    done, timeout=timeout, what=f"{digests} scans stored"
+                    done, timeout=timeout, what=f"{digests} scans stored", every=0.2
                 )
             except (TimeoutError, RuntimeError) as e:
                 tail = "\n".join(w.tail(15) for w in started)

@@ -73,6 +73,10 @@ class Reports:
         self._lock = threading.Lock()
         # bytes as recorded, and decoded once: the log of every scan of it is that text
         self._by_key: dict[str, tuple[bytes, str]] = {}
+        # one entry per distinct content: a report recorded for many digests (300 in the
+        # bench) is one text object, whose hash the server's encoding cache computes once;
+        # a copy per digest cost a megabyte hashed and compared per log request
+        self._entries: dict[bytes, tuple[bytes, str]] = {}
 
     def set(self, image_or_digest: str, report: bytes | str | Path) -> None:
         if isinstance(report, Path):
@@ -81,8 +85,10 @@ class Reports:
             data = report.encode()
         else:
             data = report
-        entry = (data, data.decode("utf-8", errors="replace"))
         with self._lock:
+            entry = self._entries.get(data)
+            if entry is None:
+                entry = self._entries[data] = (data, data.decode("utf-8", errors="replace"))
             if DIGEST.fullmatch(image_or_digest):
                 self._by_key[image_or_digest] = entry
             else:

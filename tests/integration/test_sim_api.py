@@ -1162,3 +1162,49 @@ def test_random_bodies_never_make_an_internal_error(sim: SimCluster) -> None:
         assert code < 500, (method, path, body)
     assert {400, 404, 422} <= seen
     assert sim.core().list_namespaced_pod("default") is not None
+
+
+def _exchange(sim: SimCluster, request: bytes) -> bytes:
+    """Send ``request`` as it is on a new connection; return every byte until it closes."""
+    import socket
+    import urllib.parse
+
+    url = urllib.parse.urlsplit(sim.url)
+    with socket.create_connection((url.hostname, url.port), timeout=10) as conn:
+        conn.sendall(request)
+        received = b""
+        while chunk := conn.recv(65536):
+            received += chunk
+    return received
+
+
+def test_request_headers_are_read_like_the_standard_server(sim: SimCluster) -> None:
+    """The emulator reads request headers itself (faster than ``http.server``): names in any
+    case, ``Connection: close`` honoured, malformed and oversized headers refused as the
+    standard parsing would, other HTTP versions still answered."""
+    body = json.dumps({"apiVersion": "v1", "kind": "Namespace",
+                       "metadata": {"name": "headers"}}).encode()  # fmt: skip
+    created = _exchange(
+        sim,
+        b"POST /api/v1/namespaces HTTP/1.1\r\nHost: x\r\ncontent-TYPE: application/json\r\n"
+        b"CONTENT-length: " + str(len(body)).encode() + b"\r\nConnection: close\r\n\r\n" + body,
+    )
+    assert created.startswith(b"HTTP/1.1 201 "), created[:200]
+    assert b'"name":"headers"' in created  # the body was read by its Content-Length
+    assert b"\r\nDate: " in created
+    # a keep-alive connection answers two requests on one socket
+    two = _exchange(
+        sim,
+        b"GET /version HTTP/1.1\r\nHost: x\r\n\r\n"
+        b"GET /api/v1/namespaces/headers HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+    )
+    assert two.count(b"HTTP/1.1 200 ") == 2, two[:300]
+    bad = _exchange(sim, b"GET /version HTTP/1.1\r\nHost: x\r\nno colon here\r\n\r\n")
+    assert bad.startswith(b"HTTP/1.1 400 "), bad[:200]
+    too_long = _exchange(sim, b"GET /version HTTP/1.1\r\nX-Big: " + b"a" * 70000 + b"\r\n\r\n")
+    assert too_long.startswith(b"HTTP/1.1 431 "), too_long[:200]
+    many = b"".join(b"X-%d: 1\r\n" % i for i in range(101))
+    too_many = _exchange(sim, b"GET /version HTTP/1.1\r\n" + many + b"\r\n")
+    assert too_many.startswith(b"HTTP/1.1 431 "), too_many[:200]
+    old = _exchange(sim, b"GET /version HTTP/1.0\r\nHost: x\r\n\r\n")  # the standard way
+    assert old.startswith(b"HTTP/1.1 200 ") and b'"gitVersion"' in old, old[:200]
