@@ -40,7 +40,7 @@ from celery import Celery, bootsteps, signals
 from celery.worker.consumer import Consumer as CeleryConsumer
 from kombu.entity import Queue
 
-from scanqueue import config, logs
+from scanqueue import config, logs, publish
 
 SCAN_TASK = "scanqueue.scan"
 CONTROL_QUEUE = "scanqueue.control"
@@ -68,6 +68,8 @@ def make_app(settings: config.Settings) -> Celery:
         queues.append(Queue(RESCAN_QUEUE))
     app.conf.update(
         broker_connection_retry_on_startup=True,
+        # kombu's Redis transport, one Redis client per pool (scanqueue.publish._Channel)
+        broker_transport=publish.broker_transport(settings.broker.url),
         # from broker.password_file, apart from the URL; Celery hands it to kombu (broker)
         # and to the Redis result backend
         broker_password=config.broker_password(settings.broker),

@@ -219,3 +219,32 @@ def test_no_secret_value_reaches_redis(redis_url: str) -> None:
 
 def _fields(req: discovery.ScanRequest) -> dict[str, Any]:
     return {f: getattr(req, f) for f in req.__dataclass_fields__}
+
+
+def test_the_broker_channel_shares_one_redis_client_per_pool(redis_url: str) -> None:
+    """scanqueue's kombu transport (the workers' and the watcher's) builds one Redis client
+    per connection pool instead of one per command, and still moves messages."""
+    import kombu
+
+    assert publish.broker_transport(redis_url) == publish.TRANSPORT
+    assert publish.broker_transport("sentinel://127.0.0.1:26379") is None
+    with kombu.Connection(redis_url, transport=publish.TRANSPORT) as conn:
+        channel: Any = conn.default_channel
+        assert isinstance(conn.transport, publish.RedisTransport)
+        with channel.conn_or_acquire() as first, channel.conn_or_acquire() as second:
+            assert first is second
+            assert first.connection_pool is channel.pool
+        queue = kombu.Queue("sq-test-shared-client", routing_key="sq-test-shared-client")
+        with conn.Producer() as producer:
+            for n in range(3):
+                producer.publish({"n": n}, routing_key=queue.name, declare=[queue])
+        received = []
+        for _ in range(3):
+            message = queue(channel).get(no_ack=False)
+            assert message is not None
+            received.append(message.payload["n"])
+            message.ack()
+        assert received == [0, 1, 2]
+        channel._pool = None  # a reconnection makes a new pool: it gets its own client
+        with channel.conn_or_acquire() as third:
+            assert third is not first and third.connection_pool is channel.pool
