@@ -106,11 +106,13 @@ class Report:
     repo_digests: tuple[str, ...]  # Metadata.RepoDigests: "repo@sha256:..."
     results: tuple[Result, ...]
 
-    @property
+    # Computed once per Report (the fields are frozen, and the ingest, the logs and the
+    # counts each ask again); kept out of equality, repr and dataclasses.replace's copy.
+    @functools.cached_property
     def findings(self) -> tuple[Finding, ...]:
         return tuple(f for r in self.results for f in r.findings)
 
-    @property
+    @functools.cached_property
     def vulnerabilities(self) -> tuple[Vulnerability, ...]:
         """One per ID, first occurrence wins, in report order."""
         seen: dict[str, Vulnerability] = {}

@@ -21,13 +21,15 @@ advisory text overwrite a newer one.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import re
 from collections.abc import Iterator, Mapping, Sequence
-from datetime import datetime
-from typing import Any, Literal
+from datetime import datetime, timedelta
+from typing import Any, Literal, cast
 
+import orjson
 from psycopg.types.json import Jsonb
 
 from scanqueue import errors, images, reports
@@ -128,10 +130,10 @@ def _split(name: str, sql_type: str = "text") -> str:
 
 def _joined(values: Sequence[str | None]) -> str | None:
     """``values`` as one text parameter for ``_split``, or ``None`` if a value holds a separator."""
-    text = _SEPARATOR.join(_NULL if v is None else v for v in values)
-    if text.count(_SEPARATOR) != max(len(values) - 1, 0):
-        return None
-    if _NULL in text and text.count(_NULL) != sum(v is None for v in values):
+    nulls = values.count(None)
+    texts = [_NULL if v is None else v for v in values] if nulls else cast(Sequence[str], values)
+    text = _SEPARATOR.join(texts)
+    if text.count(_SEPARATOR) != max(len(values) - 1, 0) or text.count(_NULL) != nulls:
         return None
     return text + _SEPARATOR
 
@@ -224,9 +226,9 @@ def _statement_params(
         "advisory_title": [v.title for v in advisories],
         "advisory_severity": [v.severity for v in advisories],
         "advisory_url": [v.url for v in advisories],
-        "advisory_cvss_score": [_text(v.cvss_score) for v in advisories],
-        "advisory_published_at": [_text(v.published_at) for v in advisories],
-        "advisory_modified_at": [_text(v.modified_at) for v in advisories],
+        "advisory_cvss_score": [_number(v.cvss_score) for v in advisories],
+        "advisory_published_at": _times([v.published_at for v in advisories]),
+        "advisory_modified_at": _times([v.modified_at for v in advisories]),
         **_finding_columns(findings),
     }
     params: dict[str, Any] = {
@@ -238,8 +240,8 @@ def _statement_params(
         "artifact": report.artifact,
         "n_advisories": len(advisories),
         "n_findings": len(findings),
-        # one JSON array, not one document per advisory: one json.dumps call, one parse
-        "advisory_cvss": json.dumps([_plain(v.cvss) for v in advisories]),
+        # one JSON array, not one document per advisory: one encoding, one parse
+        "advisory_cvss": _json([_plain(v.cvss) for v in advisories]),
     }
     for name, values in columns.items():
         joined = _joined(values)
@@ -268,10 +270,48 @@ def _plain(mapping: Mapping[str, Any]) -> dict[str, Any]:
     return mapping if isinstance(mapping, dict) else dict(mapping)
 
 
-def _text(value: float | datetime | None) -> str | None:
-    if value is None:
-        return None
-    return value.isoformat() if isinstance(value, datetime) else repr(value)
+# Options that send what orjson would write differently from json.dumps to the fallback:
+# datetimes, dataclasses and subclasses of str, int, dict and list (json.dumps refuses some).
+_ORJSON_AS_JSON = (
+    orjson.OPT_PASSTHROUGH_DATETIME
+    | orjson.OPT_PASSTHROUGH_DATACLASS
+    | orjson.OPT_PASSTHROUGH_SUBCLASS
+)
+
+
+def _json(value: Any) -> str:
+    """``json.dumps(value)``, or a text Postgres parses to the same JSON in a fifth of the time.
+
+    orjson writes what JSON decoding gives (a report's CVSS) as json.dumps does but for
+    spacing and escapes; what it would write otherwise goes to json.dumps: NaN and
+    infinities (orjson writes null, json.dumps NaN, which Postgres refuses: the scan's
+    ingest fails as it did), integers past 64 bits, keys that are not strings, lone
+    surrogates, and the types ``_ORJSON_AS_JSON`` passes through. (An Enum or a UUID,
+    which no decoded report holds, orjson writes where json.dumps raises TypeError.)
+    """
+    try:
+        text = orjson.dumps(value, option=_ORJSON_AS_JSON)
+    except orjson.JSONEncodeError:
+        return json.dumps(value)
+    if b"null" in text:  # maybe a NaN: rare in a report's CVSS, so never worth telling apart
+        return json.dumps(value)
+    return text.decode()
+
+
+def _number(value: float | None) -> str | None:
+    return None if value is None else repr(value)
+
+
+def _times(values: Sequence[datetime | None]) -> list[str | None]:
+    return [None if t is None else _isoformat(t, t.utcoffset()) for t in values]
+
+
+@functools.lru_cache(maxsize=8192)
+def _isoformat(value: datetime, offset: timedelta | None) -> str:
+    """``value.isoformat()`` (~1.5 us for an aware time): an advisory's dates come back in
+    every report that has it. The offset is part of the key because two times of one
+    instant in different offsets are equal (one key) but are not written alike."""
+    return value.isoformat()
 
 
 # ------------------------------------------------------------------ the row-by-row baseline

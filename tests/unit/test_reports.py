@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from datetime import UTC, datetime
 from pathlib import Path
@@ -194,3 +195,13 @@ def test_severity_rank_orders_unknown_lowest() -> None:
     assert reports.severity_rank("low") == 1
     with pytest.raises(ValueError, match="expected one of"):
         reports.severity_rank("bad")
+
+
+def test_findings_and_vulnerabilities_are_computed_once_and_follow_replace() -> None:
+    report = reports.parse_file(DATA / "node-alpine-3.19.json")
+    assert report.findings is report.findings
+    assert report.vulnerabilities is report.vulnerabilities
+    emptied = dataclasses.replace(report, results=())
+    assert (emptied.findings, emptied.vulnerabilities) == ((), ())
+    assert emptied == dataclasses.replace(report, results=())  # equality is the fields'
+    assert report == reports.parse_file(DATA / "node-alpine-3.19.json")
