@@ -7,6 +7,7 @@ schema costs ~0.1 ms an entry); the schema still words every refusal.
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 from typing import Any
 
@@ -117,3 +118,103 @@ def test_a_field_that_is_never_read_is_skipped_unread() -> None:
     good = _report(entry).encode()
     bad = good[:-1] + b', "Packages": [{"Name": "\xff\xfe", "Licenses": ["\xc3"]}]}'
     assert reports.parse(bad) == reports.parse(good)
+
+
+def _reference_findings(document: dict[str, Any]) -> list[reports.Finding]:
+    """The findings as the dataclasses' own __init__ builds them, one advisory per entry."""
+    found = []
+    for result in document.get("Results") or []:
+        for raw in result.get("Vulnerabilities") or []:
+            cvss = raw.get("CVSS") or {}
+            vulnerability = reports.Vulnerability(
+                id=raw["VulnerabilityID"],
+                severity=raw["Severity"].upper(),
+                title=raw.get("Title") or "",
+                url=raw.get("PrimaryURL") or "",
+                cvss_score=reports._cvss_score(cvss),
+                cvss=cvss,
+                published_at=reports._time(raw.get("PublishedDate"), "PublishedDate", "t"),
+                modified_at=reports._time(raw.get("LastModifiedDate"), "LastModifiedDate", "t"),
+            )
+            found.append(
+                reports.Finding(
+                    vulnerability=vulnerability,
+                    package=raw["PkgName"],
+                    installed_version=raw.get("InstalledVersion") or "",
+                    fixed_version=raw.get("FixedVersion") or "",
+                    status=raw.get("Status"),
+                    target=result["Target"],
+                    result_class=result.get("Class"),
+                    result_type=result.get("Type"),
+                    package_path=raw.get("PkgPath") or "",
+                )
+            )
+    return found
+
+
+@pytest.mark.parametrize("path", RECORDED, ids=lambda p: p.name)
+def test_findings_are_what_the_dataclass_constructors_build(path: Path) -> None:
+    """``_build`` skips the frozen dataclasses' __init__ and shares one Vulnerability among
+    the entries of an advisory: every field is still there, in order, with its value."""
+    parsed = reports.parse(path.read_bytes()).findings
+    reference = _reference_findings(json.loads(path.read_bytes().decode("utf-8-sig")))
+    assert parsed == tuple(reference)
+    for got, expected in zip(parsed, reference, strict=True):
+        assert vars(got) == vars(expected) and list(vars(got)) == list(vars(expected))
+        assert vars(got.vulnerability) == vars(expected.vulnerability)
+        assert list(vars(got.vulnerability)) == list(vars(expected.vulnerability))
+
+
+def _two_entries(second: dict[str, Any]) -> str:
+    first = {**ENTRY, "Title": "overflow", "CVSS": {"nvd": {"V3Score": 7.5}},
+             "PublishedDate": "2024-01-02T03:04:05Z"}  # fmt: skip
+    entries = [first, {**first, "PkgName": "libssl3", **second}]
+    return json.dumps(
+        {"SchemaVersion": 2, "Results": [{"Target": "app", "Vulnerabilities": entries}]}
+    )
+
+
+def test_entries_of_one_advisory_worded_alike_share_one_vulnerability() -> None:
+    first, second = reports.parse(_two_entries({})).findings
+    assert first.vulnerability is second.vulnerability
+    assert (first.package, second.package) == ("openssl", "libssl3")
+
+
+@pytest.mark.parametrize(
+    "second",
+    [
+        {"CVSS": {"nvd": {"V3Score": 9.8}}},
+        {"CVSS": {"nvd": {"V3Score": 7.5}, "redhat": {"V3Score": 8.0}}},
+        {"CVSS": None},
+        {"Title": "overflow in the parser"},
+        {"Severity": "CRITICAL"},
+        {"PrimaryURL": "https://example.com"},
+        {"PublishedDate": "2024-01-02T03:04:06Z"},
+        {"LastModifiedDate": "2024-02-02T03:04:05Z"},
+    ],
+    ids=str,
+)
+def test_entries_of_one_advisory_worded_apart_keep_each_their_own(
+    second: dict[str, Any],
+) -> None:
+    """Each finding keeps what its own entry says; ``Report.vulnerabilities`` the first."""
+    text = _two_entries(second)
+    report = reports.parse(text)
+    first, other = report.findings
+    assert first.vulnerability is not other.vulnerability
+    assert report.findings == tuple(_reference_findings(json.loads(text)))
+    assert [vars(f.vulnerability) for f in report.findings] == [
+        vars(f.vulnerability) for f in _reference_findings(json.loads(text))
+    ]
+    assert report.vulnerabilities == (first.vulnerability,)
+
+
+def test_entries_with_a_nan_score_are_each_read() -> None:
+    text = _two_entries({}).replace("7.5", "NaN")  # two NaN: not equal, so not shared
+    scores = [f.vulnerability.cvss_score for f in reports.parse(text).findings]
+    assert len(scores) == 2 and all(s is not None and math.isnan(s) for s in scores)
+
+
+def test_a_bad_time_in_a_later_entry_of_an_advisory_is_still_refused() -> None:
+    with pytest.raises(reports.InvalidReport, match="PublishedDate 'yesterday' is not an RFC"):
+        reports.parse(_two_entries({"PublishedDate": "yesterday"}))
