@@ -20,13 +20,14 @@ from typing import Any
 
 import celery
 import kombu.exceptions
+import kombu.transport
 from kombu.transport import redis as kombu_redis
 
 from scanqueue import discovery, errors
 
 TASK_NAME = "scanqueue.scan"
 COLLECT_JOB_TASK = "scanqueue.collect_job"
-TRANSPORT = "scanqueue.publish:RedisTransport"  # kombu's name for it (broker_transport)
+TRANSPORT = "scanqueue.publish:RedisTransport"
 
 
 class _Channel(kombu_redis.Channel):
@@ -56,10 +57,13 @@ class RedisTransport(kombu_redis.Transport):
     Channel = _Channel
 
 
-def broker_transport(url: str) -> str | None:
-    """``TRANSPORT`` for a ``redis://`` or ``rediss://`` broker ``url``, else ``None``
-    (kombu picks by the URL's scheme, as for any other)."""
-    return TRANSPORT if url.startswith(("redis://", "rediss://")) else None
+def use_shared_clients() -> None:
+    """Make ``RedisTransport`` kombu's transport for ``redis://`` and ``rediss://`` URLs in
+    this process (the farm's processes call it before they connect). Registered under the
+    schemes' own names, not set as Celery's ``broker_transport``, so that a connection still
+    names its URL ``redis://...`` (Flower picks its broker page by that scheme)."""
+    for scheme in ("redis", "rediss"):
+        kombu.transport.TRANSPORT_ALIASES[scheme] = TRANSPORT
 
 
 def queue_name(cluster: str) -> str:
@@ -81,7 +85,7 @@ class Publisher:
         tls: Mapping[str, Any] | None = None,
     ) -> None:
         self._app = celery.Celery("scanqueue-watcher", broker=broker_url, set_as_current=False)
-        self._app.conf.broker_transport = broker_transport(broker_url)
+        use_shared_clients()
         if tls:  # rediss:// (config.redis_tls): kombu wants the options, not only the scheme
             self._app.conf.broker_use_ssl = dict(tls)
         self._app.conf.update(

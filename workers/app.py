@@ -61,6 +61,7 @@ def make_app(settings: config.Settings) -> Celery:
     """Build the Celery app for ``settings``; does not connect to the broker."""
     # workers.heartbeat: the stamps docker/healthcheck.py --max-age reads
     tasks = ["workers.tasks", "workers.heartbeat", "workers.alerts", "workers.rescans"]
+    publish.use_shared_clients()  # one Redis client per pool in kombu, not one per command
     app = Celery("scanqueue", broker=settings.broker.url, include=tasks)
     scan = settings.scan
     queues = [Queue(queue_name(c.name)) for c in settings.clusters] + [Queue(CONTROL_QUEUE)]
@@ -68,8 +69,6 @@ def make_app(settings: config.Settings) -> Celery:
         queues.append(Queue(RESCAN_QUEUE))
     app.conf.update(
         broker_connection_retry_on_startup=True,
-        # kombu's Redis transport, one Redis client per pool (scanqueue.publish._Channel)
-        broker_transport=publish.broker_transport(settings.broker.url),
         # from broker.password_file, apart from the URL; Celery hands it to kombu (broker)
         # and to the Redis result backend
         broker_password=config.broker_password(settings.broker),
