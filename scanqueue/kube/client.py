@@ -1,18 +1,23 @@
-"""API clients per cluster, the request options every call uses, and decoding an answer.
+"""API clients per cluster, sending a request, and decoding an answer.
 
-Responses are read with ``_preload_content=False`` and decoded as JSON: no model objects,
-which is much faster for large lists and keeps the camelCase shape the rest of scanqueue
-expects. What it must never do: keep global client state (``load_kube_config``).
+The official client loads the kubeconfig or in-cluster configuration (auth, TLS, proxy)
+and holds the connection pool; ``request`` sends through that pool itself, the way the
+client's generated methods do, and answers are decoded as JSON: no model objects, which is
+much faster and keeps the camelCase shape the rest of scanqueue expects. Watches keep the
+client's own methods (``watches``). What it must never do: keep global client state
+(``load_kube_config``).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import urllib.parse
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import kubernetes
 import orjson
 import urllib3
+from kubernetes.client.exceptions import ApiException
 
 from scanqueue import config, errors
 from scanqueue.kube import apierrors
@@ -74,15 +79,66 @@ def preload() -> None:
         getattr(kubernetes.client, name)
 
 
-def raw_options() -> dict[str, Any]:
-    """Options of every non-watch call: the raw JSON answer, and both timeouts."""
-    return {"_preload_content": False, "_request_timeout": (CONNECT_TIMEOUT, READ_TIMEOUT)}
+JSON = "application/json"
+_TIMEOUT = urllib3.Timeout(connect=CONNECT_TIMEOUT, read=READ_TIMEOUT)
+
+
+def path(*segments: str) -> str:
+    """An API path from its segments, each escaped as the client escapes path parameters:
+    ``path("api", "v1", "namespaces", ns, "secrets", name)``."""
+    return "/" + "/".join(urllib.parse.quote(segment, safe="") for segment in segments)
+
+
+def request(
+    api: ApiClient,
+    method: str,
+    resource_path: str,
+    *,
+    query: Iterable[tuple[str, str]] = (),
+    body: Object | None = None,
+    content_type: str = JSON,
+) -> Any:
+    """Send one API request as the client's generated methods send it, and return the raw
+    answer unread, as they do with ``_preload_content=False`` (read ``.data``, then
+    ``.release_conn()``; ``call`` does).
+
+    The same request: the client's default headers and bearer token (refreshed by its own
+    hook), its connection pool (TLS, proxy, retries) and timeouts, the body as JSON; a
+    non-2xx answer raises the client's ``ApiException`` for it, as the methods do. Without
+    their per-call work: pydantic validation of every argument and several layers of
+    serialization cost about as much CPU as the HTTP exchange itself, and a scan makes
+    eight such calls (bench/README, "pipeline"). ``resource_path`` from ``path``.
+    """
+    headers = {**api.default_headers, "Accept": JSON}
+    if body is not None:
+        headers["Content-Type"] = content_type
+    queries = list(query)
+    api.update_params_for_auth(headers, queries, ["BearerToken"], resource_path, method, body)
+    url = api.configuration.host + resource_path
+    if queries:
+        url += "?" + urllib.parse.urlencode(queries)
+    response = api.rest_client.pool_manager.request(
+        method,
+        url,
+        body=None if body is None else orjson.dumps(body),
+        headers=headers,
+        timeout=_TIMEOUT,
+        preload_content=False,
+    )
+    if not 200 <= response.status <= 299:
+        answer = kubernetes.client.rest.RESTResponse(response)
+        try:
+            answer.read()  # type: ignore[no-untyped-call]
+        finally:
+            response.release_conn()
+        raise ApiException.from_response(http_resp=answer, body=None, data=None)
+    return response
 
 
 def call(
     verb: str, kind: str, namespace: str | None, name: str | None, call: Callable[[], Any]
 ) -> Object:
-    """Run ``call`` (an API method with ``_preload_content=False``); return the decoded body."""
+    """Run ``call`` (a ``request``); return the decoded body."""
 
     def run() -> Object:
         response = call()

@@ -5,10 +5,7 @@ A continue token that expired mid-list raises ``Gone``: list again.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
-from typing import Any
-
-import kubernetes
+from collections.abc import Iterator
 
 from scanqueue.kube import client
 
@@ -19,13 +16,7 @@ JOB_NAME_LABEL = "batch.kubernetes.io/job-name"  # set on a Job's pods by the Jo
 
 def list_jobs(*, api: client.ApiClient, namespace: str, label_selector: str) -> list[Object]:
     """Return every Job in ``namespace`` matching ``label_selector`` (paged)."""
-    batch = kubernetes.client.BatchV1Api(api)
-    items, _ = _list_all(
-        "Job",
-        namespace,
-        lambda **kw: batch.list_namespaced_job(namespace, label_selector=label_selector, **kw),
-    )
-    return items
+    return _gather(_pages("Job", namespace, _jobs(namespace), label_selector, api=api))[0]
 
 
 def list_secrets(*, api: client.ApiClient, namespace: str, label_selector: str) -> list[Object]:
@@ -33,25 +24,14 @@ def list_secrets(*, api: client.ApiClient, namespace: str, label_selector: str) 
 
     The sweep uses it to find scan Secrets left behind; callers must not log the items.
     """
-    core = kubernetes.client.CoreV1Api(api)
-    items, _ = _list_all(
-        "Secret",
-        namespace,
-        lambda **kw: core.list_namespaced_secret(namespace, label_selector=label_selector, **kw),
-    )
-    return items
+    where = client.path("api", "v1", "namespaces", namespace, "secrets")
+    return _gather(_pages("Secret", namespace, where, label_selector, api=api))[0]
 
 
 def pods_of_job(*, api: client.ApiClient, namespace: str, name: str) -> list[Object]:
     """Return the pods the Job ``namespace/name`` created (by its ``job-name`` label)."""
-    core = kubernetes.client.CoreV1Api(api)
     selector = f"{JOB_NAME_LABEL}={name}"
-    items, _ = _list_all(
-        "Pod",
-        namespace,
-        lambda **kw: core.list_namespaced_pod(namespace, label_selector=selector, **kw),
-    )
-    return items
+    return _gather(_pages("Pod", namespace, _pods(namespace), selector, api=api))[0]
 
 
 def list_pods(
@@ -87,18 +67,7 @@ def list_pod_pages(
     A caller that folds each page into its own smaller picture never holds every pod
     dict at once (10,000 pods are ~70 MB as dicts). ``Gone`` as for ``list_pods``.
     """
-    core = kubernetes.client.CoreV1Api(api)
-    selector: dict[str, Any] = {"label_selector": label_selector} if label_selector else {}
-    if namespace is None:
-        return _pages(
-            "Pod", None, lambda **kw: core.list_pod_for_all_namespaces(**selector, **kw), page_size
-        )
-    return _pages(
-        "Pod",
-        namespace,
-        lambda **kw: core.list_namespaced_pod(namespace, **selector, **kw),
-        page_size,
-    )
+    return _pages("Pod", namespace, _pods(namespace), label_selector, api=api, page_size=page_size)
 
 
 def list_job_pages(
@@ -110,22 +79,17 @@ def list_job_pages(
 ) -> Iterator[tuple[list[Object], str]]:
     """Yield the Jobs of ``namespace`` matching ``label_selector`` a page at a time, with the
     list's resourceVersion (watch from it after the last page). ``Gone`` as for pods."""
-    batch = kubernetes.client.BatchV1Api(api)
-    return _pages(
-        "Job",
-        namespace,
-        lambda **kw: batch.list_namespaced_job(namespace, label_selector=label_selector, **kw),
-        page_size,
-    )
+    return _pages("Job", namespace, _jobs(namespace), label_selector, api=api, page_size=page_size)
 
 
-def _list_all(
-    kind: str,
-    namespace: str | None,
-    call: Callable[..., Any],
-    page_size: int = client.LIST_PAGE_SIZE,
-) -> tuple[list[Object], str]:
-    return _gather(_pages(kind, namespace, call, page_size))
+def _pods(namespace: str | None) -> str:
+    if namespace is None:
+        return client.path("api", "v1", "pods")
+    return client.path("api", "v1", "namespaces", namespace, "pods")
+
+
+def _jobs(namespace: str) -> str:
+    return client.path("apis", "batch", "v1", "namespaces", namespace, "jobs")
 
 
 def _gather(pages: Iterator[tuple[list[Object], str]]) -> tuple[list[Object], str]:
@@ -141,15 +105,27 @@ def _gather(pages: Iterator[tuple[list[Object], str]]) -> tuple[list[Object], st
 def _pages(
     kind: str,
     namespace: str | None,
-    call: Callable[..., Any],
+    resource_path: str,
+    label_selector: str | None,
+    *,
+    api: client.ApiClient,
     page_size: int = client.LIST_PAGE_SIZE,
 ) -> Iterator[tuple[list[Object], str]]:
+    """The pages of the list at ``resource_path``, ``page_size`` objects each."""
     token: str | None = None
     while True:
-        options = {**client.raw_options(), "limit": page_size}
+        query = [("limit", str(page_size))]
+        if label_selector:
+            query.append(("labelSelector", label_selector))
         if token:
-            options["_continue"] = token
-        page = client.call("list", kind, namespace, None, lambda: call(**options))  # noqa: B023
+            query.append(("continue", token))
+        page = client.call(
+            "list",
+            kind,
+            namespace,
+            None,
+            lambda: client.request(api, "GET", resource_path, query=query),  # noqa: B023
+        )
         metadata = page.get("metadata") or {}
         yield list(page.get("items") or []), str(metadata.get("resourceVersion", ""))
         token = metadata.get("continue")

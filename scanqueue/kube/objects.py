@@ -7,10 +7,7 @@ or a log line.
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import Any
-
-import kubernetes
 
 from scanqueue import errors
 from scanqueue.kube import apierrors, client
@@ -20,47 +17,26 @@ Object = client.Object
 
 def read_secret(*, api: client.ApiClient, namespace: str, name: str) -> Object:
     """Return the Secret ``namespace/name``. Raises ``NotFound``, ``PermanentError``, ..."""
-    core = kubernetes.client.CoreV1Api(api)
-    return client.call(
-        "read",
-        "Secret",
-        namespace,
-        name,
-        lambda: core.read_namespaced_secret(name, namespace, **client.raw_options()),
-    )
+    where = client.path("api", "v1", "namespaces", namespace, "secrets", name)
+    return client.call("read", "Secret", namespace, name, lambda: client.request(api, "GET", where))
 
 
 def read_service_account(*, api: client.ApiClient, namespace: str, name: str) -> Object:
     """Return the ServiceAccount ``namespace/name``. Raises ``NotFound``, ..."""
-    core = kubernetes.client.CoreV1Api(api)
+    where = client.path("api", "v1", "namespaces", namespace, "serviceaccounts", name)
     return client.call(
-        "read",
-        "ServiceAccount",
-        namespace,
-        name,
-        lambda: core.read_namespaced_service_account(name, namespace, **client.raw_options()),
+        "read", "ServiceAccount", namespace, name, lambda: client.request(api, "GET", where)
     )
 
 
-_OWNER_READERS: dict[str, Callable[[client.ApiClient, str, str], Any]] = {
-    "ReplicaSet": lambda api, ns, name: kubernetes.client.AppsV1Api(
-        api
-    ).read_namespaced_replica_set(name, ns, **client.raw_options()),
-    "Deployment": lambda api, ns, name: kubernetes.client.AppsV1Api(api).read_namespaced_deployment(
-        name, ns, **client.raw_options()
-    ),
-    "StatefulSet": lambda api, ns, name: kubernetes.client.AppsV1Api(
-        api
-    ).read_namespaced_stateful_set(name, ns, **client.raw_options()),
-    "DaemonSet": lambda api, ns, name: kubernetes.client.AppsV1Api(api).read_namespaced_daemon_set(
-        name, ns, **client.raw_options()
-    ),
-    "Job": lambda api, ns, name: kubernetes.client.BatchV1Api(api).read_namespaced_job(
-        name, ns, **client.raw_options()
-    ),
-    "CronJob": lambda api, ns, name: kubernetes.client.BatchV1Api(api).read_namespaced_cron_job(
-        name, ns, **client.raw_options()
-    ),
+# the owner kinds read, by the API group/version and plural of their path
+_OWNERS: dict[str, tuple[str, str, str]] = {
+    "ReplicaSet": ("apps", "v1", "replicasets"),
+    "Deployment": ("apps", "v1", "deployments"),
+    "StatefulSet": ("apps", "v1", "statefulsets"),
+    "DaemonSet": ("apps", "v1", "daemonsets"),
+    "Job": ("batch", "v1", "jobs"),
+    "CronJob": ("batch", "v1", "cronjobs"),
 }
 
 
@@ -69,24 +45,21 @@ def read_owner(*, api: client.ApiClient, kind: str, namespace: str, name: str) -
 
     Raises ``NotFound``, or ``PermanentError`` for a kind this adapter does not read.
     """
-    reader = _OWNER_READERS.get(kind)
-    if reader is None:
+    found = _OWNERS.get(kind)
+    if found is None:
         raise errors.PermanentError(
             f"read {kind} {namespace}/{name}: owner kind not supported; "
-            f"expected one of {', '.join(sorted(_OWNER_READERS))}"
+            f"expected one of {', '.join(sorted(_OWNERS))}"
         )
-    return client.call("read", kind, namespace, name, lambda: reader(api, namespace, name))
+    group, version, plural = found
+    where = client.path("apis", group, version, "namespaces", namespace, plural, name)
+    return client.call("read", kind, namespace, name, lambda: client.request(api, "GET", where))
 
 
 def read_job(*, api: client.ApiClient, namespace: str, name: str) -> Object:
     """Return the Job ``namespace/name``. Raises ``NotFound``, ..."""
-    batch = kubernetes.client.BatchV1Api(api)
     return client.call(
-        "read",
-        "Job",
-        namespace,
-        name,
-        lambda: batch.read_namespaced_job(name, namespace, **client.raw_options()),
+        "read", "Job", namespace, name, lambda: client.request(api, "GET", _job(namespace, name))
     )
 
 
@@ -119,12 +92,11 @@ def read_pod_log_bytes(
     """``read_pod_log``'s bytes as the API server sent them, not decoded: a 1 MB report
     goes to the JSON parser as it is (decoding it first, then encoding it again for
     orjson, took as long as parsing it)."""
-    core = kubernetes.client.CoreV1Api(api)
+    where = client.path("api", "v1", "namespaces", namespace, "pods", name, "log")
+    query = [("container", container), ("limitBytes", str(limit_bytes))]
 
     def call() -> bytes:
-        response: Any = core.read_namespaced_pod_log(
-            name, namespace, container=container, limit_bytes=limit_bytes, **client.raw_options()
-        )
+        response: Any = client.request(api, "GET", where, query=query)
         try:
             return bytes(response.data)
         finally:
@@ -138,15 +110,11 @@ def create_job(*, api: client.ApiClient, body: Object) -> Object:
 
     Idempotent, so a redelivered task adopts the Job it created before.
     """
-    batch = kubernetes.client.BatchV1Api(api)
     namespace, name = _namespace_name(body)
+    where = client.path("apis", "batch", "v1", "namespaces", namespace, "jobs")
     try:
         return client.call(
-            "create",
-            "Job",
-            namespace,
-            name,
-            lambda: _post(api, batch._create_namespaced_job_serialize, namespace, body),
+            "create", "Job", namespace, name, lambda: client.request(api, "POST", where, body=body)
         )
     except apierrors.Conflict:
         return read_job(api=api, namespace=namespace, name=name)
@@ -154,19 +122,18 @@ def create_job(*, api: client.ApiClient, body: Object) -> Object:
 
 def resume_job(*, api: client.ApiClient, namespace: str, name: str) -> Object:
     """Unsuspend the Job ``namespace/name`` (merge patch ``spec.suspend: false``); return it."""
-    batch = kubernetes.client.BatchV1Api(api)
     patch = {"spec": {"suspend": False}}
     return client.call(
         "resume",
         "Job",
         namespace,
         name,
-        lambda: batch.patch_namespaced_job(
-            name,
-            namespace,
-            patch,
-            _content_type="application/merge-patch+json",
-            **client.raw_options(),
+        lambda: client.request(
+            api,
+            "PATCH",
+            _job(namespace, name),
+            body=patch,
+            content_type="application/merge-patch+json",
         ),
     )
 
@@ -179,15 +146,15 @@ def create_secret(*, api: client.ApiClient, body: Object) -> Object:
     collection) raises ``Conflict``: retry later. Errors never carry the
     Secret's content.
     """
-    core = kubernetes.client.CoreV1Api(api)
     namespace, name = _namespace_name(body)
+    where = client.path("api", "v1", "namespaces", namespace, "secrets")
     try:
         return client.call(
             "create",
             "Secret",
             namespace,
             name,
-            lambda: _post(api, core._create_namespaced_secret_serialize, namespace, body),
+            lambda: client.request(api, "POST", where, body=body),
         )
     except apierrors.Conflict:
         existing = read_secret(api=api, namespace=namespace, name=name)
@@ -207,16 +174,14 @@ def delete_job(*, api: client.ApiClient, namespace: str, name: str) -> bool:
 
     Returns False when it was already gone.
     """
-    batch = kubernetes.client.BatchV1Api(api)
+    query = [("propagationPolicy", "Background")]
     try:
         client.call(
             "delete",
             "Job",
             namespace,
             name,
-            lambda: batch.delete_namespaced_job(
-                name, namespace, propagation_policy="Background", **client.raw_options()
-            ),
+            lambda: client.request(api, "DELETE", _job(namespace, name), query=query),
         )
     except apierrors.NotFound:
         return False
@@ -225,44 +190,18 @@ def delete_job(*, api: client.ApiClient, namespace: str, name: str) -> bool:
 
 def delete_secret(*, api: client.ApiClient, namespace: str, name: str) -> bool:
     """Delete the Secret ``namespace/name``. Returns False when it was already gone."""
-    core = kubernetes.client.CoreV1Api(api)
+    where = client.path("api", "v1", "namespaces", namespace, "secrets", name)
     try:
         client.call(
-            "delete",
-            "Secret",
-            namespace,
-            name,
-            lambda: core.delete_namespaced_secret(name, namespace, **client.raw_options()),
+            "delete", "Secret", namespace, name, lambda: client.request(api, "DELETE", where)
         )
     except apierrors.NotFound:
         return False
     return True
 
 
-def _post(
-    api: client.ApiClient, serialize: Callable[..., Any], namespace: str, body: Object
-) -> Any:
-    """``create_namespaced_*(namespace, body)`` with ``raw_options()``, ``body`` sent as it is.
-
-    The public method validates the dict into the client's pydantic model and dumps it back
-    before sending (~0.3 ms of CPU for a scan Job, once per scan); the API server validates
-    it anyway. The request is the one the public method builds (``serialize``), sent and
-    answered the same way: a non-2xx answer raises ``ApiException``.
-    """
-    request = serialize(
-        namespace=namespace, body=body, pretty=None, dry_run=None, field_manager=None,
-        field_validation=None, _request_auth=None, _content_type=None, _headers=None,
-        _host_index=0,
-    )  # fmt: skip
-    options = client.raw_options()
-    return api._call_with_legacy_options(
-        request,
-        {},
-        async_req=False,
-        preload_content=options["_preload_content"],
-        request_timeout=options["_request_timeout"],
-        return_http_data_only=True,
-    )
+def _job(namespace: str, name: str) -> str:
+    return client.path("apis", "batch", "v1", "namespaces", namespace, "jobs", name)
 
 
 def _namespace_name(body: Object) -> tuple[str, str]:
