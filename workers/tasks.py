@@ -38,6 +38,7 @@ from scanqueue import (
     images,
     kube,
     metrics,
+    publish,
     registry,
     scans,
     status,
@@ -147,9 +148,15 @@ def _publisher(cluster: str) -> Any:
         if here is not None and len(here) < MAX_STARTED_HERE:
             here.append(kwargs)
             return
-        scan.apply_async(kwargs=kwargs, queue=queue_name(cluster))
+        _send_scan(cluster, kwargs)
 
     return publish
+
+
+def _send_scan(cluster: str, kwargs: dict[str, Any]) -> None:
+    """Send the scan task of ``kwargs``, shown by its digest and pod (``scan_shown``)."""
+    shown = publish.scan_shown(kwargs["request"])
+    scan.apply_async(kwargs=kwargs, queue=queue_name(cluster), argsrepr="()", kwargsrepr=shown)
 
 
 def _start_waiting_here(cluster: str, payloads: list[dict[str, Any]]) -> None:
@@ -169,7 +176,7 @@ def _start_waiting_here(cluster: str, payloads: list[dict[str, Any]]) -> None:
             log.info("waiting scan sent as a task (%s: %s)", type(e).__name__, e,
                      extra={"cluster": cluster})  # fmt: skip
             try:
-                scan.apply_async(kwargs=kwargs, queue=queue_name(cluster))
+                _send_scan(cluster, kwargs)
             except Exception as lost:  # the periodic pass sends it again
                 log.warning("waiting scan left to the periodic pass: %s", lost,
                             extra={"cluster": cluster})  # fmt: skip

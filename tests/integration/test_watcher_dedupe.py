@@ -171,6 +171,12 @@ def test_task_is_published_by_name_on_the_clusters_queue(redis_url: str) -> None
     assert args == []
     assert discovery.from_payload(kwargs["request"]) == request("prod-eu", D1, "scan-1")
     assert kwargs["request"]["v"] == 1
+    # what Flower shows of it: the digest and the pod, given (not a saferepr of the payload)
+    sent = request("prod-eu", D1, "scan-1")
+    assert message["headers"]["argsrepr"] == "()"
+    assert message["headers"]["kwargsrepr"] == (
+        f"{{'request': '{D1} for {sent.namespace}/{sent.pod}'}}"
+    )
     assert queued(redis_url, "scan.other") == []
 
 
