@@ -18,7 +18,9 @@ from __future__ import annotations
 import bisect
 import dataclasses
 import datetime
+import functools
 import json
+import math
 import random
 import threading
 import time
@@ -45,12 +47,29 @@ def clone(value: _T) -> _T:
     return value
 
 
+_last_stamp: tuple[int, str] = (0, "1970-01-01T00:00:00Z")  # (second, its text), the last one made
+
+
 def now_text(at: float | None = None) -> str:
-    moment = datetime.datetime.fromtimestamp(at if at is not None else time.time(), datetime.UTC)
-    return moment.strftime("%Y-%m-%dT%H:%M:%SZ")
+    """``at`` (else now) as an RFC 3339 UTC timestamp to the second, as objects carry them.
+
+    Formatted once per second: a scan stamps a dozen fields (conditions, events, times)
+    within the same second, and strftime was a few percent of the emulator's CPU.
+    """
+    global _last_stamp
+    second = math.floor(at if at is not None else time.time())
+    last = _last_stamp  # one read: another thread may replace it meanwhile
+    if last[0] == second:
+        return last[1]
+    text = datetime.datetime.fromtimestamp(second, datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    _last_stamp = (second, text)
+    return text
 
 
+@functools.lru_cache(maxsize=4096)
 def parse_time(text: str) -> float:
+    """The POSIX time of an RFC 3339 UTC timestamp as ``now_text`` writes it (cached: the
+    Job controller reads the same startTime and condition times on every pass)."""
     return (
         datetime.datetime.strptime(text, "%Y-%m-%dT%H:%M:%SZ")
         .replace(tzinfo=datetime.UTC)

@@ -8,7 +8,10 @@ fields, bookmarks on the wire), through plain HTTP.
 from __future__ import annotations
 
 import base64
+import datetime
 import json
+import math
+import time
 import urllib.error
 import urllib.request
 from typing import Any
@@ -16,6 +19,7 @@ from typing import Any
 import pytest
 from kubernetes import client, watch
 
+from scanqueue.sim import cluster
 from tests.support.sim_fixtures import SimCluster
 
 
@@ -601,6 +605,17 @@ def test_deleting_a_namespace_deletes_its_contents(sim: SimCluster) -> None:
     with pytest.raises(client.ApiException) as caught:
         core.read_namespace("team-a")
     assert caught.value.status == 404
+
+
+def test_timestamps_are_the_clock_to_the_second_whatever_came_before() -> None:
+    # formatted once per second and cached: going back in time, or within one second,
+    # must give what formatting each time gives
+    base = 1_700_000_000
+    for at in (base + 0.1, base + 0.9, base + 1.0, base + 0.5, base - 3600.25, 0.0, base + 1.5):
+        expected = datetime.datetime.fromtimestamp(at, datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+        assert cluster.now_text(at) == expected
+        assert cluster.parse_time(expected) == math.floor(at)
+    assert abs(cluster.parse_time(cluster.now_text()) - time.time()) < 2
 
 
 # ---------------------------------------------------------------------- watch
