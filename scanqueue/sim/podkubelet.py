@@ -290,9 +290,19 @@ class Kubelet:
         stored = self.cluster.write_status(PODS, pod, status)
         if stored is None or scan is None:
             return
-        env, _ = self._env(stored, scan)
-        self._running.add(uid)
-        self._pool.submit(self._scan, stored, scan, env)
+        self._start_scan(stored, scan)
+
+    def _start_scan(self, pod: Obj, container: Mapping[str, Any]) -> None:
+        """Run the scan container of the Running ``pod``; its exit comes back as "finished"."""
+        env, _ = self._env(pod, container)
+        self._running.add(pod["metadata"]["uid"])
+        if self.options.real_pull:
+            self._pool.submit(self._scan, pod, container, env)
+        else:
+            # a recorded report, printed at once: no pull to wait for, so no pool thread (a
+            # thread woken per scan pod, and the Future, cost more than printing the report);
+            # the exit still comes back through the queue, after the work already there
+            self._scan(pod, container, env)
 
     def _blocked(
         self, pod: Obj, status: Obj, containers: list[Mapping[str, Any]], *, stamp: str

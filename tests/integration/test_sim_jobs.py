@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from kubernetes import client
+from kubernetes import client, watch
 
 from tests.conftest import REGISTRY_PASSWORD, REGISTRY_USER
 from tests.support import services
@@ -448,6 +448,38 @@ def test_without_real_pulls_scans_succeed_at_once(sim_factory: Any) -> None:
     assert finished(sim, "fast").status.succeeded == 1
     log = sim.core().read_namespaced_pod_log(job_pod(sim, "fast").metadata.name, SCAN_NS)
     assert json.loads(log)["ArtifactName"] == target
+
+
+def test_without_real_pulls_a_scan_pod_still_runs_before_it_succeeds(sim_factory: Any) -> None:
+    # the recorded report is printed without a pool thread; the pod must still go through
+    # the states a pulled scan's pod does, each its own change, in the same order
+    sim = sim_factory(real_pull=False)
+    core = sim.core()
+    core.create_namespace(client.V1Namespace(metadata=client.V1ObjectMeta(name=SCAN_NS)))
+    rv = core.list_namespaced_pod(SCAN_NS).metadata.resource_version
+    target = "registry.invalid/team/app@sha256:" + "2" * 64
+    sim.batch().create_namespaced_job(SCAN_NS, scan_job("steps", target, suspend=False))
+    finished(sim, "steps")
+    seen = [
+        (e["type"], e["object"].status.phase, bool(e["object"].spec.node_name))
+        for e in watch.Watch().stream(
+            core.list_namespaced_pod, SCAN_NS, resource_version=rv, timeout_seconds=1
+        )
+    ]
+    assert seen == [
+        ("ADDED", "Pending", False),
+        ("MODIFIED", "Pending", True),  # scheduled
+        ("MODIFIED", "Running", True),
+        ("MODIFIED", "Succeeded", True),
+    ]
+    pod = job_pod(sim, "steps")
+    (status,) = pod.status.container_statuses
+    terminated = status.state.terminated
+    assert (terminated.exit_code, terminated.reason) == (0, "Completed")
+    assert terminated.started_at <= terminated.finished_at
+    assert json.loads(core.read_namespaced_pod_log(pod.metadata.name, SCAN_NS))["ArtifactName"] == (
+        target
+    )
 
 
 # ------------------------------------------------------------------ node mode
