@@ -123,6 +123,9 @@ class Cluster:
         self.clock = clock
         self.lock = threading.RLock()
         self.changed = threading.Condition(self.lock)
+        # a watch waits for its own resource's changes: woken by every commit, each watch
+        # thread took the lock and looked through events it then dropped (a dozen a scan)
+        self._changed_by = {r.key: threading.Condition(self.lock) for r in resources.RESOURCES}
         self._rv = 0
         self._objects: dict[str, dict[Key, Obj]] = {r.key: {} for r in resources.RESOURCES}
         self._events: list[Event] = []
@@ -191,6 +194,17 @@ class Cluster:
                 if namespace is None or ns == namespace
             ]
 
+    def changed_for(self, res: resources.Resource) -> threading.Condition:
+        """The condition (on ``lock``) notified when an object of ``res`` changes."""
+        return self._changed_by[res.key]
+
+    def wake_all(self) -> None:
+        """Wake every thread waiting for a change (the emulator is stopping)."""
+        with self.lock:
+            self.changed.notify_all()
+            for condition in self._changed_by.values():
+                condition.notify_all()
+
     def events_since(self, rv: int) -> list[Event] | None:
         """Events after ``rv``; ``None`` when ``rv`` is older than the retained window."""
         with self.lock:
@@ -233,6 +247,7 @@ class Cluster:
         if len(self._events) > self.history * 2:
             self._trim(self.history)
         self.changed.notify_all()
+        self._changed_by[res.key].notify_all()
         for listener in list(self.listeners):
             listener(event)
         return stored

@@ -145,8 +145,7 @@ class Emulator:
 
     def stop(self) -> None:
         self._stopping.set()
-        with self.cluster.lock:
-            self.cluster.changed.notify_all()
+        self.cluster.wake_all()
         self.controllers.stop()
         if self._server is not None:
             self._server.shutdown()

@@ -620,6 +620,7 @@ class Handler(BaseHTTPRequestHandler):
             last_bookmark = time.monotonic()
             while True:
                 events = self._next_events(
+                    res,
                     cursor,
                     deadline=deadline,
                     generation=generation,
@@ -682,20 +683,27 @@ class Handler(BaseHTTPRequestHandler):
         self._chunk(_event_line("ERROR", status.status()))
 
     def _next_events(
-        self, cursor: int, *, deadline: float, generation: int, bookmark_due: float | None
+        self,
+        res: resources.Resource,
+        cursor: int,
+        *,
+        deadline: float,
+        generation: int,
+        bookmark_due: float | None,
     ) -> list[cluster_mod.Event] | None:
-        """The events after ``cursor``, waiting for some until the deadline, a dropped
-        connection (a new fault generation), a bookmark falls due or the client leaves.
-        None: ``cursor`` is older than the retained window."""
+        """The events after ``cursor``, waiting for a change of ``res`` until the deadline, a
+        dropped connection (a new fault generation), a bookmark falls due or the client
+        leaves. None: ``cursor`` is older than the retained window."""
         server = self.server
         cluster = server.cluster
+        changed = cluster.changed_for(res)
         with cluster.lock:
             events = cluster.events_since(cursor)
             while events is not None and not events and not server.stopping.is_set():
                 left = deadline - time.monotonic()
                 if left <= 0 or server.faults.watch_generation != generation:
                     break
-                cluster.changed.wait(min(left, server.options.bookmark_interval, 0.5))
+                changed.wait(min(left, server.options.bookmark_interval, 0.5))
                 if (
                     bookmark_due is not None and time.monotonic() >= bookmark_due
                 ) or self._client_gone():

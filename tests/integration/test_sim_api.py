@@ -11,6 +11,8 @@ import base64
 import datetime
 import json
 import math
+import queue
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -640,6 +642,35 @@ def test_watch_from_a_resource_version_sees_only_later_changes_and_ends_at_timeo
     ]
     assert ("ADDED", "after") in events
     assert ("ADDED", "before") not in events
+
+
+def test_a_watch_is_woken_by_a_change_of_its_resource_at_once(sim: SimCluster) -> None:
+    # a watch waits on its resource's own condition; were it not notified, it would still
+    # see the change, but only at its next poll (every 0.5 s): five in a row under 0.25 s
+    # would then be luck (1 in 32)
+    core = sim.core()
+    namespace(sim)
+    rv = core.list_namespaced_config_map("team-a").metadata.resource_version
+    arrived: queue.Queue[tuple[str, float]] = queue.Queue()
+
+    def follow() -> None:
+        for event in watch.Watch().stream(
+            core.list_namespaced_config_map, "team-a", resource_version=rv, timeout_seconds=10
+        ):
+            arrived.put((event["object"].metadata.name, time.monotonic()))
+
+    threading.Thread(target=follow, daemon=True).start()
+    time.sleep(0.3)  # the watch is open and waiting
+    for i in range(5):
+        core.create_namespaced_pod("team-a", pod_body(f"other-{i}"))  # another resource
+        time.sleep(0.1)
+        created = time.monotonic()
+        core.create_namespaced_config_map(
+            "team-a", client.V1ConfigMap(metadata=client.V1ObjectMeta(name=f"c{i}"))
+        )
+        name, at = arrived.get(timeout=5)
+        assert name == f"c{i}"
+        assert at - created < 0.25
 
 
 def test_watch_without_resource_version_starts_with_the_current_objects(sim: SimCluster) -> None:
