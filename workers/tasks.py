@@ -47,7 +47,6 @@ from scanqueue import (
 from workers.app import CONTROL_QUEUE, app, queue_name, settings_of
 
 log = logging.getLogger(__name__)
-kube.preload()  # in the worker's main process, before the pool forks
 
 MAX_TEMPORARY_RETRIES = 8  # then the scan fails with the last reason
 STARTED_GRACE_SECONDS = 60.0  # a waiting scan started this long ago without its task: again

@@ -26,7 +26,6 @@ from scanqueue.kube.client import (
     ApiClient,
     Object,
     api_client,
-    preload,
 )
 from scanqueue.kube.lists import (
     JOB_NAME_LABEL,
@@ -75,7 +74,6 @@ __all__ = [
     "list_pods",
     "list_secrets",
     "pods_of_job",
-    "preload",
     "read_job",
     "read_owner",
     "read_pod_log",

@@ -67,20 +67,12 @@ def api_client(cluster: config.ClusterSettings) -> ApiClient:
     return ApiClient(configuration)
 
 
-def preload() -> None:
-    """Import the API classes the farm calls now (the client imports them on first use).
-
-    The kubernetes client loads ``CoreV1Api`` (a module of some 30,000 lines) and
-    ``BatchV1Api`` lazily, on first attribute access: a worker's first scan paid
-    for it. The worker calls this before its pool forks, so every pool process
-    starts with them loaded. Connects nowhere.
-    """
-    for name in ("CoreV1Api", "BatchV1Api", "AppsV1Api"):
-        getattr(kubernetes.client, name)
-
-
 JSON = "application/json"
 _TIMEOUT = urllib3.Timeout(connect=CONNECT_TIMEOUT, read=READ_TIMEOUT)
+
+
+def _timeout(read: float) -> urllib3.Timeout:
+    return urllib3.Timeout(connect=CONNECT_TIMEOUT, read=read)
 
 
 def path(*segments: str) -> str:
@@ -97,6 +89,7 @@ def request(
     query: Iterable[tuple[str, str]] = (),
     body: Object | None = None,
     content_type: str = JSON,
+    read_timeout: float = READ_TIMEOUT,
 ) -> Any:
     """Send one API request as the client's generated methods send it, and return the raw
     answer unread, as they do with ``_preload_content=False`` (read ``.data``, then
@@ -107,7 +100,9 @@ def request(
     non-2xx answer raises the client's ``ApiException`` for it, as the methods do. Without
     their per-call work: pydantic validation of every argument and several layers of
     serialization cost about as much CPU as the HTTP exchange itself, and a scan makes
-    eight such calls (bench/README, "pipeline"). ``resource_path`` from ``path``.
+    eight such calls (bench/README, "pipeline"); and none of the client's API classes is
+    imported (``CoreV1Api`` is a module of some 30,000 lines). ``resource_path`` from
+    ``path``; ``read_timeout``: seconds to wait for the next bytes (a watch's is longer).
     """
     headers = {**api.default_headers, "Accept": JSON}
     if body is not None:
@@ -122,7 +117,7 @@ def request(
         url,
         body=None if body is None else orjson.dumps(body),
         headers=headers,
-        timeout=_TIMEOUT,
+        timeout=_TIMEOUT if read_timeout == READ_TIMEOUT else _timeout(read_timeout),
         preload_content=False,
     )
     if not 200 <= response.status <= 299:

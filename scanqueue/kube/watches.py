@@ -6,10 +6,8 @@ An ERROR event is raised as the error it stands for (410: ``Gone``, list again).
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable, Iterator
-from typing import Any
+from collections.abc import Iterator
 
-import kubernetes
 import orjson
 from kubernetes.watch import watch as k8s_watch
 
@@ -37,25 +35,13 @@ def watch_pods(
     event (or response) raises ``Gone``: list again. Other ERROR events are
     translated like any API failure.
     """
-    core = kubernetes.client.CoreV1Api(api)
-    where = "all namespaces" if namespace is None else namespace
-    options: dict[str, Any] = {
-        "watch": True,
-        "resource_version": resource_version,
-        "timeout_seconds": timeout_seconds,
-        "allow_watch_bookmarks": True,
-        "_preload_content": False,
-        "_request_timeout": (client.CONNECT_TIMEOUT, timeout_seconds + client.WATCH_READ_MARGIN),
-    }
-    if label_selector:
-        options["label_selector"] = label_selector
-
-    def start() -> Any:
-        if namespace is None:
-            return core.list_pod_for_all_namespaces(**options)
-        return core.list_namespaced_pod(namespace, **options)
-
-    return _events("Pod", where, start)
+    if namespace is None:
+        where, pods = "all namespaces", client.path("api", "v1", "pods")
+    else:
+        where, pods = namespace, client.path("api", "v1", "namespaces", namespace, "pods")
+    return _events(api=api, kind_name="Pod", where=where, resource_path=pods,
+                   resource_version=resource_version, timeout_seconds=timeout_seconds,
+                   label_selector=label_selector)  # fmt: skip
 
 
 def watch_jobs(
@@ -70,22 +56,40 @@ def watch_jobs(
 
     A 410 raises ``Gone``: list again (``list_job_pages``) and watch from there.
     """
-    batch = kubernetes.client.BatchV1Api(api)
-    options: dict[str, Any] = {
-        "watch": True,
-        "label_selector": label_selector,
-        "resource_version": resource_version,
-        "timeout_seconds": timeout_seconds,
-        "allow_watch_bookmarks": True,
-        "_preload_content": False,
-        "_request_timeout": (client.CONNECT_TIMEOUT, timeout_seconds + client.WATCH_READ_MARGIN),
-    }
-    return _events("Job", namespace, lambda: batch.list_namespaced_job(namespace, **options))
+    jobs = client.path("apis", "batch", "v1", "namespaces", namespace, "jobs")
+    return _events(api=api, kind_name="Job", where=namespace, resource_path=jobs,
+                   resource_version=resource_version, timeout_seconds=timeout_seconds,
+                   label_selector=label_selector)  # fmt: skip
 
 
-def _events(kind_name: str, where: str, start: Callable[[], Any]) -> Iterator[tuple[str, Object]]:
-    """The events of a watch response opened by ``start``; ERROR events raised, translated."""
-    response = apierrors.translate("watch", kind_name, where, None, start)
+def _events(
+    *,
+    api: client.ApiClient,
+    kind_name: str,
+    where: str,
+    resource_path: str,
+    resource_version: str,
+    timeout_seconds: int,
+    label_selector: str | None,
+) -> Iterator[tuple[str, Object]]:
+    """The events of a watch of the list at ``resource_path``; ERROR events raised, translated.
+
+    The request is the one the client's list methods send with ``watch=True`` (bookmarks
+    asked for, the server's timeout, and a read timeout past it)."""
+    query = [("allowWatchBookmarks", "true"), ("resourceVersion", resource_version),
+             ("timeoutSeconds", str(timeout_seconds)), ("watch", "true")]  # fmt: skip
+    if label_selector:
+        query.append(("labelSelector", label_selector))
+    response = apierrors.translate(
+        "watch",
+        kind_name,
+        where,
+        None,
+        lambda: client.request(
+            api, "GET", resource_path, query=query,
+            read_timeout=timeout_seconds + client.WATCH_READ_MARGIN,
+        ),
+    )  # fmt: skip
     try:
         lines: Iterator[str] = k8s_watch.iter_resp_lines(response)  # type: ignore[no-untyped-call]
         while True:
