@@ -10,6 +10,7 @@ client's own methods (``watches``). What it must never do: keep global client st
 
 from __future__ import annotations
 
+import time
 import urllib.parse
 from collections.abc import Callable, Iterable
 from typing import Any
@@ -64,7 +65,33 @@ def api_client(cluster: config.ClusterSettings) -> ApiClient:
     configuration.retries = urllib3.util.Retry(
         total=2, connect=2, read=0, status=0, redirect=0, respect_retry_after_header=False
     )
+    hook = configuration.refresh_api_key_hook
+    if hook is not None:
+        configuration.refresh_api_key_hook = _at_most_every(TOKEN_CHECK_SECONDS, hook)
     return ApiClient(configuration)
+
+
+TOKEN_CHECK_SECONDS = 1.0  # how often a request may run the configuration's token refresh
+
+
+def _at_most_every(seconds: float, hook: Callable[[Any], None]) -> Callable[[Any], None]:
+    """``hook`` (a configuration's ``refresh_api_key_hook``) run at most once per ``seconds``.
+
+    The client runs the hook before every request. The kubeconfig loader's hook applies the
+    whole configuration again each time (reading the environment's proxy variables: a tenth
+    of a worker's CPU in API calls), though it gets a new token only when the old one is
+    within five minutes of expiring; in-cluster, the hook re-reads the service account's
+    token once a minute. Checked once a second, a token is renewed as early as before to
+    within that second."""
+    checked = [-seconds]
+
+    def throttled(configuration: Any) -> None:
+        now = time.monotonic()
+        if now - checked[0] >= seconds:
+            checked[0] = now
+            hook(configuration)
+
+    return throttled
 
 
 JSON = "application/json"

@@ -879,3 +879,23 @@ def test_requests_are_the_ones_the_clients_own_methods_send(tmp_path: Path) -> N
 def _drain(events: Iterator[Any]) -> None:
     """Read a watch to its end (the scripted answer holds no whole event line: none)."""
     assert list(events) == []
+
+
+def test_the_token_refresh_runs_at_most_once_a_second_per_client() -> None:
+    """The client runs its configuration's refresh hook before every request; scanqueue's
+    clients run it at most once per ``TOKEN_CHECK_SECONDS`` (the kubeconfig loader renews a
+    token five minutes before it expires), then again once the interval has passed."""
+    import time
+
+    from scanqueue.kube import client
+
+    calls: list[Any] = []
+    hook = client._at_most_every(0.2, calls.append)
+    for _ in range(50):
+        hook("configuration")
+    assert calls == ["configuration"]
+    time.sleep(0.25)
+    hook("configuration")
+    hook("configuration")
+    assert len(calls) == 2
+    assert client.TOKEN_CHECK_SECONDS <= 1.0
