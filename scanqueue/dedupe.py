@@ -71,8 +71,12 @@ _RELEASE_IF = """
 if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
 return 0
 """
-_REFRESH_IF = """
-if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('EXPIRE', KEYS[1], ARGV[2]) end
+# Re-expire the in-flight key while the scan id after its last '/' is ours.
+_REFRESH_IF_SCAN = """
+local value = redis.call('GET', KEYS[1])
+if value and string.match(value, '([^/]*)$') == ARGV[1] then
+  return redis.call('EXPIRE', KEYS[1], ARGV[2])
+end
 return 0
 """
 
@@ -200,10 +204,8 @@ def release(conn: redis.Redis, digest: str, *, scan_id: str | None = None) -> bo
 def refresh(conn: redis.Redis, digest: str, *, scan_id: str, ttl_seconds: int) -> bool:
     """Extend the in-flight key of ``digest`` while ``scan_id`` holds it; False if it does not."""
     key = inflight_key(digest)
-    value = _holder(conn, key)
-    if value is None or value.rpartition("/")[2] != scan_id:
-        return False
-    return bool(_call(lambda: conn.eval(_REFRESH_IF, 1, key, value, int(ttl_seconds)), "refresh"))
+    ttl = int(ttl_seconds)
+    return bool(_call(lambda: conn.eval(_REFRESH_IF_SCAN, 1, key, scan_id, ttl), "refresh"))
 
 
 def mark_fresh(conn: redis.Redis, digest: str, *, ttl_seconds: int) -> None:

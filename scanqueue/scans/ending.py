@@ -84,22 +84,27 @@ def fail(ctx: model.ScanContext, request: discovery.ScanRequest, *, reason: str)
 
 def free_slot(ctx: model.ScanContext, job_name: str) -> None:
     """Give back the slot of ``job_name`` and start the next waiting scan in it."""
-    dedupe.free_job_slot(ctx.redis, cluster=ctx.cluster.name, job=job_name)
-    start_waiting(ctx)
+    if ctx.publish is None:
+        dedupe.free_job_slot(ctx.redis, cluster=ctx.cluster.name, job=job_name)
+        return
+    start_waiting(ctx, freeing=job_name)
 
 
-def start_waiting(ctx: model.ScanContext, *, stale_after: float | None = None) -> int:
+def start_waiting(
+    ctx: model.ScanContext, *, stale_after: float | None = None, freeing: str = ""
+) -> int:
     """Publish the scan tasks of waiting scans while slots are free; return how many.
 
     With ``stale_after`` (the periodic pass, the safety net), scans started more
     than that many seconds ago whose task never arrived are published again.
+    ``freeing``: a Job whose slot is given back first (in the same Redis script).
     """
     if ctx.publish is None:
         return 0
     now = ctx.clock().timestamp()
     cluster = ctx.cluster.name
     payloads = pending.start(ctx.redis, cluster=cluster, limit=ctx.cluster.max_inflight,
-                             now=now, max_age=ctx.slot_max_age)  # fmt: skip
+                             now=now, max_age=ctx.slot_max_age, freeing=freeing)  # fmt: skip
     if stale_after is not None:
         payloads += pending.restart_stale(ctx.redis, cluster=cluster, now=now,
                                           older_than=stale_after)  # fmt: skip

@@ -74,8 +74,9 @@ return 0
 """
 
 # KEYS: jobs, ns list, req, started
-# ARGV: limit, now, min score, most to start, ns zset prefix
+# ARGV: limit, now, min score, most to start, ns zset prefix, a Job whose slot is freed first
 _START = """
+if ARGV[6] ~= '' then redis.call('ZREM', KEYS[1], ARGV[6]) end
 redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', ARGV[3])
 local out = {}
 local limit, most = tonumber(ARGV[1]), tonumber(ARGV[4])
@@ -185,15 +186,26 @@ def take_or_park(
 
 
 def start(
-    conn: redis.Redis, *, cluster: str, limit: int, now: float, max_age: float, most: int = 64
+    conn: redis.Redis,
+    *,
+    cluster: str,
+    limit: int,
+    now: float,
+    max_age: float,
+    most: int = 64,
+    freeing: str = "",
 ) -> list[dict[str, Any]]:
     """Pop waiting scans while slots are free, reserving one slot each; return their payloads.
 
     The caller publishes one scan task per payload. At most ``most`` per call.
+    ``freeing``: a Job whose slot is given back first, in the same script (a collect's
+    Job: one Redis round trip for both).
     """
     keys = [dedupe.jobs_key(cluster), _key(cluster, "ns"), _key(cluster, "req"),
             _key(cluster, "started")]  # fmt: skip
-    argv: list[str | int | float] = [int(limit), now, now - max_age, int(most), _ns_prefix(cluster)]
+    argv: list[str | int | float] = [
+        int(limit), now, now - max_age, int(most), _ns_prefix(cluster), freeing
+    ]  # fmt: skip
     found = _call(lambda: conn.eval(_START, len(keys), *keys, *argv), "start waiting scans")
     return [json.loads(p) for p in cast(list[str], found)]
 

@@ -63,6 +63,24 @@ def test_a_full_cluster_parks_scans_and_a_freed_slot_starts_the_first_seen(
     assert pending.waiting(conn, cluster=CLUSTER) == 2  # d and e
 
 
+def test_a_collect_frees_its_slot_and_starts_the_next_in_one_call(conn: redis.Redis) -> None:
+    """``start(freeing=job)`` (a collect ending its Job) gives back that slot first, in the
+    same script, and starts no more scans than the slots free then; an unknown Job frees
+    nothing."""
+    assert _take(conn, "a") and _take(conn, "b")
+    assert not _take(conn, "c", now=1000.1)
+    assert not _take(conn, "d", now=1000.2)
+    unknown = pending.start(conn, cluster=CLUSTER, limit=2, now=1001.0, max_age=MAX_AGE,
+                            freeing="job-nobody")  # fmt: skip
+    assert unknown == []
+    started = pending.start(conn, cluster=CLUSTER, limit=2, now=1001.0, max_age=MAX_AGE,
+                            freeing="job-a")  # fmt: skip
+    assert [p["request"]["scan_id"] for p in started] == ["c"]
+    members = set(conn.zrange(dedupe.jobs_key(CLUSTER), 0, -1))
+    assert members == {"job-b", "reserved:c"}
+    assert pending.waiting(conn, cluster=CLUSTER) == 1
+
+
 def test_a_redelivered_scan_task_keeps_its_slot_and_a_parked_one_its_place(
     conn: redis.Redis,
 ) -> None:
