@@ -79,17 +79,19 @@ class CountingRegistryClient(registry.Client):
 
 
 def _record(cluster: str, results: list[scans.Result]) -> None:
-    """Scans by outcome; the duration of those that ended (from the scan row's times)."""
+    """Scans by outcome; the duration of those that ended (as the step that ended them
+    reported it, else from the scan row's times)."""
     ended = [r for r in results if r.outcome in ("succeeded", "failed", "timeout", "refused")]
     for result in results:
         metrics.SCANS.labels(cluster, result.outcome).inc()
-    if not ended:
-        return
-    with scan_context(cluster).db.connection() as conn:
-        for result in ended:
-            seconds = store.scan_seconds(conn, result.scan_id)
-            if seconds is not None:
-                metrics.SCAN_DURATION.labels(cluster).observe(max(0.0, seconds))
+    durations: list[float | None] = [r.seconds for r in ended if r.seconds is not None]
+    unknown = [r for r in ended if r.seconds is None]
+    if unknown:
+        with scan_context(cluster).db.connection() as conn:
+            durations += [store.scan_seconds(conn, r.scan_id) for r in unknown]
+    for seconds in durations:
+        if seconds is not None:
+            metrics.SCAN_DURATION.labels(cluster).observe(max(0.0, seconds))
 
 
 def scan_context(cluster: str) -> scans.ScanContext:

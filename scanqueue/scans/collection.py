@@ -264,12 +264,12 @@ def _store_report(
         return ending.end(ctx, request, status="failed", reason=str(e), attempt=attempt)
     with ctx.db.connection() as conn:
         try:
-            store.finish_scan(conn, scan_id=request.scan_id, report=report,
-                              finished_at=ctx.clock())  # fmt: skip
+            seconds = store.finish_scan(conn, scan_id=request.scan_id, report=report,
+                                        finished_at=ctx.clock())  # fmt: skip
         except store.ScanNotRecorded:  # its submit died before recording it: the Job says
             record(conn)
-            store.finish_scan(conn, scan_id=request.scan_id, report=report,
-                              finished_at=ctx.clock())  # fmt: skip
+            seconds = store.finish_scan(conn, scan_id=request.scan_id, report=report,
+                                        finished_at=ctx.clock())  # fmt: skip
     # the package list, kept once per digest for rescans (never fails the scan)
     rescan.keep_sbom(settings=ctx.settings, db=ctx.db, scan_id=request.scan_id,
                      digest=digest, text=output)  # fmt: skip
@@ -280,7 +280,12 @@ def _store_report(
                "findings": len(report.findings)},
     )  # fmt: skip
     return model.Result(
-        "succeeded", request.scan_id, digest, job_name, f"{len(report.findings)} findings"
+        "succeeded",
+        request.scan_id,
+        digest,
+        job_name,
+        f"{len(report.findings)} findings",
+        seconds=seconds,
     )
 
 

@@ -94,9 +94,13 @@ class Result:
     digest: str
     job: str = ""
     detail: str = ""
+    # seconds from the scan's start to its end, when the step that ended it knows them (the
+    # duration metric then needs no read of the scan row); not part of the task's result
+    seconds: float | None = dataclasses.field(default=None, compare=False)
 
     def as_dict(self) -> dict[str, str]:
-        return dataclasses.asdict(self)
+        return {"outcome": self.outcome, "scan_id": self.scan_id, "digest": self.digest,
+                "job": self.job, "detail": self.detail}  # fmt: skip
 
 
 def job_state(job: Mapping[str, Any]) -> tuple[str, str]:

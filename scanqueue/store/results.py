@@ -46,21 +46,23 @@ def finish_scan(
     report: reports.Report,
     finished_at: datetime,
     findings_via: FindingsVia = "set",
-) -> None:
+) -> float | None:
     """Store ``report`` as the result of scan ``scan_id`` and mark it succeeded, in one transaction.
 
     Everything is one statement (``findings_via="insert"`` is the benchmark's
     row-by-row baseline: one INSERT per finding). Idempotent: a scan already
-    succeeded is left as it is. Raises ``ScanNotRecorded`` for an unknown scan
-    id (call ``start_scan`` first), ``PermanentError`` for a scan started without
-    a digest.
+    succeeded is left as it is. Returns the scan's seconds from start to
+    ``finished_at`` (for the duration metric, without reading the row again), or
+    None when the scan had succeeded already or the row-by-row way stored it.
+    Raises ``ScanNotRecorded`` for an unknown scan id (call ``start_scan`` first),
+    ``PermanentError`` for a scan started without a digest.
     """
     # Whatever else a success writes goes in both ways below: a CTE of _INGEST reading
     # ``go``, and a statement in _finish_row_by_row's transaction.
     params = _statement_params(scan_id, report, finished_at) if findings_via == "set" else None
     if params is None:  # the baseline, or a value the text columns cannot carry
         _finish_row_by_row(conn, scan_id, report, finished_at)
-        return
+        return None
     row = db.execute_alone(conn, _INGEST, params)
     if row is None:
         raise scans.ScanNotRecorded(
@@ -70,6 +72,7 @@ def finish_scan(
         raise errors.PermanentError(
             f"scan {scan_id} has no image digest; start it again with the digest scanned"
         )
+    return None if row[2] is None else float(row[2])
 
 
 @db.translated
@@ -147,7 +150,7 @@ def _joined(values: Sequence[str | None]) -> str | None:
 # (Built from constants only: every value is a parameter.)
 _INGEST = f"""
 WITH scan AS (
-    SELECT id, status, digest FROM scans WHERE id = %(scan_id)s FOR UPDATE
+    SELECT id, status, digest, started_at FROM scans WHERE id = %(scan_id)s FOR UPDATE
 ), go AS (
     SELECT id, digest FROM scan WHERE status <> 'succeeded' AND digest IS NOT NULL
 ), image AS (
@@ -209,7 +212,10 @@ WITH scan AS (
 ), outbox AS (  -- alerts on new findings: planned later by the alerts task, never here
     INSERT INTO alert_outbox (scan_id) SELECT id FROM go ON CONFLICT (scan_id) DO NOTHING
 )
-SELECT status, digest FROM scan"""  # noqa: S608
+SELECT status, digest,
+       CASE WHEN status <> 'succeeded'
+            THEN extract(epoch FROM %(finished_at)s::timestamptz - started_at) END
+  FROM scan"""  # noqa: S608
 # Sent without comments and runs of blanks: psycopg caches how it parses a query only up to
 # 4096 characters (tests/unit/test_store_statements.py keeps it under).
 _INGEST = re.sub(r"\s+", " ", re.sub(r"--[^\n]*", "", _INGEST)).strip()

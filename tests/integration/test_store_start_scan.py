@@ -85,8 +85,13 @@ def test_the_same_attempt_changes_nothing_a_higher_one_restarts_a_success_stays(
         "running", 2, later, "team-a/other (registry.example.com)"
     )  # fmt: skip
     assert store.scan_seconds(store_conn, "s1") is None  # still running
-    store.finish_scan(store_conn, scan_id="s1", report=trivy_reports["node-alpine-3.19"],
-                      finished_at=later + timedelta(seconds=90))  # fmt: skip
+    # the ingest says how long the scan took (what the row's times then say), once
+    took = store.finish_scan(store_conn, scan_id="s1", report=trivy_reports["node-alpine-3.19"],
+                             finished_at=later + timedelta(seconds=90))  # fmt: skip
+    assert took == 90.0
+    again = store.finish_scan(store_conn, scan_id="s1", report=trivy_reports["node-alpine-3.19"],
+                              finished_at=later + timedelta(seconds=500))  # fmt: skip
+    assert again is None  # succeeded already: left as it was
     _start(store_conn, "s1", attempt=3, at=later + timedelta(minutes=1))
     assert _row(store_conn, "s1")[1:3] == ("succeeded", 2)
     assert store.scan_seconds(store_conn, "s1") == 90.0
