@@ -65,33 +65,41 @@ def api_client(cluster: config.ClusterSettings) -> ApiClient:
     configuration.retries = urllib3.util.Retry(
         total=2, connect=2, read=0, status=0, redirect=0, respect_retry_after_header=False
     )
-    hook = configuration.refresh_api_key_hook
-    if hook is not None:
-        configuration.refresh_api_key_hook = _at_most_every(TOKEN_CHECK_SECONDS, hook)
+    if configuration.refresh_api_key_hook is not None:
+        _throttle_token_refresh(configuration, TOKEN_CHECK_SECONDS)
     return ApiClient(configuration)
 
 
 TOKEN_CHECK_SECONDS = 1.0  # how often a request may run the configuration's token refresh
 
 
-def _at_most_every(seconds: float, hook: Callable[[Any], None]) -> Callable[[Any], None]:
-    """``hook`` (a configuration's ``refresh_api_key_hook``) run at most once per ``seconds``.
+def _throttle_token_refresh(configuration: Any, seconds: float) -> None:
+    """Run ``configuration``'s ``refresh_api_key_hook`` at most once per ``seconds``.
 
     The client runs the hook before every request. The kubeconfig loader's hook applies the
     whole configuration again each time (reading the environment's proxy variables: a tenth
     of a worker's CPU in API calls), though it gets a new token only when the old one is
     within five minutes of expiring; in-cluster, the hook re-reads the service account's
     token once a minute. Checked once a second, a token is renewed as early as before to
-    within that second."""
+    within that second. The loaders' hooks install themselves again each time they run:
+    the throttle is put back in front of whichever hook is there then.
+    """
+    hook = [configuration.refresh_api_key_hook]
     checked = [-seconds]
 
-    def throttled(configuration: Any) -> None:
+    def throttled(target: Any) -> None:
         now = time.monotonic()
-        if now - checked[0] >= seconds:
-            checked[0] = now
-            hook(configuration)
+        if now - checked[0] < seconds:
+            return
+        checked[0] = now
+        hook[0](target)
+        installed = target.refresh_api_key_hook
+        if installed is not throttled:
+            hook[0] = installed
+            target.refresh_api_key_hook = throttled
 
-    return throttled
+    throttled.scanqueue_throttled = True  # type: ignore[attr-defined]  # what tests look for
+    configuration.refresh_api_key_hook = throttled
 
 
 JSON = "application/json"

@@ -881,21 +881,55 @@ def _drain(events: Iterator[Any]) -> None:
     assert list(events) == []
 
 
-def test_the_token_refresh_runs_at_most_once_a_second_per_client() -> None:
+def test_the_token_refresh_runs_at_most_once_per_interval_and_stays_throttled(
+    tmp_path: Path,
+) -> None:
     """The client runs its configuration's refresh hook before every request; scanqueue's
     clients run it at most once per ``TOKEN_CHECK_SECONDS`` (the kubeconfig loader renews a
-    token five minutes before it expires), then again once the interval has passed."""
+    token five minutes before it expires). The loaders' hooks install themselves again
+    each time they run: the throttle must stay in front of them."""
     import time
 
     from scanqueue.kube import client
 
-    calls: list[Any] = []
-    hook = client._at_most_every(0.2, calls.append)
+    class Configuration:  # a loader's hook, as kubernetes' loaders write theirs
+        refresh_api_key_hook: Any = None
+
+    runs: list[int] = []
+
+    def loader_hook(target: Any) -> None:
+        runs.append(1)
+        target.refresh_api_key_hook = loader_hook  # what _set_config does each time
+
+    configuration = Configuration()
+    configuration.refresh_api_key_hook = loader_hook
+    client._throttle_token_refresh(configuration, 0.3)
     for _ in range(50):
-        hook("configuration")
-    assert calls == ["configuration"]
-    time.sleep(0.25)
-    hook("configuration")
-    hook("configuration")
-    assert len(calls) == 2
+        configuration.refresh_api_key_hook(configuration)
+    assert len(runs) == 1
+    time.sleep(0.35)
+    for _ in range(50):
+        configuration.refresh_api_key_hook(configuration)
+    assert len(runs) == 2
     assert client.TOKEN_CHECK_SECONDS <= 1.0
+
+    # the real client with a token kubeconfig: still throttled after many requests
+    server = ScriptedAPI(lambda request: ok({"kind": "Secret", "metadata": {"name": "s"}}))
+    try:
+        kubeconfig = tmp_path / "kubeconfig"
+        kubeconfig.write_text(yaml.safe_dump({
+            "apiVersion": "v1", "kind": "Config",
+            "clusters": [{"name": "c", "cluster": {"server": f"http://127.0.0.1:{server.port}"}}],
+            "users": [{"name": "u", "user": {"token": CANARY}}],
+            "contexts": [{"name": "c", "context": {"cluster": "c", "user": "u"}}],
+            "current-context": "c",
+        }))  # fmt: skip
+        api = kube.api_client(config.ClusterSettings(name="c", kubeconfig=str(kubeconfig)))
+        for _ in range(5):
+            kube.read_secret(api=api, namespace="t", name="s")
+        installed = api.configuration.refresh_api_key_hook
+        assert getattr(installed, "scanqueue_throttled", False)
+        sent = {k.lower(): v for k, v in server.seen[-1].headers.items()}
+        assert sent["authorization"] == f"Bearer {CANARY}"
+    finally:
+        server.stop()
