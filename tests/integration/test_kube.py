@@ -933,3 +933,26 @@ def test_the_token_refresh_runs_at_most_once_per_interval_and_stays_throttled(
         assert sent["authorization"] == f"Bearer {CANARY}"
     finally:
         server.stop()
+
+
+def test_a_server_url_with_a_path_keeps_it_in_front_of_every_request(tmp_path: Path) -> None:
+    """A kubeconfig server URL with a path (a proxy such as Rancher's /k8s/clusters/<id>):
+    every request's path starts with it, as the client's own methods send it."""
+    import kubernetes
+
+    server = ScriptedAPI(lambda request: ok({"kind": "Secret", "metadata": {"name": "s"}}))
+    try:
+        kubeconfig = write_kubeconfig(
+            tmp_path / "kubeconfig",
+            {"prefixed": f"http://127.0.0.1:{server.port}/k8s/clusters/c-1/"},
+            "prefixed",
+        )
+        api = kube.api_client(config.ClusterSettings(name="p", kubeconfig=str(kubeconfig)))
+        kube.read_secret(api=api, namespace="t", name="s")
+        ours = server.seen[-1]
+        kubernetes.client.CoreV1Api(api).read_namespaced_secret("s", "t", _preload_content=False)
+        theirs = server.seen[-1]
+        assert ours.path == "/k8s/clusters/c-1/api/v1/namespaces/t/secrets/s"
+        assert theirs.path.replace("//", "/") == ours.path
+    finally:
+        server.stop()
