@@ -128,6 +128,11 @@ class Cluster:
         self._changed_by = {r.key: threading.Condition(self.lock) for r in resources.RESOURCES}
         self._rv = 0
         self._objects: dict[str, dict[Key, Obj]] = {r.key: {} for r in resources.RESOURCES}
+        # the same objects by namespace: listing a namespace's pods (the farm does per scan)
+        # looked at every pod in the cluster; kept in step with _objects by _commit alone
+        self._in_namespace: dict[str, dict[str, dict[Key, Obj]]] = {
+            r.key: {} for r in resources.RESOURCES
+        }
         self._events: list[Event] = []
         self._compacted = 0  # events with rv <= this are no longer retained
         self._owned: dict[str, set[tuple[str, Key]]] = {}  # owner uid -> dependents
@@ -188,11 +193,14 @@ class Cluster:
 
     def objects(self, res: resources.Resource, namespace: str | None = None) -> list[Obj]:
         with self.lock:
-            return [
-                o
-                for (ns, _), o in self._objects[res.key].items()
-                if namespace is None or ns == namespace
-            ]
+            return list(self._table(res, namespace).values())
+
+    def _table(self, res: resources.Resource, namespace: str | None) -> dict[Key, Obj]:
+        """The stored objects of ``res`` in ``namespace`` (all of them for None), in the
+        order they were first stored; the caller holds the lock and does not change it."""
+        if namespace is None:
+            return self._objects[res.key]
+        return self._in_namespace[res.key].get(namespace, {})
 
     def changed_for(self, res: resources.Resource) -> threading.Condition:
         """The condition (on ``lock``) notified when an object of ``res`` changes."""
@@ -230,8 +238,14 @@ class Cluster:
                     dependents.discard((res.key, key))
                     if not dependents and owner_uid not in self._uids:
                         del self._owned[owner_uid]
+        in_namespace = self._in_namespace[res.key]
         if kind == "DELETED":
             table.pop(key, None)
+            same = in_namespace.get(key[0])
+            if same is not None:
+                same.pop(key, None)
+                if not same:
+                    del in_namespace[key[0]]
             self._uids.pop(uid, None)
             if not self._owned.get(uid):
                 self._owned.pop(uid, None)
@@ -239,6 +253,7 @@ class Cluster:
                 self.logs.pop(uid, None)
         else:
             table[key] = stored
+            in_namespace.setdefault(key[0], {})[key] = stored
             self._uids[uid] = (res.key, key)
             for ref in meta.get("ownerReferences") or []:
                 self._owned.setdefault(ref.get("uid", ""), set()).add((res.key, key))
@@ -519,12 +534,8 @@ class Cluster:
                     "result. You can start a new list without the continue parameter.",
                 )
             rv = self._rv if list_rv is None else list_rv
-            table = self._objects[res.key]
-            keys = sorted(
-                k
-                for k in table
-                if (namespace is None or k[0] == namespace) and (start is None or k > start)
-            )
+            table = self._table(res, namespace)
+            keys = sorted(k for k in table if start is None or k > start)
             items: list[Obj] = []
             next_key: Key | None = None
             remaining = 0

@@ -308,6 +308,56 @@ def test_list_pages_with_limit_and_continue(sim: SimCluster) -> None:
     assert seen == [f"s{i}" for i in range(7)]
 
 
+def test_a_namespace_lists_what_the_cluster_wide_list_holds_for_it(sim: SimCluster) -> None:
+    # a namespace's list reads an index by namespace kept beside the cluster's objects: it
+    # must hold what filtering the whole cluster gives, through creates, deletes, a namespace
+    # emptied and filled again, selectors and pages
+    core = sim.core()
+    names = [namespace(sim, f"team-{n}") for n in "abc"]
+
+    def config_map(ns: str, name: str, tier: str) -> None:
+        core.create_namespaced_config_map(
+            ns, client.V1ConfigMap(metadata=client.V1ObjectMeta(name=name, labels={"tier": tier}))
+        )
+
+    for i in range(12):
+        config_map(names[i % 3], f"m{11 - i:02d}", "web" if i % 2 else "db")
+    for name in ("m11", "m08", "m05", "m02"):  # every one in team-a: it is empty again
+        core.delete_namespaced_config_map(name, "team-a")
+    core.delete_namespaced_config_map("m10", "team-b")
+    config_map("team-a", "m20", "web")
+    config_map("team-b", "m10", "db")  # the same name again, in its namespace
+
+    def listed(ns: str | None, selector: str | None, limit: int | None) -> list[tuple[str, str]]:
+        kwargs: dict[str, Any] = {"label_selector": selector, "limit": limit}
+        seen: list[tuple[str, str]] = []
+        token = None
+        while True:
+            if token:
+                kwargs["_continue"] = token
+            page = (
+                core.list_config_map_for_all_namespaces(**kwargs)
+                if ns is None
+                else core.list_namespaced_config_map(ns, **kwargs)
+            )
+            seen += [(m.metadata.namespace, m.metadata.name) for m in page.items]
+            token = page.metadata._continue
+            if not token:
+                return seen
+
+    for selector in (None, "tier=web", "tier!=web"):
+        everywhere = listed(None, selector, None)
+        assert everywhere == sorted(everywhere)
+        for ns in [*names, "team-none"]:
+            expected = [item for item in everywhere if item[0] == ns]
+            assert listed(ns, selector, None) == expected
+            assert listed(ns, selector, 2) == expected
+    assert listed("team-a", None, None) == [("team-a", "m20")]
+    assert [n.metadata.name for n in core.list_namespace().items] == sorted(
+        ["default", "kube-node-lease", "kube-public", "kube-system", *names]
+    )
+
+
 # --------------------------------------------------------------- update, patch
 
 
