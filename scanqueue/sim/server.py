@@ -118,6 +118,7 @@ class Server(ThreadingHTTPServer):
                 conn.shutdown(socket.SHUT_RDWR)
 
 
+_HANG_UP_CHECK = 0.5  # seconds between hang-up checks of a watch that keeps getting changes
 _MAX_LINE = 65536  # http.client's limits on a header line and on the number of headers
 _MAX_HEADERS = 100
 _date: list[Any] = [0, ""]  # (second, Date header text) of the last response
@@ -617,7 +618,7 @@ class Handler(BaseHTTPRequestHandler):
             batch = b"".join(encode("ADDED", bodies.typed(res, o)) for o in initial)
             if batch:
                 self._chunk(batch)
-            last_bookmark = time.monotonic()
+            last_bookmark = next_check = time.monotonic()
             while True:
                 events = self._next_events(
                     res,
@@ -628,9 +629,14 @@ class Handler(BaseHTTPRequestHandler):
                     if bookmarks
                     else None,
                 )
-                if self._client_gone():
-                    self.close_connection = True
-                    return  # the client hung up: free this thread now, not at the timeout
+                # whether the client left: asked when idle, and at most every half second
+                # while changes keep coming (a select per change was a syscall per wake-up;
+                # a write to a client that left fails in turn)
+                if not events or time.monotonic() >= next_check:
+                    if self._client_gone():
+                        self.close_connection = True
+                        return  # the client hung up: free this thread now, not at the timeout
+                    next_check = time.monotonic() + _HANG_UP_CHECK
                 if server.faults.watch_generation != generation:
                     # a dropped connection: no terminating chunk, the socket just closes
                     self.close_connection = True
@@ -704,11 +710,13 @@ class Handler(BaseHTTPRequestHandler):
                 if left <= 0 or server.faults.watch_generation != generation:
                     break
                 changed.wait(min(left, server.options.bookmark_interval, 0.5))
+                events = cluster.events_since(cursor)
+                if events:
+                    break  # the caller sends them; it asks whether the client left otherwise
                 if (
                     bookmark_due is not None and time.monotonic() >= bookmark_due
                 ) or self._client_gone():
                     break
-                events = cluster.events_since(cursor)
         return events
 
     def _start_chunked(self) -> None:

@@ -811,6 +811,63 @@ def test_watch_on_the_wire_is_chunked_json_lines_and_ends_cleanly(sim: SimCluste
     assert lines[-1]["object"]["kind"] == "Secret"
 
 
+def _handler_threads() -> int:
+    return sum("process_request_thread" in t.name for t in threading.enumerate())
+
+
+def _wait_for_handlers(count: int, within: float) -> bool:
+    deadline = time.monotonic() + within
+    while time.monotonic() < deadline:
+        if _handler_threads() <= count:
+            return True
+        time.sleep(0.05)
+    return False
+
+
+@pytest.mark.parametrize("changing", [False, True], ids=["idle", "changing"])
+def test_a_watch_whose_client_left_frees_its_thread_before_the_timeout(
+    sim: SimCluster, changing: bool
+) -> None:
+    # a watch asks whether its client left when idle and, while changes of its resource keep
+    # coming that it does not send (another label), at least every half second
+    import socket
+    import urllib.parse
+
+    core = sim.core()
+    namespace(sim)
+    core.list_namespaced_config_map("team-a")  # the client's connection is open and idle
+    before = _handler_threads()
+    url = urllib.parse.urlsplit(sim.url)
+    conn = socket.create_connection((url.hostname, url.port), timeout=10)
+    conn.sendall(
+        b"GET /api/v1/namespaces/team-a/configmaps?watch=true&labelSelector=x%3Dy"
+        b"&timeoutSeconds=60 HTTP/1.1\r\nHost: x\r\n\r\n"
+    )
+    assert conn.recv(65536).startswith(b"HTTP/1.1 200")
+    assert _handler_threads() == before + 1
+    stop = threading.Event()
+
+    def change() -> None:
+        for i in range(1000):
+            if stop.wait(0.02):
+                return
+            core.create_namespaced_config_map(
+                "team-a", client.V1ConfigMap(metadata=client.V1ObjectMeta(name=f"c{i}"))
+            )
+
+    changer = threading.Thread(target=change, daemon=True)
+    if changing:
+        changer.start()
+        time.sleep(0.3)
+    conn.close()
+    try:
+        assert _wait_for_handlers(before, within=2.5)
+    finally:
+        stop.set()
+        if changing:
+            changer.join()
+
+
 # -------------------------------------------------------------------- secrets
 
 
