@@ -1,12 +1,12 @@
 """Every verb deploy/ grants has a line of code that needs it, and every call is granted.
 
-``CALLS`` maps each function of the ``scanqueue/kube`` package to the Kubernetes API
-method it calls (found in the package's source, so a renamed method fails here) and
-the grants that method needs. The identities' code is read with ``ast``: the
-watcher's process is the ``scanqueue/watcher`` package and ``jobwatch.py`` (not
-``explain``, which people run with their own kubeconfig), the worker's is the
-``scanqueue/scans`` package and ``keyrings.py`` (the pull secrets it reads). Then, in both
-directions:
+``CALLS`` maps each function of the ``scanqueue/kube`` package to the request it sends
+(its HTTP method and resource, or the helper that sends it, found in the function's
+source, so a changed request fails here) and the grants that request needs. The
+identities' code is read with ``ast``: the watcher's process is the
+``scanqueue/watcher`` package and ``jobwatch.py`` (not ``explain``, which people run
+with their own kubeconfig), the worker's is the ``scanqueue/scans`` package and
+``keyrings.py`` (the pull secrets it reads). Then, in both directions:
 
 - every ``kube.<fn>(...)`` an identity's code makes is granted in deploy/, in the
   namespaces where it is made (watched namespaces, or the scan namespace);
@@ -33,46 +33,42 @@ SCANS_NS = test_deploy.SCANS_NS
 
 @dataclasses.dataclass(frozen=True)
 class Call:
-    api_method: str  # the kubernetes client method the kube package calls for it
+    request: tuple[str, ...]  # what the function's source names: HTTP method and resource
     needs: tuple[tuple[str, str, str], ...]  # (API group, resource, verb)
     where: str  # "watched": the namespaces of the pods; "scans": the scan namespace
 
 
 CALLS = {
     # the watcher
-    "list_pod_pages": Call("list_namespaced_pod", (("", "pods", "list"),), "watched"),
-    "watch_pods": Call(
-        "list_namespaced_pod(namespace, **options)", (("", "pods", "watch"),), "watched"
-    ),
+    "list_pod_pages": Call(("_pages(", "_pods("), (("", "pods", "list"),), "watched"),
+    "watch_pods": Call(("_events(", '"pods"'), (("", "pods", "watch"),), "watched"),
     # discovery reads only the intermediate owners (discovery._INTERMEDIATE_OWNERS)
     "read_owner": Call(
-        "read_namespaced_replica_set",
+        ('"GET"', '"replicasets"'),
         (("apps", "replicasets", "get"), ("batch", "jobs", "get")),
         "watched",
     ),
     # the watcher's Job watch (jobwatch.py), in the scan namespace
-    "list_job_pages": Call("list_namespaced_job", (("batch", "jobs", "list"),), "scans"),
-    "watch_jobs": Call(
-        "list_namespaced_job(namespace, **options)", (("batch", "jobs", "watch"),), "scans"
-    ),
+    "list_job_pages": Call(("_pages(", "_jobs("), (("batch", "jobs", "list"),), "scans"),
+    "watch_jobs": Call(("_events(", '"jobs"'), (("batch", "jobs", "watch"),), "scans"),
     # the worker, in the watched namespaces: a pod's pull Secrets and service account
-    "read_secret": Call("read_namespaced_secret", (("", "secrets", "get"),), "watched"),
+    "read_secret": Call(('"GET"', '"secrets"'), (("", "secrets", "get"),), "watched"),
     "read_service_account": Call(
-        "read_namespaced_service_account", (("", "serviceaccounts", "get"),), "watched"
+        ('"GET"', '"serviceaccounts"'), (("", "serviceaccounts", "get"),), "watched"
     ),
     # the worker, in the scan namespace
     "create_job": Call(
-        "create_namespaced_job",
+        ('"POST"', '"jobs"', "read_job("),
         # an existing Job is read (read_job) and adopted
         (("batch", "jobs", "create"), ("batch", "jobs", "get")),
         "scans",
     ),
-    "read_job": Call("read_namespaced_job", (("batch", "jobs", "get"),), "scans"),
-    "resume_job": Call("patch_namespaced_job", (("batch", "jobs", "patch"),), "scans"),
-    "list_jobs": Call("list_namespaced_job", (("batch", "jobs", "list"),), "scans"),
-    "delete_job": Call("delete_namespaced_job", (("batch", "jobs", "delete"),), "scans"),
+    "read_job": Call(('"GET"', "_job("), (("batch", "jobs", "get"),), "scans"),
+    "resume_job": Call(('"PATCH"', "_job("), (("batch", "jobs", "patch"),), "scans"),
+    "list_jobs": Call(("_pages(", "_jobs("), (("batch", "jobs", "list"),), "scans"),
+    "delete_job": Call(('"DELETE"', "_job("), (("batch", "jobs", "delete"),), "scans"),
     "create_secret": Call(
-        "create_namespaced_secret",
+        ('"POST"', '"secrets"', "read_secret("),
         (
             ("", "secrets", "create"),
             ("", "secrets", "get"),  # an existing Secret is read to compare its owner
@@ -82,12 +78,12 @@ CALLS = {
         ),
         "scans",
     ),
-    "list_secrets": Call("list_namespaced_secret", (("", "secrets", "list"),), "scans"),
-    "delete_secret": Call("delete_namespaced_secret", (("", "secrets", "delete"),), "scans"),
-    "list_pods": Call("list_pod_pages(", (("", "pods", "list"),), "scans"),
-    "pods_of_job": Call("list_namespaced_pod", (("", "pods", "list"),), "scans"),
-    "read_pod_log": Call("read_pod_log_bytes(", (("", "pods/log", "get"),), "scans"),
-    "read_pod_log_bytes": Call("read_namespaced_pod_log", (("", "pods/log", "get"),), "scans"),
+    "list_secrets": Call(("_pages(", '"secrets"'), (("", "secrets", "list"),), "scans"),
+    "delete_secret": Call(('"DELETE"', '"secrets"'), (("", "secrets", "delete"),), "scans"),
+    "list_pods": Call(("list_pod_pages(",), (("", "pods", "list"),), "scans"),
+    "pods_of_job": Call(("_pages(", "_pods("), (("", "pods", "list"),), "scans"),
+    "read_pod_log": Call(("read_pod_log_bytes(",), (("", "pods/log", "get"),), "scans"),
+    "read_pod_log_bytes": Call(('"GET"', '"log"'), (("", "pods/log", "get"),), "scans"),
 }
 
 # Known to be coming, grant deliberately absent until the call exists.
@@ -156,12 +152,16 @@ def test_the_call_table_names_real_kube_functions_and_api_methods() -> None:
         for n in ast.parse(source).body
         if isinstance(n, ast.FunctionDef)
     }
-    source = "\n".join(sources.values())
+    objects = sources[KUBE / "objects.py"]
     for name, call in CALLS.items():
         assert name in functions, f"kube.{name} does not exist: update CALLS"
-        # read_owner's methods sit in its table of readers (kube.objects._OWNER_READERS)
-        body = source if name == "read_owner" else functions[name]
-        assert call.api_method in body, f"kube.{name} no longer calls {call.api_method}"
+        # read_owner's resources sit in its table of owner kinds (kube.objects._OWNERS)
+        body = functions[name] + (objects if name == "read_owner" else "")
+        for part in call.request:
+            assert part in body, f"kube.{name} no longer sends {part}: update CALLS"
+    # the helpers named there send what their callers are granted for
+    assert '"GET"' in functions["_pages"] and '"GET"' in functions["_events"]
+    assert '"watch", "true"' in functions["_events"]
 
 
 @pytest.mark.parametrize("identity", IDENTITIES)
