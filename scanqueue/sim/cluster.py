@@ -269,7 +269,7 @@ class Cluster:
 
     # ---------------------------------------------------------- validation
 
-    def _decode(self, res: resources.Resource, body: Any) -> Obj:
+    def _decode(self, res: resources.Resource, body: Any, *, owned: bool = False) -> Obj:
         if not isinstance(body, dict):
             raise apierrors.bad_request(
                 f'{res.kind} in version "{res.version}" cannot be handled as a {res.kind}: '
@@ -285,7 +285,7 @@ class Cluster:
             raise apierrors.bad_request(
                 f"the kind in the data ({kind}) does not match the expected kind ({res.kind})"
             )
-        obj = clone(_strip_type(body))
+        obj = _strip_type(body) if owned else clone(_strip_type(body))
         if obj.get("metadata") is None:
             obj["metadata"] = {}
         problem = bodies.metadata_problem(obj["metadata"])
@@ -369,9 +369,12 @@ class Cluster:
         keep_status: bool = False,
         field_validation: str = "Strict",
         warnings: list[str] | None = None,
+        owned: bool = False,
     ) -> Obj:
-        """Create an object; ``keep_status`` (in-process callers only) keeps a given status."""
-        obj = self._decode(res, body)
+        """Create an object; ``keep_status`` (in-process callers only) keeps a given status.
+        ``owned``: the caller hands ``body`` over (fresh from ``json.loads`` or built for this
+        call, nothing shared, never used again), so it is stored without a deep copy."""
+        obj = self._decode(res, body, owned=owned)
         meta = obj["metadata"]
         with self.lock:
             namespace = self._namespace(res, namespace, obj, creating=True)

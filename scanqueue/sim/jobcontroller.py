@@ -286,7 +286,8 @@ class JobController:
         if tmeta.get("annotations"):
             pod["metadata"]["annotations"] = tmeta["annotations"]
         try:
-            created = self.cluster.create(PODS, meta["namespace"], pod)
+            # built here from a copy of the template: the cluster may keep it as it is
+            created = self.cluster.create(PODS, meta["namespace"], pod, owned=True)
         except apierrors.ApiError as e:
             self._events.record(
                 job, JOBS, "Warning", "FailedCreate", f"Error creating: {e.message}"

@@ -70,4 +70,4 @@ class Events:
             "count": 1,
         }
         with contextlib.suppress(apierrors.ApiError):
-            self.cluster.create(EVENTS, namespace, event)
+            self.cluster.create(EVENTS, namespace, event, owned=True)

@@ -431,7 +431,8 @@ class Handler(BaseHTTPRequestHandler):
             assert name is not None
             self._send(200, bodies.typed(res, cluster.get(res, ns, name)))
         elif verb == "create":
-            obj = cluster.create(res, ns, body, dry_run=dry_run, **writing)
+            # the body came from json.loads for this request alone: no copy needed
+            obj = cluster.create(res, ns, body, dry_run=dry_run, owned=True, **writing)
             self._send(201, bodies.typed(res, obj), headers=self._warnings(warnings))
         elif verb == "update":
             assert name is not None

@@ -21,7 +21,7 @@ from typing import Any
 import pytest
 from kubernetes import client, watch
 
-from scanqueue.sim import cluster
+from scanqueue.sim import cluster, resources
 from tests.support.sim_fixtures import SimCluster
 
 
@@ -178,6 +178,73 @@ def test_dry_run_create_does_not_store(sim: SimCluster) -> None:
     pod = core.create_namespaced_pod("team-a", pod_body("a"), dry_run="All")
     assert pod.metadata.name == "a"
     assert core.list_namespaced_pod("team-a").items == []
+
+
+def test_a_body_handed_over_is_stored_as_a_copied_one_would_be() -> None:
+    # the server's request bodies (fresh from json.loads), the Job controller's pods and
+    # the Events are handed over (owned=True) and stored without a deep copy; what is stored
+    # must be what the copying path stores, and the copying path leaves its caller's body be
+    bodies: list[tuple[str, dict[str, Any]]] = [
+        (
+            "jobs.batch",
+            {
+                "apiVersion": "batch/v1",
+                "kind": "Job",
+                "metadata": {"name": "j", "labels": {"a": "b"}, "uid": "given"},
+                "spec": {
+                    "suspend": True,
+                    "template": {
+                        "metadata": {"labels": {"a": "b"}},
+                        "spec": {
+                            "restartPolicy": "Never",
+                            "containers": [{"name": "c", "image": "x:1", "args": ["a"]}],
+                        },
+                    },
+                },
+                "status": {"active": 3},
+            },
+        ),
+        (
+            "pods",
+            {
+                "metadata": {"generateName": "p-", "labels": {}},
+                "spec": {"containers": [{"name": "c", "image": "x:1"}]},
+            },
+        ),
+        (
+            "secrets",
+            {
+                "metadata": {"name": "s"},
+                "stringData": {"k": "v"},
+                "data": {"d": base64.b64encode(b"x").decode()},
+            },
+        ),
+        (
+            "events",
+            {
+                "metadata": {"generateName": "j.", "namespace": "team-a"},
+                "involvedObject": {"kind": "Job", "name": "j", "namespace": "team-a"},
+                "reason": "R",
+                "message": "m",
+                "type": "Normal",
+                "count": 1,
+            },
+        ),
+    ]
+    stored: dict[bool, list[dict[str, Any]]] = {}
+    for owned in (False, True):
+        state = cluster.Cluster(clock=lambda: 1_700_000_000.0)
+        state.create(resources.BY_KEY["namespaces"], "", {"metadata": {"name": "team-a"}})
+        stored[owned] = []
+        for key, body in bodies:
+            given = json.loads(json.dumps(body))
+            obj = state.create(resources.BY_KEY[key], "team-a", given, owned=owned)
+            if not owned:
+                assert given == body
+            # the uid and a generated name are random: the same placeholder in both
+            text = json.dumps(obj).replace(obj["metadata"]["uid"], "UID")
+            stored[owned].append(json.loads(text.replace(obj["metadata"]["name"], "NAME")))
+    assert stored[True] == stored[False]
 
 
 # ----------------------------------------------------------------- validation
