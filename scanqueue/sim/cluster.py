@@ -16,6 +16,7 @@ hidden by the same bug here.
 from __future__ import annotations
 
 import bisect
+import contextlib
 import dataclasses
 import datetime
 import functools
@@ -87,6 +88,7 @@ class Event:
 
 
 Listener = Callable[[Event], None]
+Relevant = Callable[[Event], bool]  # whether a watch may send something for a change
 
 
 @dataclasses.dataclass
@@ -126,6 +128,11 @@ class Cluster:
         # a watch waits for its own resource's changes: woken by every commit, each watch
         # thread took the lock and looked through events it then dropped (a dozen a scan)
         self._changed_by = {r.key: threading.Condition(self.lock) for r in resources.RESOURCES}
+        # a watch with a selector waits on a condition of its own, notified only by changes
+        # it may send (the farm's cluster-wide pod watch drops every scan pod's changes)
+        self._watchers: dict[str, dict[int, tuple[threading.Condition, Relevant]]] = {
+            r.key: {} for r in resources.RESOURCES
+        }
         self._rv = 0
         self._objects: dict[str, dict[Key, Obj]] = {r.key: {} for r in resources.RESOURCES}
         # the same objects by namespace: listing a namespace's pods (the farm does per scan)
@@ -206,12 +213,30 @@ class Cluster:
         """The condition (on ``lock``) notified when an object of ``res`` changes."""
         return self._changed_by[res.key]
 
+    @contextlib.contextmanager
+    def watching(
+        self, res: resources.Resource, relevant: Relevant
+    ) -> Iterator[threading.Condition]:
+        """A condition (on ``lock``) notified by the changes of ``res`` for which
+        ``relevant(event)`` is true (or raises), while the ``with`` block lasts."""
+        condition = threading.Condition(self.lock)
+        with self.lock:
+            self._watchers[res.key][id(condition)] = (condition, relevant)
+        try:
+            yield condition
+        finally:
+            with self.lock:
+                del self._watchers[res.key][id(condition)]
+
     def wake_all(self) -> None:
         """Wake every thread waiting for a change (the emulator is stopping)."""
         with self.lock:
             self.changed.notify_all()
             for condition in self._changed_by.values():
                 condition.notify_all()
+            for watchers in self._watchers.values():
+                for condition, _ in watchers.values():
+                    condition.notify_all()
 
     def events_since(self, rv: int) -> list[Event] | None:
         """Events after ``rv``; ``None`` when ``rv`` is older than the retained window."""
@@ -263,6 +288,13 @@ class Cluster:
             self._trim(self.history)
         self.changed.notify_all()
         self._changed_by[res.key].notify_all()
+        for condition, relevant in self._watchers[res.key].values():
+            try:
+                wake = relevant(event)
+            except Exception:  # the watch's own filtering will meet it: let it
+                wake = True
+            if wake:
+                condition.notify()
         for listener in list(self.listeners):
             listener(event)
         return stored

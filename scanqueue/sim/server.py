@@ -606,63 +606,68 @@ class Handler(BaseHTTPRequestHandler):
                 return False
             return selectors.labels_match(labels, obj) and (fields is None or fields(obj))
 
+        def relevant(event: cluster_mod.Event) -> bool:
+            # what _event_lines sends something for: the object matches now or matched before
+            return matches(event.obj) or (event.old is not None and matches(event.old))
+
         encode = _event_line  # the hot loop below reads a local
         self._start_chunked()
         deadline = time.monotonic() + timeout
         forced_gone = server.faults.take_gone(res.plural)
         initial, cursor, expired = self._watch_start(res, namespace, rv_text, matches)
-        try:
-            if forced_gone or expired:
-                self._send_expired(f"{rv_text} ({cluster.oldest_resumable + 1})")
-                self._chunk(b"")
-                return
-            batch = b"".join(encode("ADDED", bodies.typed(res, o)) for o in initial)
-            if batch:
-                self._chunk(batch)
-            last_bookmark = next_check = time.monotonic()
-            while True:
-                events = self._next_events(
-                    res,
-                    cursor,
-                    deadline=deadline,
-                    generation=generation,
-                    bookmark_due=last_bookmark + server.options.bookmark_interval
-                    if bookmarks
-                    else None,
-                )
-                # whether the client left: asked when idle, and at most every half second
-                # while changes keep coming (a select per change was a syscall per wake-up;
-                # a write to a client that left fails in turn)
-                if not events or time.monotonic() >= next_check:
-                    if self._client_gone():
-                        self.close_connection = True
-                        return  # the client hung up: free this thread now, not at the timeout
-                    next_check = time.monotonic() + _HANG_UP_CHECK
-                if server.faults.watch_generation != generation:
-                    # a dropped connection: no terminating chunk, the socket just closes
-                    self.close_connection = True
-                    with contextlib.suppress(OSError):
-                        self.connection.shutdown(socket.SHUT_RDWR)
+        with cluster.watching(res, relevant) as changed:
+            try:
+                if forced_gone or expired:
+                    self._send_expired(f"{rv_text} ({cluster.oldest_resumable + 1})")
+                    self._chunk(b"")
                     return
-                if events is None:
-                    self._send_expired(str(cursor))
-                    break
-                out = _event_lines(events, res, matches)
-                if events:
-                    cursor = events[-1].rv
-                if out:
-                    self._chunk(b"".join(out))
-                now = time.monotonic()
-                if bookmarks and now - last_bookmark >= server.options.bookmark_interval:
+                batch = b"".join(encode("ADDED", bodies.typed(res, o)) for o in initial)
+                if batch:
+                    self._chunk(batch)
+                last_bookmark = next_check = time.monotonic()
+                while True:
+                    events = self._next_events(
+                        changed,
+                        cursor,
+                        deadline=deadline,
+                        generation=generation,
+                        bookmark_due=last_bookmark + server.options.bookmark_interval
+                        if bookmarks
+                        else None,
+                    )
+                    # whether the client left: asked when idle, and at most every half second
+                    # while changes keep coming (a select per change was a syscall per wake-up;
+                    # a write to a client that left fails in turn)
+                    if not events or time.monotonic() >= next_check:
+                        if self._client_gone():
+                            self.close_connection = True
+                            return  # the client hung up: free this thread now, not at the timeout
+                        next_check = time.monotonic() + _HANG_UP_CHECK
+                    if server.faults.watch_generation != generation:
+                        # a dropped connection: no terminating chunk, the socket just closes
+                        self.close_connection = True
+                        with contextlib.suppress(OSError):
+                            self.connection.shutdown(socket.SHUT_RDWR)
+                        return
+                    if events is None:
+                        self._send_expired(str(cursor))
+                        break
+                    out = _event_lines(events, res, matches)
+                    if events:
+                        cursor = events[-1].rv
+                    if out:
+                        self._chunk(b"".join(out))
+                    now = time.monotonic()
+                    if bookmarks and now - last_bookmark >= server.options.bookmark_interval:
+                        self._chunk(encode("BOOKMARK", self._bookmark(res, cursor)))
+                        last_bookmark = now
+                    if now >= deadline or server.stopping.is_set():
+                        break
+                if bookmarks:
                     self._chunk(encode("BOOKMARK", self._bookmark(res, cursor)))
-                    last_bookmark = now
-                if now >= deadline or server.stopping.is_set():
-                    break
-            if bookmarks:
-                self._chunk(encode("BOOKMARK", self._bookmark(res, cursor)))
-            self._chunk(b"")
-        except (BrokenPipeError, ConnectionResetError, OSError):
-            self.close_connection = True
+                self._chunk(b"")
+            except (BrokenPipeError, ConnectionResetError, OSError):
+                self.close_connection = True
 
     def _watch_start(
         self,
@@ -691,19 +696,19 @@ class Handler(BaseHTTPRequestHandler):
 
     def _next_events(
         self,
-        res: resources.Resource,
+        changed: threading.Condition,
         cursor: int,
         *,
         deadline: float,
         generation: int,
         bookmark_due: float | None,
     ) -> list[cluster_mod.Event] | None:
-        """The events after ``cursor``, waiting for a change of ``res`` until the deadline, a
-        dropped connection (a new fault generation), a bookmark falls due or the client
-        leaves. None: ``cursor`` is older than the retained window."""
+        """The events after ``cursor``, waiting on ``changed`` (notified by a change this watch
+        may send) until the deadline, a dropped connection (a new fault generation), a
+        bookmark falls due or the client leaves. None: ``cursor`` is older than the retained
+        window. The events may include changes the watch does not send."""
         server = self.server
         cluster = server.cluster
-        changed = cluster.changed_for(res)
         with cluster.lock:
             events = cluster.events_since(cursor)
             while events is not None and not events and not server.stopping.is_set():

@@ -790,6 +790,48 @@ def test_a_watch_is_woken_by_a_change_of_its_resource_at_once(sim: SimCluster) -
         assert at - created < 0.25
 
 
+def test_a_watch_with_a_selector_gets_the_changes_it_sends_at_once(sim: SimCluster) -> None:
+    # a watch is woken only by changes it may send (its object matches now or matched
+    # before); one that was not woken would send them only at its next poll (every 0.5 s):
+    # each of fifteen under 0.25 s would then be luck
+    core = sim.core()
+    namespace(sim)
+    namespace(sim, "team-b")
+    rv = core.list_namespaced_config_map("team-a").metadata.resource_version
+    arrived: queue.Queue[tuple[str, str, float]] = queue.Queue()
+
+    def follow() -> None:
+        for event in watch.Watch().stream(
+            core.list_namespaced_config_map,
+            "team-a",
+            label_selector="tier=web",
+            resource_version=rv,
+            timeout_seconds=20,
+        ):
+            arrived.put((event["type"], event["object"].metadata.name, time.monotonic()))
+
+    def labelled(name: str, tier: str) -> client.V1ConfigMap:
+        return client.V1ConfigMap(metadata=client.V1ObjectMeta(name=name, labels={"tier": tier}))
+
+    threading.Thread(target=follow, daemon=True).start()
+    time.sleep(0.3)  # the watch is open and waiting
+    for i in range(5):
+        core.create_namespaced_config_map("team-a", labelled(f"db-{i}", "db"))  # not sent
+        core.create_namespaced_config_map("team-b", labelled(f"web-{i}", "web"))  # not sent
+        core.create_namespaced_config_map("team-a", labelled(f"c{i}", "db"))  # not sent
+        time.sleep(0.1)
+        # into the selector (ADDED), out of it (DELETED, woken by the old object), back in
+        for kind, tier in (("ADDED", "web"), ("DELETED", "db"), ("ADDED", "web")):
+            changed = time.monotonic()
+            core.patch_namespaced_config_map(
+                f"c{i}", "team-a", {"metadata": {"labels": {"tier": tier}}}
+            )
+            got, name, at = arrived.get(timeout=5)
+            assert (got, name) == (kind, f"c{i}")
+            assert at - changed < 0.25
+    assert arrived.empty()
+
+
 def test_watch_without_resource_version_starts_with_the_current_objects(sim: SimCluster) -> None:
     core = sim.core()
     namespace(sim)
