@@ -128,8 +128,8 @@ class Cluster:
         # a watch waits for its own resource's changes: woken by every commit, each watch
         # thread took the lock and looked through events it then dropped (a dozen a scan)
         self._changed_by = {r.key: threading.Condition(self.lock) for r in resources.RESOURCES}
-        # a watch with a selector waits on a condition of its own, notified only by changes
-        # it may send (the farm's cluster-wide pod watch drops every scan pod's changes)
+        # each open watch waits on a condition of its own, notified only by changes it may
+        # send (the farm's cluster-wide pod watch, by selector, drops every scan pod's)
         self._watchers: dict[str, dict[int, tuple[threading.Condition, Relevant]]] = {
             r.key: {} for r in resources.RESOURCES
         }
