@@ -208,6 +208,27 @@ def refresh(conn: redis.Redis, digest: str, *, scan_id: str, ttl_seconds: int) -
     return bool(_call(lambda: conn.eval(_REFRESH_IF_SCAN, 1, key, scan_id, ttl), "refresh"))
 
 
+def refresh_claims(
+    conn: redis.Redis,
+    *,
+    cluster: str,
+    claims: Sequence[tuple[str, str]],
+    ttl_seconds: int,
+    every_seconds: int,
+) -> int:
+    """Extend the in-flight keys of ``claims`` ((digest, scan id), each while that scan holds
+    it), at most once per ``every_seconds`` for ``cluster`` (a marker key); return how many
+    were extended, or -1 when not due yet. One round trip for all of them."""
+    marker = f"{PREFIX}claims-renewed:{cluster}"
+    due = _call(lambda: conn.set(marker, "1", nx=True, ex=max(1, int(every_seconds))), "renew")
+    if not due:
+        return -1
+    pipe = conn.pipeline(transaction=False)
+    for digest, scan_id in claims:
+        pipe.eval(_REFRESH_IF_SCAN, 1, inflight_key(digest), scan_id, int(ttl_seconds))
+    return sum(int(n) for n in _call(pipe.execute, f"renew the claims of {cluster}'s scans"))
+
+
 def mark_fresh(conn: redis.Redis, digest: str, *, ttl_seconds: int) -> None:
     """Record a successful scan of ``digest`` for ``ttl_seconds`` and drop its in-flight key."""
     pipe = conn.pipeline(transaction=True)

@@ -68,6 +68,7 @@ def collect(ctx: model.ScanContext) -> list[model.Result]:
         namespace=ctx.namespace,
         label_selector=manifests.cluster_selector(ctx.cluster.name),
     )
+    _renew_claims(ctx, jobs)
     finished = [(job, *model.job_state(job)) for job in jobs]
     finished = [(job, state, reason) for job, state, reason in finished
                 if state in ("complete", "failed")]  # fmt: skip
@@ -91,6 +92,32 @@ def collect(ctx: model.ScanContext) -> list[model.Result]:
         if result is not None:
             results.append(result)
     return results
+
+
+def _renew_claims(ctx: model.ScanContext, jobs: Sequence[Mapping[str, Any]]) -> None:
+    """Keep the digest claims of the scans whose Jobs still exist, a few times per claim's
+    lifetime: a finished Job can wait long for its collect (its log unreadable for a while,
+    say), and a claim that expired meanwhile would let the watcher publish the digest again,
+    a second scan of it. Never fails the pass (the claims are renewed on the next one)."""
+    claims = []
+    for job in jobs:
+        annotations = (job.get("metadata") or {}).get("annotations") or {}
+        try:
+            payload = json.loads(annotations.get(model.ANNOTATION_REQUEST) or "null")
+        except ValueError:
+            continue
+        if isinstance(payload, dict) and payload.get("digest") and payload.get("scan_id"):
+            claims.append((str(payload["digest"]), str(payload["scan_id"])))
+    if not claims:
+        return
+    ttl = ctx.settings.scan.inflight_ttl_seconds
+    every = ttl // ending.INFLIGHT_REFRESHES
+    try:
+        dedupe.refresh_claims(ctx.redis, cluster=ctx.cluster.name, claims=claims,
+                              ttl_seconds=ttl, every_seconds=every)  # fmt: skip
+    except errors.TemporaryError as e:
+        log.warning("claims of scans in flight not renewed: %s", e,
+                    extra={"cluster": ctx.cluster.name})  # fmt: skip
 
 
 def claim_key(job: Mapping[str, Any]) -> str:

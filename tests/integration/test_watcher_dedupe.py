@@ -254,3 +254,26 @@ def test_the_broker_channel_shares_one_redis_client_per_pool(redis_url: str) -> 
         channel._pool = None  # a reconnection makes a new pool: it gets its own client
         with channel.conn_or_acquire() as third:
             assert third is not first and third.connection_pool is channel.pool
+
+
+def test_claims_of_scans_in_flight_are_renewed_for_their_holders_only(redis_url: str) -> None:
+    """The periodic pass renews the claims of scans whose Jobs still exist (a finished Job
+    can wait long for its collect): each only while its scan holds it, at most once per
+    interval per cluster."""
+    r = dedupe.client(redis_url)
+    r.flushall()
+    (mine,) = dedupe.claim(r, cluster="eu", digests=[D1], ttl_seconds=60)
+    (theirs,) = dedupe.claim(r, cluster="eu", digests=[D2], ttl_seconds=60)
+    claims = [(D1, mine.scan_id), (D2, "not-the-holder"), (D3, "nobody")]
+    assert dedupe.refresh_claims(r, cluster="eu", claims=claims, ttl_seconds=600,
+                                 every_seconds=30) == 1  # fmt: skip
+    assert r.ttl(dedupe.inflight_key(D1)) > 60
+    assert r.ttl(dedupe.inflight_key(D2)) <= 60  # another scan's claim is left as it was
+    assert not r.exists(dedupe.inflight_key(D3))  # nothing claimed is created
+    # not due again within the interval, whatever is asked; another cluster is
+    assert dedupe.refresh_claims(r, cluster="eu", claims=claims, ttl_seconds=900,
+                                 every_seconds=30) == -1  # fmt: skip
+    assert r.ttl(dedupe.inflight_key(D1)) <= 600
+    assert dedupe.refresh_claims(r, cluster="us", claims=[(D2, theirs.scan_id)],
+                                 ttl_seconds=900, every_seconds=30) == 1  # fmt: skip
+    assert r.ttl(dedupe.inflight_key(D2)) > 600
