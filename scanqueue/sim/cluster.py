@@ -418,17 +418,7 @@ class Cluster:
                 meta["name"] = self._generated_name(res, namespace, meta.get("generateName"))
             name = meta["name"]
             if (namespace, name) in self._objects[res.key]:
-                group = f".{res.group}" if res.group else ""
-                raise apierrors.ApiError(
-                    409,
-                    "AlreadyExists",
-                    f'{res.plural}{group} "{name}" already exists',
-                    details={
-                        "name": name,
-                        "kind": res.plural,
-                        **({"group": res.group} if res.group else {}),
-                    },
-                )
+                raise _already_exists(res, name)
             for field in (
                 "uid",
                 "creationTimestamp",
@@ -457,19 +447,11 @@ class Cluster:
             if dry_run:
                 return obj
             stored = self._commit(res, "ADDED", obj, None)
-            if res.plural == "namespaces":
-                # the service account controller's work, done at once
+            if res.plural == "namespaces":  # the service account controller's work, at once
                 self._commit(
                     resources.BY_KEY["serviceaccounts"],
                     "ADDED",
-                    {
-                        "metadata": {
-                            "name": "default",
-                            "namespace": name,
-                            "uid": str(uuid.uuid4()),
-                            "creationTimestamp": meta["creationTimestamp"],
-                        }
-                    },
+                    _default_service_account(name, meta["creationTimestamp"]),
                     None,
                 )
             return stored
@@ -869,3 +851,26 @@ class Cluster:
         refs = list(refs)
         with self.lock:
             return bool(refs) and all(r.get("uid") not in self._uids for r in refs)
+
+
+def _already_exists(res: resources.Resource, name: str) -> apierrors.ApiError:
+    """The 409 kube-apiserver answers a create whose name is taken."""
+    group = f".{res.group}" if res.group else ""
+    return apierrors.ApiError(
+        409,
+        "AlreadyExists",
+        f'{res.plural}{group} "{name}" already exists',
+        details={"name": name, "kind": res.plural, **({"group": res.group} if res.group else {})},
+    )
+
+
+def _default_service_account(namespace: str, stamp: str) -> Obj:
+    """The ``default`` ServiceAccount the controller creates in a new namespace."""
+    return {
+        "metadata": {
+            "name": "default",
+            "namespace": namespace,
+            "uid": str(uuid.uuid4()),
+            "creationTimestamp": stamp,
+        }
+    }

@@ -586,19 +586,8 @@ class Handler(BaseHTTPRequestHandler):
     def _watch(self, res: resources.Resource, namespace: str | None, query: dict[str, str]) -> None:
         server = self.server
         cluster = server.cluster
-        try:
-            labels = selectors.parse_labels(query.get("labelSelector"))
-            fields = selectors.parse_fields(query.get("fieldSelector"), res.fields)
-        except selectors.SelectorError as e:
-            raise apierrors.bad_request(str(e)) from e
-        try:
-            timeout = float(query.get("timeoutSeconds") or server.options.watch_timeout)
-        except ValueError as e:
-            raise apierrors.bad_request(f"invalid timeoutSeconds: {e}") from e
+        labels, fields, timeout, rv_text = self._watch_query(res, query)
         bookmarks = _flag(query, "allowWatchBookmarks")
-        rv_text = query.get("resourceVersion") or ""
-        if rv_text and not rv_text.isdigit():
-            raise apierrors.bad_request(f'invalid resource version "{rv_text}"')
         generation = server.faults.watch_generation
 
         def matches(obj: cluster_mod.Obj) -> bool:
@@ -668,6 +657,24 @@ class Handler(BaseHTTPRequestHandler):
                 self._chunk(b"")
             except (BrokenPipeError, ConnectionResetError, OSError):
                 self.close_connection = True
+
+    def _watch_query(
+        self, res: resources.Resource, query: dict[str, str]
+    ) -> tuple[Any, Any, float, str]:
+        """A watch's label and field selectors, timeout and resourceVersion; 400 for bad ones."""
+        try:
+            labels = selectors.parse_labels(query.get("labelSelector"))
+            fields = selectors.parse_fields(query.get("fieldSelector"), res.fields)
+        except selectors.SelectorError as e:
+            raise apierrors.bad_request(str(e)) from e
+        try:
+            timeout = float(query.get("timeoutSeconds") or self.server.options.watch_timeout)
+        except ValueError as e:
+            raise apierrors.bad_request(f"invalid timeoutSeconds: {e}") from e
+        rv_text = query.get("resourceVersion") or ""
+        if rv_text and not rv_text.isdigit():
+            raise apierrors.bad_request(f'invalid resource version "{rv_text}"')
+        return labels, fields, timeout, rv_text
 
     def _watch_start(
         self,
