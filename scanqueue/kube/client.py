@@ -3,9 +3,8 @@
 The official client loads the kubeconfig or in-cluster configuration (auth, TLS, proxy)
 and holds the connection pool; ``request`` sends through that pool itself, the way the
 client's generated methods do, and answers are decoded as JSON: no model objects, which is
-much faster and keeps the camelCase shape the rest of scanqueue expects. Watches keep the
-client's own methods (``watches``). What it must never do: keep global client state
-(``load_kube_config``).
+much faster and keeps the camelCase shape the rest of scanqueue expects (watches too,
+line by line). What it must never do: keep global client state (``load_kube_config``).
 """
 
 from __future__ import annotations
