@@ -23,6 +23,7 @@ import contextlib
 import ctypes
 import dataclasses
 import os
+import random
 import signal
 import socket
 import subprocess
@@ -228,11 +229,40 @@ class Process:
                         timeout=timeout)  # fmt: skip
 
 
+_LOWEST_PORT = 10000  # free_port's ports: from here up to the kernel's ephemeral range
+
+
 def free_port() -> int:
-    """A TCP port free on 127.0.0.1 right now."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+    """A TCP port free on 127.0.0.1 right now, below the kernel's ephemeral range.
+
+    The port is only known free: the caller's server binds it a moment later. A port of
+    the ephemeral range (what binding port 0 hands out) can meanwhile become the local
+    end of any outgoing connection on the machine, and with a test suite in four
+    processes opening thousands of them, that happened (a worker's metrics server failed
+    with "Address already in use"). Below the range, only another server picking the same
+    port at random, before either binds, could take it.
+    """
+    low = _ephemeral_low()
+    for _ in range(64):
+        port = random.randrange(_LOWEST_PORT, low) if low > _LOWEST_PORT + 1000 else 0
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return int(s.getsockname()[1])
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:  # a crowded range: any
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
+
+
+def _ephemeral_low() -> int:
+    """The first port of the kernel's ephemeral range (Linux's default: 32768)."""
+    try:
+        text = Path("/proc/sys/net/ipv4/ip_local_port_range").read_text()
+        return int(text.split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768
 
 
 def port_open(port: int, host: str = "127.0.0.1") -> bool:

@@ -85,3 +85,16 @@ def test_children_die_with_their_launcher_even_when_it_is_sigkilled(tmp_path: Pa
     launcher.kill()
     launcher.wait(10)
     _wait(lambda: not _alive(child))
+
+
+def test_free_ports_are_below_the_ephemeral_range_and_bindable() -> None:
+    """free_port hands out ports below the kernel's ephemeral range (outgoing connections
+    take theirs from it, and could take a port between its check and a server's bind)."""
+    import socket
+
+    low = processes._ephemeral_low()
+    ports = {processes.free_port() for _ in range(50)}
+    assert all(processes._LOWEST_PORT <= port < low for port in ports)
+    assert len(ports) > 40  # picked at random, not one after another from a fixed start
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", ports.pop()))
