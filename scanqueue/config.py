@@ -60,7 +60,7 @@ class ScanSettings:
     collect_interval_seconds: float = 5.0  # how often finished Jobs are collected
     sweep_interval_seconds: float = 60.0  # how often leftovers are swept
     sweep_margin_seconds: int = 120  # a Job older than deadline + margin is left behind
-    inflight_ttl_seconds: int = 1800  # the in-flight dedupe key expires after this
+    inflight_ttl_seconds: int = 1800  # in-flight key lifetime, renewed while its scan lasts
     # Celery limits of the submit/collect tasks. Ordered job deadline < soft < hard <
     # broker visibility timeout, so that no limit fires while a longer one still waits.
     soft_time_limit_seconds: int = 900  # SoftTimeLimitExceeded raised in the task
