@@ -88,14 +88,17 @@ class ScriptedAPI:
         self._thread.join(5)
 
 
-def write_kubeconfig(path: Path, servers: dict[str, str], current: str) -> Path:
+def write_kubeconfig(
+    path: Path, servers: dict[str, str], current: str, *, user: dict[str, Any] | None = None
+) -> Path:
+    """A kubeconfig with a context per server; ``user``: its one user's credentials."""
     path.write_text(
         yaml.safe_dump(
             {
                 "apiVersion": "v1",
                 "kind": "Config",
                 "clusters": [{"name": n, "cluster": {"server": s}} for n, s in servers.items()],
-                "users": [{"name": "u", "user": {}}],
+                "users": [{"name": "u", "user": user or {}}],
                 "contexts": [{"name": n, "context": {"cluster": n, "user": "u"}} for n in servers],
                 "current-context": current,
             }
@@ -783,14 +786,10 @@ def test_requests_are_the_ones_the_clients_own_methods_send(tmp_path: Path) -> N
 
     server = ScriptedAPI(lambda request: ok({"kind": "Anything", "metadata": {"name": "x"}}))
     try:
-        kubeconfig = tmp_path / "kubeconfig"
-        kubeconfig.write_text(yaml.safe_dump({
-            "apiVersion": "v1", "kind": "Config",
-            "clusters": [{"name": "c", "cluster": {"server": f"http://127.0.0.1:{server.port}"}}],
-            "users": [{"name": "u", "user": {"token": CANARY}}],
-            "contexts": [{"name": "c", "context": {"cluster": "c", "user": "u"}}],
-            "current-context": "c",
-        }))  # fmt: skip
+        kubeconfig = write_kubeconfig(
+            tmp_path / "kubeconfig", {"c": f"http://127.0.0.1:{server.port}"}, "c",
+            user={"token": CANARY},
+        )  # fmt: skip
         api = kube.api_client(config.ClusterSettings(name="c", kubeconfig=str(kubeconfig)))
         core, batch = kubernetes.client.CoreV1Api(api), kubernetes.client.BatchV1Api(api)
         apps = kubernetes.client.AppsV1Api(api)
@@ -916,14 +915,10 @@ def test_the_token_refresh_runs_at_most_once_per_interval_and_stays_throttled(
     # the real client with a token kubeconfig: still throttled after many requests
     server = ScriptedAPI(lambda request: ok({"kind": "Secret", "metadata": {"name": "s"}}))
     try:
-        kubeconfig = tmp_path / "kubeconfig"
-        kubeconfig.write_text(yaml.safe_dump({
-            "apiVersion": "v1", "kind": "Config",
-            "clusters": [{"name": "c", "cluster": {"server": f"http://127.0.0.1:{server.port}"}}],
-            "users": [{"name": "u", "user": {"token": CANARY}}],
-            "contexts": [{"name": "c", "context": {"cluster": "c", "user": "u"}}],
-            "current-context": "c",
-        }))  # fmt: skip
+        kubeconfig = write_kubeconfig(
+            tmp_path / "kubeconfig", {"c": f"http://127.0.0.1:{server.port}"}, "c",
+            user={"token": CANARY},
+        )  # fmt: skip
         api = kube.api_client(config.ClusterSettings(name="c", kubeconfig=str(kubeconfig)))
         for _ in range(5):
             kube.read_secret(api=api, namespace="t", name="s")
