@@ -109,6 +109,9 @@ class ScanSpec:
     credential: CredentialKind | None = None
     node_name: str | None = None
     resources: Resources | None = None  # None: the cluster's scan_* settings
+    # Trivy's --list-all-pkgs: every package listed, for the SBOM rescans keep; only when
+    # rescans are on (a third of a report's bytes, carried and decoded for nothing otherwise)
+    list_packages: bool = False
 
     @property
     def sizing(self) -> Resources:
@@ -362,8 +365,9 @@ def _mounts(spec: ScanSpec | None = None) -> list[dict[str, Any]]:
 
 
 def _trivy_options(spec: ScanSpec) -> list[str]:
-    # --list-all-pkgs: the report lists every package, kept as the digest's SBOM for rescans
-    options = ["--format", "json", "--quiet", "--scanners", "vuln", "--list-all-pkgs"]
+    options = ["--format", "json", "--quiet", "--scanners", "vuln"]
+    if spec.list_packages:  # the report lists every package, kept as the digest's SBOM
+        options.append("--list-all-pkgs")
     options += ["--timeout", f"{trivy_timeout_seconds(spec.scan)}s"]
     options += ["--cache-dir", CACHE_DIR]
     if spec.cluster.trivy_server:

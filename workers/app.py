@@ -98,7 +98,11 @@ def make_app(settings: config.Settings) -> Celery:
         task_create_missing_queues=False,
         worker_send_task_events=True,
         worker_consumer="workers.app:Consumer",  # task events sent in batches (below)
-        task_send_sent_event=True,
+        # No task-sent events: the watcher's publisher sends none, so Flower could never
+        # count on them, and a worker sends a scan task whenever a collect frees a slot
+        # for a waiting scan: an event PUBLISH each (a fifth of a collect's delete step
+        # under py-spy, bench/README). Flower shows a task from its task-received event.
+        task_send_sent_event=False,
         worker_hijack_root_logger=False,
         timezone="UTC",
         enable_utc=True,

@@ -113,6 +113,7 @@ def _submit_in_slot(
         attempt=attempt,
         credential=plan.kind(step.credential),
         node_name=request.node if step.mode == "node" else None,
+        list_packages=ctx.settings.rescan.enabled,  # the SBOM rescans keep
     )
     assert spec.job_name == job_name
     job = kube.create_job(api=ctx.api, body=_job_body(spec, request, step))  # 409: existing

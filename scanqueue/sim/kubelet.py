@@ -72,11 +72,11 @@ class Reports:
     def __init__(self) -> None:
         self._lock = threading.Lock()
         # bytes as recorded, and decoded once: the log of every scan of it is that text
-        self._by_key: dict[str, tuple[bytes, str]] = {}
+        self._by_key: dict[str, _Recording] = {}
         # one entry per distinct content: a report recorded for many digests (300 in the
         # bench) is one text object, whose hash the server's encoding cache computes once;
         # a copy per digest cost a megabyte hashed and compared per log request
-        self._entries: dict[bytes, tuple[bytes, str]] = {}
+        self._entries: dict[bytes, _Recording] = {}
 
     def set(self, image_or_digest: str, report: bytes | str | Path) -> None:
         if isinstance(report, Path):
@@ -88,14 +88,14 @@ class Reports:
         with self._lock:
             entry = self._entries.get(data)
             if entry is None:
-                entry = self._entries[data] = (data, data.decode("utf-8", errors="replace"))
+                entry = self._entries[data] = _Recording(data)
             if DIGEST.fullmatch(image_or_digest):
                 self._by_key[image_or_digest] = entry
             else:
                 _, _, _, digest = split_image(image_or_digest)
                 self._by_key[digest or repository(image_or_digest)] = entry
 
-    def _entry(self, image: str, digest: str | None) -> tuple[bytes, str] | None:
+    def _entry(self, image: str, digest: str | None) -> _Recording | None:
         with self._lock:
             if digest and digest in self._by_key:
                 return self._by_key[digest]
@@ -103,14 +103,60 @@ class Reports:
 
     def find(self, image: str, digest: str | None) -> bytes | None:
         entry = self._entry(image, digest)
-        return None if entry is None else entry[0]
+        return None if entry is None else entry.data
 
-    def report_for(self, image: str, digest: str | None, now: float) -> str:
+    def report_for(
+        self, image: str, digest: str | None, now: float, *, packages: bool = True
+    ) -> str:
+        """The recording of ``image`` as the scan prints it, else a generated empty report.
+
+        ``packages``: whether Trivy was asked for ``--list-all-pkgs``; without it, Trivy
+        writes no ``Packages`` list, so neither does the recording printed in its place.
+        """
         entry = self._entry(image, digest)
         if entry is not None:
-            # byte for byte, byte-order mark and CRLF included: the parser must cope
-            return entry[1]
+            return entry.text if packages else entry.without_packages()
         return generated_report(image, digest, now)
+
+
+class _Recording:
+    """One recorded report: byte for byte as recorded, byte-order mark and CRLF included (the
+    parser must cope), and, made once when first asked, as Trivy writes it without
+    ``--list-all-pkgs``: each result's ``Packages`` left out, the rest as recorded (JSON
+    indented by two, the recording's byte-order mark and line endings kept; a recording
+    that lists no packages is printed as it is)."""
+
+    def __init__(self, data: bytes) -> None:
+        self.data = data
+        self.text = data.decode("utf-8", errors="replace")
+        self._lock = threading.Lock()
+        self._without: str | None = None
+
+    def without_packages(self) -> str:
+        with self._lock:
+            if self._without is None:
+                self._without = self._strip_packages()
+            return self._without
+
+    def _strip_packages(self) -> str:
+        bom = "\ufeff" if self.text.startswith("\ufeff") else ""
+        body = self.text.removeprefix(bom)
+        try:
+            document = json.loads(body)
+        except ValueError:  # not JSON: printed as recorded, as a broken Trivy would
+            return self.text
+        results = document.get("Results") if isinstance(document, dict) else None
+        if not isinstance(results, list):
+            return self.text
+        listed = [r for r in results if isinstance(r, dict) and "Packages" in r]
+        if not listed:  # recorded without --list-all-pkgs: as recorded
+            return self.text
+        for result in listed:
+            del result["Packages"]
+        text = json.dumps(document, indent=2, ensure_ascii=False) + "\n"
+        if "\r\n" in body:
+            text = text.replace("\n", "\r\n")
+        return bom + text
 
 
 def generated_report(image: str, digest: str | None, now: float) -> str:

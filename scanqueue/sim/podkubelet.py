@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import base64
 import concurrent.futures
+import functools
 import logging
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -402,8 +403,11 @@ class Kubelet:
         node_mode = bool(args) and args[0] in ("rootfs", "fs", "filesystem")
         target = str(container.get("image", "")) if node_mode else (args[-1] if args else "")
         digest = kubelet.split_image(target)[3]
+        # a recording prints what Trivy would: no Packages unless asked for
+        recorded = functools.partial(self.reports.report_for, target, digest, now,
+                                     packages="--list-all-pkgs" in args)  # fmt: skip
         if not self.options.real_pull:
-            return kubelet.ContainerExit(0, self.reports.report_for(target, digest, now), digest)
+            return kubelet.ContainerExit(0, recorded(), digest)
         timeout = self._deadline(pod)
         world = self.trivy
         namespace = pod["metadata"]["namespace"]
@@ -422,13 +426,11 @@ class Kubelet:
         except podrun.PodRunError as e:
             if node_mode and self.reports.find(target, digest) is not None:
                 # an image no registry holds (a made-up digest): its recording stands in
-                return kubelet.ContainerExit(
-                    0, self.reports.report_for(target, digest, now), digest
-                )
+                return kubelet.ContainerExit(0, recorded(), digest)
             return kubelet.ContainerExit(128, f"{e}\n", digest)
         if exited.exit_code == 0 and self.reports.find(target, digest) is not None:
             # the test's point is this report's content; Trivy still had to pull and succeed
-            return kubelet.ContainerExit(0, self.reports.report_for(target, digest, now), digest)
+            return kubelet.ContainerExit(0, recorded(), digest)
         return exited
 
     def _deadline(self, pod: Obj) -> float:

@@ -67,6 +67,14 @@ def test_findings_are_the_dbs_advisories_and_one_more_advisory_is_one_new_findin
     sim = farm.clusters["alpha"]
     sim.set_advisories(trivy_fixtures.ADVISORIES)
     farm.cluster_options["trivy_server"] = sim.trivy_server()
+    scan_args: list[list[str]] = []  # the scan Jobs' Trivy arguments, as created
+
+    def created(event: Any) -> None:
+        if event.resource == "jobs.batch" and event.type == "ADDED":
+            pod = event.obj["spec"]["template"]["spec"]
+            scan_args.append([str(a) for c in pod["containers"] for a in c.get("args", [])])
+
+    sim.cluster.listeners.append(created)
     host = farm.registry.host
     first = farm.registry.push("team/real", "1", content="real v1", contents=IMAGES["debian"])
     for obj in _objects(host):
@@ -97,3 +105,6 @@ def test_findings_are_the_dbs_advisories_and_one_more_advisory_is_one_new_findin
             WHERE repository = 'team/real'"""
     )
     assert changes == [("new", "CVE-2099-2999", "bash")]
+    # rescans are off: no SBOM to keep, so Trivy was not asked to list every package (and
+    # the findings above are complete without)
+    assert len(scan_args) == 2 and all("--list-all-pkgs" not in a for a in scan_args)

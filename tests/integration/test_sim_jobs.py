@@ -605,3 +605,37 @@ def test_a_job_managed_by_another_controller_is_left_alone(sim_factory: Any) -> 
         sim.core().list_namespaced_pod("default", label_selector="job-name=elsewhere").items == []
     )
     assert not sim.batch().read_namespaced_job("elsewhere", "default").status.start_time
+
+
+def test_a_recording_prints_packages_only_when_trivy_is_asked_to_list_them(
+    sim_factory: Any,
+) -> None:
+    # Trivy writes a result's Packages only with --list-all-pkgs: a recording made with it
+    # loses them when a Job does not ask; the rest stays, byte-order mark and CRLF included
+    sim = sim_factory(real_pull=False)
+    sim.core().create_namespace(client.V1Namespace(metadata=client.V1ObjectMeta(name=SCAN_NS)))
+    recorded = REPORTS / "python-debian-12-bom-crlf.json"
+    logs = {}
+    for name, listing in (("plain", False), ("listed", True)):
+        target = f"registry.invalid/team/{name}@sha256:" + ("3" if listing else "4") * 64
+        sim.set_report(target, recorded)
+        job = scan_job(name, target, suspend=False)
+        args = job["spec"]["template"]["spec"]["containers"][0]["args"]
+        if listing:
+            args.insert(-1, "--list-all-pkgs")
+        sim.batch().create_namespaced_job(SCAN_NS, job)
+        finished(sim, name)
+        pod = job_pod(sim, name).metadata.name
+        logs[name] = sim.core().read_namespaced_pod_log(pod, SCAN_NS, _preload_content=False).data
+    assert logs["listed"] == recorded.read_bytes()
+    plain = logs["plain"]
+    assert (
+        plain.startswith(b"\xef\xbb\xbf")
+        and b"\r\n" in plain
+        and b"\n" not in plain.replace(b"\r\n", b"")
+    )
+    expected = json.loads(recorded.read_bytes().decode("utf-8-sig"))
+    assert all("Packages" in r for r in expected["Results"])  # the recording lists them
+    for result in expected["Results"]:
+        del result["Packages"]
+    assert json.loads(plain.decode("utf-8-sig")) == expected

@@ -129,7 +129,6 @@ def test_registry_mode_job_is_the_expected_manifest() -> None:
                                 "--quiet",
                                 "--scanners",
                                 "vuln",
-                                "--list-all-pkgs",
                                 "--timeout",
                                 "570s",
                                 "--cache-dir",
@@ -202,6 +201,17 @@ def test_token_credential_reaches_trivy_only_as_secret_key_ref() -> None:
             },
         }
     }
+
+
+@pytest.mark.parametrize("mode", ["registry", "node"])
+def test_trivy_lists_every_package_only_when_asked_for_the_sbom_rescans_keep(mode: str) -> None:
+    node = {"node_name": "node-1", "credential": None} if mode == "node" else {}
+    listed = container(manifests.scan_job(spec(mode=mode, list_packages=True, **node)))["args"]
+    plain = container(manifests.scan_job(spec(mode=mode, **node)))["args"]
+    assert "--list-all-pkgs" in listed
+    assert "--list-all-pkgs" not in plain
+    assert [a for a in listed if a != "--list-all-pkgs"] == plain
+    assert listed[-1] == plain[-1]  # the target stays last
 
 
 def test_anonymous_scan_has_no_credential_env() -> None:
