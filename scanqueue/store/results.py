@@ -30,6 +30,7 @@ from datetime import datetime, timedelta
 from typing import Any, Literal, cast
 
 import orjson
+import psycopg
 from psycopg.types.json import Jsonb
 
 from scanqueue import errors, images, reports
@@ -59,11 +60,26 @@ def finish_scan(
     """
     # Whatever else a success writes goes in both ways below: a CTE of _INGEST reading
     # ``go``, and a statement in _finish_row_by_row's transaction.
-    params = _statement_params(scan_id, report, finished_at) if findings_via == "set" else None
-    if params is None:  # the baseline, or a value the text columns cannot carry
+    if findings_via != "set":  # the baseline
         _finish_row_by_row(conn, scan_id, report, finished_at)
         return None
-    row = db.execute_alone(conn, _INGEST, params)
+    advisories = _STORED.unknown(conn, report.vulnerabilities)
+    params = _statement_params(scan_id, report, finished_at, advisories)
+    if params is None:  # a value the text columns cannot carry
+        _finish_row_by_row(conn, scan_id, report, finished_at)
+        return None
+    try:
+        row = db.execute_alone(conn, _INGEST, params)
+    except psycopg.errors.ForeignKeyViolation:
+        if len(advisories) == len(report.vulnerabilities):
+            raise
+        # an advisory remembered as stored is not (deleted by hand, a database restored):
+        # forget them all and send every advisory of the report
+        _STORED.forget(conn)
+        advisories = report.vulnerabilities
+        params = _statement_params(scan_id, report, finished_at, advisories)
+        assert params is not None  # the same values, more of them: carried as before
+        row = db.execute_alone(conn, _INGEST, params)
     if row is None:
         raise scans.ScanNotRecorded(
             f"scan {scan_id} is not recorded; call store.start_scan before finish_scan"
@@ -72,7 +88,59 @@ def finish_scan(
         raise errors.PermanentError(
             f"scan {scan_id} has no image digest; start it again with the digest scanned"
         )
-    return None if row[2] is None else float(row[2])
+    if row[2] is None:  # succeeded already: this statement wrote nothing
+        return None
+    _STORED.remember(conn, advisories)
+    return float(row[2])
+
+
+class _StoredAdvisories:
+    """The advisories this process stored (or found stored as they are), per database.
+
+    Most advisories of a report are in the database already, unchanged (an advisory is in
+    many images); comparing each one with its row is a fifth of the ingest's server CPU.
+    An advisory equal to the one remembered is left out of the statement: the row holds
+    it, or a newer text another report stored (which this one must not overwrite anyway).
+    Should a remembered advisory be gone (deleted by hand, the database restored), the
+    findings' check refuses the statement and ``finish_scan`` sends them all again.
+    (Where neither text has a modification time, the row keeps the last one stored by any
+    worker, as it did: only which report was last may differ.)
+    """
+
+    LIMIT = 50_000  # advisories per database; past it, start over (a few MB at most)
+
+    def __init__(self) -> None:
+        self._by_database: dict[tuple[Any, ...], dict[str, reports.Vulnerability]] = {}
+
+    @staticmethod
+    def _database(conn: db.Connection) -> tuple[Any, ...]:
+        pg = conn.pgconn
+        return (pg.host, pg.port, pg.db)
+
+    def unknown(
+        self, conn: db.Connection, advisories: Sequence[reports.Vulnerability]
+    ) -> Sequence[reports.Vulnerability]:
+        known = self._by_database.get(self._database(conn))
+        if not known:
+            return advisories
+        # == compares every field but cvss (kept out of the dataclass's equality)
+        return [
+            v for v in advisories
+            if (k := known.get(v.id)) is None or k != v or k.cvss != v.cvss
+        ]  # fmt: skip
+
+    def remember(self, conn: db.Connection, advisories: Sequence[reports.Vulnerability]) -> None:
+        known = self._by_database.setdefault(self._database(conn), {})
+        if len(known) + len(advisories) > self.LIMIT:
+            known.clear()
+        for v in advisories:
+            known[v.id] = v
+
+    def forget(self, conn: db.Connection) -> None:
+        self._by_database.pop(self._database(conn), None)
+
+
+_STORED = _StoredAdvisories()
 
 
 @db.translated
@@ -222,10 +290,16 @@ _INGEST = re.sub(r"\s+", " ", re.sub(r"--[^\n]*", "", _INGEST)).strip()
 
 
 def _statement_params(
-    scan_id: str, report: reports.Report, finished_at: datetime
+    scan_id: str,
+    report: reports.Report,
+    finished_at: datetime,
+    advisories: Sequence[reports.Vulnerability] | None = None,
 ) -> dict[str, Any] | None:
-    """The parameters of ``_INGEST``, or ``None`` when a value holds a separator."""
-    advisories = report.vulnerabilities
+    """The parameters of ``_INGEST``, or ``None`` when a value holds a separator.
+
+    ``advisories``: those of the report to upsert (default: all of them)."""
+    if advisories is None:
+        advisories = report.vulnerabilities
     findings = report.findings
     columns: dict[str, Sequence[str | None]] = {
         "advisory_id": [v.id for v in advisories],

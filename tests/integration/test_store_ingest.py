@@ -476,3 +476,65 @@ def test_concurrent_ingests_sharing_advisories_do_not_deadlock(
     assert failures == []
     with store.connect(database_url) as conn:
         assert conn.execute("SELECT count(*) FROM findings").fetchone() == (20 * 212,)
+
+
+def test_advisories_already_stored_are_left_out_of_the_next_ingest(
+    store_conn: store.Connection, trivy_reports: dict[str, reports.Report]
+) -> None:
+    from scanqueue.store import results
+
+    debian = trivy_reports["python-debian-12-bom-crlf"]
+    slim = trivy_reports["python-slim-debian-13"]
+    _start(store_conn, "scan-1")
+    store.finish_scan(store_conn, scan_id="scan-1", report=debian, finished_at=T0)
+    # this process stored them: a report sharing some sends only the others
+    assert results._STORED.unknown(store_conn, debian.vulnerabilities) == []
+    shared = {v.id for v in debian.vulnerabilities} & {v.id for v in slim.vulnerabilities}
+    assert shared
+    sent = results._STORED.unknown(store_conn, slim.vulnerabilities)
+    assert {v.id for v in sent} == {v.id for v in slim.vulnerabilities} - shared
+    # an advisory whose text changed is sent again, and stored (newer modification time)
+    first = debian.findings[0].vulnerability
+    changed = dataclasses.replace(
+        first, title="reworded", modified_at=datetime(2031, 1, 1, tzinfo=UTC)
+    )
+    assert results._STORED.unknown(store_conn, [changed]) == [changed]
+    changed_cvss = dataclasses.replace(first, cvss={"nvd": {"V3Score": 1.0}})
+    assert results._STORED.unknown(store_conn, [changed_cvss]) == [changed_cvss]
+
+
+def test_an_advisory_remembered_as_stored_but_gone_is_stored_again(
+    store_conn: store.Connection, trivy_reports: dict[str, reports.Report]
+) -> None:
+    report = trivy_reports["node-alpine-3.19"]
+    _start(store_conn, "scan-1")
+    store.finish_scan(store_conn, scan_id="scan-1", report=report, finished_at=T0)
+    store_conn.commit()
+    # by hand: the scan and its findings, then the advisories no finding refers to any more
+    store_conn.execute("DELETE FROM scans WHERE id = 'scan-1'")
+    store_conn.execute("DELETE FROM vulnerabilities")
+    store_conn.commit()
+    _start(store_conn, "scan-2", digest=DIGEST_B)
+    store.finish_scan(store_conn, scan_id="scan-2", report=report, finished_at=T0)
+    store_conn.commit()
+    counts = store_conn.execute(
+        "SELECT (SELECT count(*) FROM vulnerabilities), (SELECT count(*) FROM findings)"
+    ).fetchone()
+    assert counts == (len(report.vulnerabilities), len(report.findings))
+    scan = store.get_scan(store_conn, "scan-2")
+    assert scan is not None and scan.status == "succeeded"
+
+
+def test_advisories_of_a_rolled_back_ingest_are_stored_by_the_next(
+    store_conn: store.Connection, trivy_reports: dict[str, reports.Report]
+) -> None:
+    report = trivy_reports["node-alpine-3.19"]
+    _start(store_conn, "scan-1")
+    store.finish_scan(store_conn, scan_id="scan-1", report=report, finished_at=T0)
+    store_conn.rollback()  # the caller's transaction: nothing of it stays
+    _start(store_conn, "scan-1")
+    store.finish_scan(store_conn, scan_id="scan-1", report=report, finished_at=T0)
+    store_conn.commit()
+    assert store_conn.execute("SELECT count(*) FROM vulnerabilities").fetchone() == (
+        len(report.vulnerabilities),
+    )
