@@ -192,6 +192,16 @@ def _setup_logging(loglevel: int | str | None = None, **_: Any) -> None:
     fmt = os.environ.get(LOG_FORMAT_VARIABLE, "json")
     logs.setup(loglevel or "INFO", "kv" if fmt == "kv" else "json")
     logging.captureWarnings(True)  # Celery's warnings (running as root...) become log lines too
+    # Celery's own INFO lines for every task (received; succeeded, with its return value;
+    # retry) say again what our tasks log with the scan's fields (submitted, stored, why a
+    # retry): two more lines per task, a tenth of a worker's main process CPU under a burst
+    # (py-spy). At -l DEBUG they come back; a task's failure is still logged (ERROR).
+    quiet = logging.WARNING if logging.getLogger().getEffectiveLevel() > logging.DEBUG else 0
+    for name in CELERY_TASK_LOGGERS:
+        logging.getLogger(name).setLevel(quiet)
+
+
+CELERY_TASK_LOGGERS = ("celery.app.trace", "celery.worker.strategy")
 
 
 # --- metrics: --metrics-port on `celery worker` ---------------------------------------------

@@ -58,3 +58,26 @@ def test_scan_task_is_never_dropped_by_celerys_default_retry_limit() -> None:
 
     assert tasks.scan.max_retries is None
     assert tasks.MAX_TEMPORARY_RETRIES >= 3
+
+
+def test_worker_logs_no_celery_line_per_task_at_info_but_does_at_debug(
+    tmp_path: Path, redis_url: str
+) -> None:
+    # our tasks log what they did with the scan's fields; Celery's "received" and
+    # "succeeded" lines per task would double a busy worker's log (and its CPU)
+    path = _settings_file(tmp_path, redis_url)
+    client = worker_app.make_app(config.load(path, environ={}))
+    lines = {}
+    for level in ("INFO", "DEBUG"):
+        log = tmp_path / f"worker-{level}.log"
+        worker = WorkerProcess(path, [worker_app.CONTROL_QUEUE], log, log_level=level).start()
+        try:
+            result = client.send_task("scanqueue.ping", queue=worker_app.CONTROL_QUEUE)
+            assert result.get(timeout=30) == "pong"
+        finally:
+            worker.stop()
+        lines[level] = log.read_text()
+    for level, expected in (("INFO", False), ("DEBUG", True)):
+        task_lines = [line for line in lines[level].splitlines() if "scanqueue.ping[" in line]
+        assert any(line.endswith('] received"}') for line in task_lines) is expected, task_lines
+        assert any("] succeeded in " in line for line in task_lines) is expected, task_lines

@@ -34,6 +34,7 @@ class WorkerProcess:
     process: processes.Process | None = None
     name: str = ""
     metrics_port: int | None = None  # serve Prometheus metrics (multiprocess dir beside the log)
+    log_level: str = "INFO"
 
     @property
     def proc(self) -> subprocess.Popen[bytes] | None:
@@ -44,6 +45,7 @@ class WorkerProcess:
             queues=self.queues,
             node=f"{self.name}@%h",
             concurrency=self.concurrency,
+            log_level=self.log_level,
             metrics_port=self.metrics_port,
             embedded_beat=self.log.with_suffix(".beat") if self.beat else None,
             quiet=False,
