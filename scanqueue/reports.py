@@ -139,8 +139,12 @@ class Report:
 # ------------------------------------------------------------------ wire schemas
 
 
+def _known_severity(value: str) -> bool:
+    return value.upper() in _RANK
+
+
 def _check_severity(value: str) -> None:
-    if value.upper() not in _RANK:
+    if not _known_severity(value):
         raise marshmallow.ValidationError(f"{value!r} must be one of {', '.join(SEVERITIES)}")
 
 
@@ -201,9 +205,40 @@ class _ReportSchema(_Schema):
 _REPORT_SCHEMA = _ReportSchema()
 
 
-# The same schema with each Vulnerabilities list passed through as it is: marshmallow spends
-# ~0.1 ms per entry, so the entries (often hundreds) are checked by ``_plain_entry`` instead,
-# and the full schema runs only to word the refusal when one does not pass.
+# The schemas' fields and types as msgspec structs, so that its C decoder checks what they
+# check (validators aside: Severity's is run by _severities_known) and _build reads what it
+# decoded (no dicts: ~1.5 ms less a 1 MB report). Absent or null is None; gc=False: no cycle.
+_TYPES = {fields.String: str, fields.Integer: int, fields.Dict: dict[str, Any]}
+
+
+def _typed(schema: marshmallow.Schema) -> Any:
+    def kind(field: fields.Field[Any]) -> Any:
+        if isinstance(field, fields.Nested):
+            return _typed(field.schema)
+        if isinstance(field, fields.List):
+            return list[kind(field.inner)]  # type: ignore[misc]
+        return _TYPES[type(field)]  # a new kind of field has to be added to _TYPES
+
+    specs = []
+    for name, field in schema.fields.items():
+        what = kind(field) | None if field.allow_none else kind(field)
+        specs.append((name, what) if field.required else (name, what, None))
+    name = "_Typed" + type(schema).__name__.strip("_").removesuffix("Schema")
+    return msgspec.defstruct(name, specs, kw_only=True, gc=False)
+
+
+_TypedReport = _typed(_REPORT_SCHEMA)
+
+
+def _severities_known(report: Any) -> bool:
+    """What msgspec cannot check for ``_check_severity`` in a ``_TypedReport``, once a value."""
+    results = report.Results or ()
+    severities = {v.Severity for r in results for v in r.Vulnerabilities or ()}
+    return all(_known_severity(severity) for severity in severities)
+
+
+# The same schema with each Vulnerabilities list passed through as it is, for the entries
+# (often hundreds) to be checked by msgspec; the full schema runs only to word the refusal.
 class _ResultShellSchema(_ResultSchema):
     Vulnerabilities = fields.Raw(load_default=list, allow_none=True)  # type: ignore[assignment]
 
@@ -213,43 +248,20 @@ class _ReportShellSchema(_ReportSchema):
 
 
 _REPORT_SHELL_SCHEMA = _ReportShellSchema()
-_REQUIRED_TEXT = ("VulnerabilityID", "PkgName", "Severity")
-_OPTIONAL_TEXT = ("PkgPath", "InstalledVersion", "FixedVersion", "Status", "Title",
-                  "PrimaryURL", "PublishedDate", "LastModifiedDate")  # fmt: skip
 
 
-def _plain_entry(raw: Any) -> bool:
-    """True when ``_VulnerabilitySchema`` would load ``raw`` with no error (JSON input)."""
-    if not isinstance(raw, dict):
-        return False
-    for key in _REQUIRED_TEXT:
-        if not isinstance(raw.get(key), str):
-            return False
-    for key in _OPTIONAL_TEXT:
-        value = raw.get(key)
-        if value is not None and not isinstance(value, str):
-            return False
-    cvss = raw.get("CVSS")
-    if cvss is not None and not isinstance(cvss, dict):
-        return False
-    return str(raw["Severity"]).upper() in _RANK
-
-
-def _load(document: dict[str, Any]) -> dict[str, Any]:
-    """``_REPORT_SCHEMA.load(document)``, with the vulnerability entries checked quickly.
-
-    The entries are left as they are in ``document``: ``_finding`` reads them with the
-    same defaults the schema would fill in. Raises ``marshmallow.ValidationError``.
-    """
-    loaded: dict[str, Any] = _REPORT_SHELL_SCHEMA.load(document)
-    for result in loaded.get("Results") or []:
-        entries = result.get("Vulnerabilities")
-        if entries is None:
-            continue
-        if not isinstance(entries, list) or not all(_plain_entry(e) for e in entries):
-            full: dict[str, Any] = _REPORT_SCHEMA.load(document)  # raises, naming the field
-            return full
-    return loaded
+def _load(document: dict[str, Any]) -> Any:
+    """``_REPORT_SCHEMA.load(document)`` as ``_TypedReport`` structs, the entries checked
+    quickly (as ``_decode_typed`` checks them). Raises ``marshmallow.ValidationError``."""
+    loaded = _REPORT_SHELL_SCHEMA.load(document)
+    try:
+        report = msgspec.convert(loaded, _TypedReport)
+        if _severities_known(report):
+            return report
+    except msgspec.ValidationError:
+        pass
+    full = _REPORT_SCHEMA.load(document)  # raises, naming the field
+    return msgspec.convert(full, _TypedReport)
 
 
 # ----------------------------------------------------------------------- parsing
@@ -263,6 +275,13 @@ def parse(data: str | bytes, *, source: str = "report") -> Report:
     message naming ``source``) for the legacy top-level-list format, another
     schema version, truncated or non-JSON text, and missing required fields.
     """
+    wire = _decode_typed(data) if isinstance(data, bytes) else None
+    return _build(_checked(data, source) if wire is None else wire, source)
+
+
+def _checked(data: str | bytes, source: str) -> Any:
+    """The report in ``data`` as ``_TypedReport`` structs once the schemas passed it, the
+    way for text and for whatever ``_decode_typed`` does not take: it words each refusal."""
     document = _loads_bytes(data) if isinstance(data, bytes) else _REFUSED
     if document is _REFUSED:
         text = _decode(data, source)
@@ -296,10 +315,9 @@ def parse(data: str | bytes, *, source: str = "report") -> Report:
             "(trivy --format json from Trivy 0.20 or later)"
         )
     try:
-        loaded = _load(document)
+        return _load(document)
     except marshmallow.ValidationError as e:
         raise InvalidReport(f"{source}: not a valid Trivy report: {_first_error(e)}") from None
-    return _build(loaded, source)
 
 
 def _loads(text: str) -> Any:
@@ -320,11 +338,10 @@ _REFUSED = object()  # what _loads_bytes returns for bytes orjson does not take 
 _UTF8_BOM = b"\xef\xbb\xbf"
 
 
-# The fields of a report that ``_load`` and ``_build`` read, for msgspec: it decodes only
-# these and skips the rest of the document without building it (a scan's report, with
-# --list-all-pkgs, is mostly Packages, Descriptions and References we do not keep). The
-# fields are the schemas' own (one list of names), each absent one left absent (UNSET), any
-# value kept with its JSON type (Any): the checks and their messages stay the schemas'.
+# The fields of a report that ``_build`` reads, for msgspec: it decodes only these and skips
+# the rest without building it (a report, with --list-all-pkgs, is mostly Packages,
+# Descriptions and References we do not keep). ``_TypedReport``'s fields, but absent left
+# absent (UNSET) and any value kept as it is (Any), so that the schemas word each refusal.
 def _wire(name: str, schema: marshmallow.Schema, nested: dict[str, Any] | None = None) -> Any:
     types = nested or {}
     return msgspec.defstruct(
@@ -343,15 +360,14 @@ _WireReport = _wire("_WireReport", _REPORT_SCHEMA, {
     })),
 })  # fmt: skip
 _WIRE_DECODER = msgspec.json.Decoder(_WireReport)
+_TYPED_DECODER = msgspec.json.Decoder(_TypedReport)
 
 
 def _loads_bytes(data: bytes) -> Any:
     """The JSON object in UTF-8 ``data`` (a byte-order mark skipped) as a dict of the fields
-    a ``Report`` is built from, or ``_REFUSED``: then ``parse`` takes its text way, with its
-    errors and its fallbacks. A document whose shape msgspec does not take (not an object,
-    Results not a list of objects...) is decoded whole by orjson, so that the schemas word
-    the refusal. msgspec takes ~1 ms for a 1 MB report where orjson building all of it takes
-    ~3.5 ms, and decoding to text first then encoding it again for orjson took ~6."""
+    a ``Report`` is built from, or ``_REFUSED``: then ``_checked`` takes its text way. What
+    msgspec does not take (not an object, Results not a list of objects...) is decoded whole
+    by orjson (~3.5 ms a 1 MB report, msgspec ~1), so that the schemas word the refusal."""
     body = data.removeprefix(_UTF8_BOM)
     try:
         document = msgspec.to_builtins(_WIRE_DECODER.decode(body))
@@ -361,6 +377,17 @@ def _loads_bytes(data: bytes) -> Any:
         except orjson.JSONDecodeError:
             return _REFUSED
     return document if isinstance(document, dict) else _REFUSED
+
+
+def _decode_typed(data: bytes) -> Any:
+    """The report in UTF-8 ``data`` as ``_TypedReport`` structs, or None for what the
+    schemas would refuse (or msgspec, which reads no NaN): ``_checked`` then words it."""
+    body = memoryview(data)[len(_UTF8_BOM) :] if data.startswith(_UTF8_BOM) else data
+    try:
+        report = _TYPED_DECODER.decode(body)  # a 1 MB report, no copy with its byte-order mark
+    except msgspec.DecodeError:  # ValidationError included
+        return None
+    return report if report.SchemaVersion == 2 and _severities_known(report) else None
 
 
 def parse_file(path: str | Path) -> Report:
@@ -402,89 +429,81 @@ def _first_error(error: marshmallow.ValidationError) -> str:
     return f"{'.'.join(path) or 'document'}: {message}"
 
 
-def _build(doc: Mapping[str, Any], source: str) -> Report:
-    metadata = doc.get("Metadata") or {}
-    os_info = metadata.get("OS") or {}
-    trivy = doc.get("Trivy") or {}
+def _build(doc: Any, source: str) -> Report:
+    """The ``Report`` of a ``_TypedReport``; ``InvalidReport`` for a time that is not RFC 3339."""
+    metadata = doc.Metadata
+    os_info = metadata and metadata.OS  # None, or a struct (always true)
     advisories: dict[tuple[Any, ...], Vulnerability] = {}
     results = []
-    for raw in doc.get("Results") or []:
+    for raw in doc.Results or ():
         findings = tuple(
             _finding(v, raw, advisories, source)
-            for v in raw.get("Vulnerabilities") or []  # absent, null or empty: none
+            for v in raw.Vulnerabilities or ()  # absent, null or empty: none
         )
-        results.append(Result(raw["Target"], raw.get("Class"), raw.get("Type"), findings))
+        results.append(Result(raw.Target, raw.Class, raw.Type, findings))
     return Report(
-        artifact=doc.get("ArtifactName") or "",
-        artifact_type=doc.get("ArtifactType") or "",
-        created_at=_time(doc.get("CreatedAt"), "CreatedAt", source),
-        scanner_version=trivy.get("Version"),
-        os_family=os_info.get("Family"),
-        os_name=os_info.get("Name"),
-        image_id=metadata.get("ImageID"),
-        repo_digests=tuple(metadata.get("RepoDigests") or ()),
+        artifact=doc.ArtifactName or "",
+        artifact_type=doc.ArtifactType or "",
+        created_at=_time(doc.CreatedAt, "CreatedAt", source),
+        scanner_version=doc.Trivy and doc.Trivy.Version,
+        os_family=os_info and os_info.Family,
+        os_name=os_info and os_info.Name,
+        image_id=metadata and metadata.ImageID,
+        repo_digests=tuple((metadata and metadata.RepoDigests) or ()),
         results=tuple(results),
     )
 
 
 # A report has a few hundred findings: their frozen dataclasses are built without __init__,
-# which sets each field through object.__setattr__ (~1.8 us an object, ~0.6 us this way).
-# Every field is given (tests/unit/test_reports_fast_path.py checks against __init__'s).
+# which sets each field through object.__setattr__ (~1.8 us an object, ~0.6 us this way; a
+# dict given to update, ~0.4 us less than keywords). Every field is given, in order
+# (tests/unit/test_reports_fast_path.py checks against __init__'s).
 _new = object.__new__
 
 
 def _finding(
-    raw: Mapping[str, Any],
-    result: Mapping[str, Any],
-    advisories: dict[tuple[Any, ...], Vulnerability],
-    source: str,
+    raw: Any, result: Any, advisories: dict[tuple[Any, ...], Vulnerability], source: str
 ) -> Finding:
     finding = _new(Finding)
-    finding.__dict__.update(
-        vulnerability=_vulnerability(raw, advisories, source),
-        package=raw["PkgName"],
-        installed_version=raw.get("InstalledVersion") or "",
-        fixed_version=raw.get("FixedVersion") or "",
-        status=raw.get("Status"),
-        target=result["Target"],
-        result_class=result.get("Class"),
-        result_type=result.get("Type"),
-        package_path=raw.get("PkgPath") or "",
-    )
+    finding.__dict__.update({
+        "vulnerability": _vulnerability(raw, advisories, source),
+        "package": raw.PkgName,
+        "installed_version": raw.InstalledVersion or "",
+        "fixed_version": raw.FixedVersion or "",
+        "status": raw.Status,
+        "target": result.Target,
+        "result_class": result.Class,
+        "result_type": result.Type,
+        "package_path": raw.PkgPath or "",
+    })  # fmt: skip
     return finding
 
 
 def _vulnerability(
-    raw: Mapping[str, Any], advisories: dict[tuple[Any, ...], Vulnerability], source: str
+    raw: Any, advisories: dict[tuple[Any, ...], Vulnerability], source: str
 ) -> Vulnerability:
     """The advisory of entry ``raw``: the one built for an earlier entry of the report when
     every field it is built from is equal in both (an advisory in several packages), else a
     new one (Trivy could word one advisory two ways; each finding then keeps its own).
     Equal is ``==``: a CVSS score 7 and one 7.0 are one, the earlier's, with the same
     ``cvss_score``; a NaN is never equal, so its entries are each built."""
-    cvss = raw.get("CVSS") or {}
-    key = (
-        raw["VulnerabilityID"],
-        raw["Severity"],
-        raw.get("Title"),
-        raw.get("PrimaryURL"),
-        raw.get("PublishedDate"),
-        raw.get("LastModifiedDate"),
-    )
+    cvss = raw.CVSS or {}
+    key = (raw.VulnerabilityID, raw.Severity, raw.Title, raw.PrimaryURL, raw.PublishedDate,
+           raw.LastModifiedDate)  # fmt: skip
     known = advisories.get(key)
     if known is not None and known.cvss == cvss:
         return known
     vulnerability = _new(Vulnerability)
-    vulnerability.__dict__.update(
-        id=key[0],
-        severity=key[1].upper(),
-        title=key[2] or "",
-        url=key[3] or "",
-        cvss_score=_cvss_score(cvss),
-        cvss=cvss,
-        published_at=_time(key[4], "PublishedDate", source),
-        modified_at=_time(key[5], "LastModifiedDate", source),
-    )
+    vulnerability.__dict__.update({
+        "id": key[0],
+        "severity": key[1].upper(),
+        "title": key[2] or "",
+        "url": key[3] or "",
+        "cvss_score": _cvss_score(cvss),
+        "cvss": cvss,
+        "published_at": _time(key[4], "PublishedDate", source),
+        "modified_at": _time(key[5], "LastModifiedDate", source),
+    })  # fmt: skip
     advisories.setdefault(key, vulnerability)
     return vulnerability
 
