@@ -99,10 +99,12 @@ def run(  # noqa: PLR0917 - the task's kwargs, as published by plan
             rescan.fail(where, scan_id=scan_id, reason=f"gave up after {failures} retries: {e}")
             metrics.RESCANS.labels("failed").inc()
             return {"outcome": "failed", "detail": str(e)}
-        log.warning("rescan will be retried: %s", e, extra={"scan_id": scan_id, "digest": digest})
+        delay = min(300, 2 ** min(failures, 8))
+        log.warning("rescan will be retried in %ds: %s", delay, e,
+                    extra={"scan_id": scan_id, "digest": digest})  # fmt: skip
         kwargs = {"scan_id": scan_id, "digest": digest, "cluster": cluster, "image": image,
                   "failures": failures + 1}  # fmt: skip
-        raise self.retry(kwargs=kwargs, countdown=min(300, 2 ** min(failures, 8))) from None
+        raise self.retry(kwargs=kwargs, countdown=delay) from None
     except errors.PermanentError as e:
         rescan.fail(where, scan_id=scan_id, reason=str(e))
         metrics.RESCANS.labels("failed").inc()

@@ -237,12 +237,15 @@ def scan(self: Task, request: dict[str, Any], failures: int = 0) -> dict[str, st
     except errors.TemporaryError as e:
         if failures >= MAX_TEMPORARY_RETRIES:
             return _fail(self, parsed, f"gave up after {failures} retries: {e}", again, failures)
+        delay = _backoff(failures, e.delay)
         log.warning(
-            "scan submit will be retried: %s",
+            "scan submit will be retried in %.0fs (retry %d): %s",
+            delay,
+            failures + 1,
             e,
             extra={"scan_id": parsed.scan_id, "cluster": parsed.cluster},
         )
-        raise again(_backoff(failures, e.delay), failures + 1) from None
+        raise again(delay, failures + 1) from None
     except errors.PermanentError as e:
         return _fail(self, parsed, str(e), again, failures)
     except SoftTimeLimitExceeded:
@@ -263,9 +266,10 @@ def _fail(
     try:
         result = scans.fail(scan_context(request.cluster), request, reason=reason)
     except errors.TemporaryError as e:
-        log.warning("recording a failed scan will be retried: %s", e,
+        delay = _backoff(failures, e.delay)
+        log.warning("recording a failed scan will be retried in %.0fs: %s", delay, e,
                     extra={"scan_id": request.scan_id, "cluster": request.cluster})  # fmt: skip
-        raise again(_backoff(failures, e.delay), failures) from None
+        raise again(delay, failures) from None
     _record(request.cluster, [result])
     return result.as_dict()
 

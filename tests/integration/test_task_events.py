@@ -84,7 +84,8 @@ def test_flower_shows_every_task_from_batched_events(
         env=env | {"SCANQUEUE_CONFIG": str(settings), "FLOWER_UNAUTHENTICATED_API": "true"},
     ).start()  # fmt: skip
     counted = _EventMessages(redis_url)
-    worker = worker_factory(settings, queues=["scanqueue.control"])
+    # at DEBUG the worker logs Celery's line for each task it ran (read below)
+    worker = worker_factory(settings, queues=["scanqueue.control"], log_level="DEBUG")
     try:
         # Flower listens to events once it knows the worker
         flower.wait_ready(lambda: worker.name in _get(port, "/api/workers?refresh=1"),

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from pathlib import Path
+
+import redis
 
 from scanqueue import config
 from tests.support.worker_fixtures import WorkerProcess
@@ -67,6 +70,7 @@ def test_worker_logs_no_celery_line_per_task_at_info_but_does_at_debug(
     # "succeeded" lines per task would double a busy worker's log (and its CPU)
     path = _settings_file(tmp_path, redis_url)
     client = worker_app.make_app(config.load(path, environ={}))
+    broker = redis.Redis.from_url(redis_url)
     lines = {}
     for level in ("INFO", "DEBUG"):
         log = tmp_path / f"worker-{level}.log"
@@ -74,6 +78,12 @@ def test_worker_logs_no_celery_line_per_task_at_info_but_does_at_debug(
         try:
             result = client.send_task("scanqueue.ping", queue=worker_app.CONTROL_QUEUE)
             assert result.get(timeout=30) == "pong"
+            # acknowledged once the pool process handed the task back, its lines written
+            # (the result is stored before them; a stop then could cut them off)
+            deadline = time.monotonic() + 30
+            while broker.hlen("unacked") and time.monotonic() < deadline:
+                time.sleep(0.05)
+            assert broker.hlen("unacked") == 0
         finally:
             worker.stop()
         lines[level] = log.read_text()

@@ -84,9 +84,11 @@ def worker_factory(tmp_path: Path) -> Iterator[Callable[..., WorkerProcess]]:
     started: list[WorkerProcess] = []
 
     def start(config_path: Path, *, queues: Sequence[str], concurrency: int = 1,
-              env: dict[str, str] | None = None, beat: bool = False) -> WorkerProcess:  # fmt: skip
+              env: dict[str, str] | None = None, beat: bool = False,
+              log_level: str = "INFO") -> WorkerProcess:  # fmt: skip
         log = tmp_path / f"worker-{len(started)}.log"
-        worker = WorkerProcess(config_path, queues, log, concurrency, dict(env or {}), beat)
+        worker = WorkerProcess(config_path, queues, log, concurrency, dict(env or {}), beat,
+                               log_level=log_level)  # fmt: skip
         started.append(worker)
         return worker.start()
 
