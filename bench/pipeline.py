@@ -3,7 +3,8 @@
 Each run: a fresh database, an empty Redis and a new emulator holding
 ``digests`` Deployments (two pods each, one image digest each, every pod
 naming a pull secret) whose scan Jobs finish at once and print the recorded
-212-finding report. Then real ``celery -A workers.app worker -c 1`` processes
+212-finding report (without its package list: rescans are off, so the Jobs do not ask
+Trivy for it). Then real ``celery -A workers.app worker -c 1`` processes
 (the first with beat, which sends the periodic collect passes, the safety net)
 and a real ``scanqueue watch`` process (pods, and the scan Jobs: one
 ``collect_job`` task per finished Job) run until every digest has a stored,
