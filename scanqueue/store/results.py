@@ -6,7 +6,8 @@ elsewhere. This is the hot path of a burst (one report per finished Job), so
 its cost per report is measured by ``make bench`` (``bench/ingest.py``).
 
 A report is stored by one SQL statement, in one round trip: the scan row
-locked, its image's OS recorded, the report's advisories upserted once each,
+locked, its image's OS recorded, the report's advisories upserted once each
+(those this worker stored already, unchanged, left out: ``_StoredAdvisories``),
 its findings inserted as one set, the scan marked succeeded. Each column
 travels as one text parameter that the server splits (``string_to_array``):
 psycopg's adaptation of Python lists costs ~5 ms of CPU per report, and COPY
