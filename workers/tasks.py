@@ -239,7 +239,7 @@ def scan(self: Task, request: dict[str, Any], failures: int = 0) -> dict[str, st
             return _fail(self, parsed, f"gave up after {failures} retries: {e}", again, failures)
         delay = _backoff(failures, e.delay)
         log.warning(
-            "scan submit will be retried in %.0fs (retry %d): %s",
+            "scan submit will be retried in %.1fs (retry %d): %s",
             delay,
             failures + 1,
             e,
@@ -267,7 +267,7 @@ def _fail(
         result = scans.fail(scan_context(request.cluster), request, reason=reason)
     except errors.TemporaryError as e:
         delay = _backoff(failures, e.delay)
-        log.warning("recording a failed scan will be retried in %.0fs: %s", delay, e,
+        log.warning("recording a failed scan will be retried in %.1fs: %s", delay, e,
                     extra={"scan_id": request.scan_id, "cluster": request.cluster})  # fmt: skip
         raise again(delay, failures) from None
     _record(request.cluster, [result])

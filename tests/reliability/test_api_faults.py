@@ -71,7 +71,7 @@ def test_api_error_bursts_and_broken_watches_end_with_every_image_scanned_once(
     assert faults.injected == 3 + 2 + 2 + 2 + 3 + 2 + 1  # every injected fault was met
     # with backoff: the watcher waited before listing/watching again, the worker retried later
     assert re.search(r"watch of .* in alpha: .*429.*; again in \d", farm.watchers[0].output())
-    assert re.search(r"scan submit will be retried in \d+s \(retry 1\)", farm.logs())
+    assert re.search(r"scan submit will be retried in \d+\.\ds \(retry 1\)", farm.logs())
     metrics = farm.watchers[0].metrics()  # type: ignore[attr-defined]
     assert _metric(metrics, "scanqueue_watch_gone_total", cluster="alpha") >= 1
     assert _metric(metrics, "scanqueue_tasks_published_total", cluster="alpha") == 5
