@@ -90,6 +90,11 @@ def make_app(settings: config.Settings) -> Celery:
             # visibility timeout. Look every tenth of the timeout (1..10 s) instead.
             "unacked_restore_interval": restore_interval(settings.broker),
             "unacked_restore_throttle": 1,
+            # A sweep holds a Redis mutex (SET NX EX) while it restores at most 10 messages,
+            # a few ms; kombu lets it expire after 300 s. A worker killed while holding it
+            # (SIGKILL, OOM) stopped every other worker's sweeps for five minutes, its own
+            # unacked tasks with them (a test caught it once).
+            "unacked_mutex_expire": 3 * restore_interval(settings.broker),
         },
         task_soft_time_limit=scan.soft_time_limit_seconds,
         task_time_limit=scan.hard_time_limit_seconds,

@@ -45,6 +45,9 @@ def test_app_settings_order_time_limits_and_declare_every_cluster_queue(tmp_path
     assert {q.name for q in conf.task_queues} == {"scan.a", "scan.b", worker_app.CONTROL_QUEUE}
     assert conf.task_acks_late and conf.task_reject_on_worker_lost
     assert conf.worker_prefetch_multiplier == 1
+    # a worker killed during a sweep holds the sweep mutex only briefly, not kombu's 300 s
+    options = conf.broker_transport_options
+    assert 1 <= options["unacked_restore_interval"] <= options["unacked_mutex_expire"] <= 30
     assert conf.worker_cancel_long_running_tasks_on_connection_loss is True
     assert (
         settings.scan.job_deadline_seconds
