@@ -1,4 +1,4 @@
-"""What the findings' foreign keys guaranteed still holds without them (migrations 0004, 0008).
+"""What the findings' foreign keys guaranteed still holds without them (migrations 0004, 0008, 0009).
 
 Findings are checked once per statement instead of twice per row: no finding
 without its scan and its advisory, whoever writes it; deleting scans (directly,
@@ -90,6 +90,31 @@ def test_a_finding_without_its_advisory_is_refused_in_a_set(
                  FROM generate_series(0, 9) AS n""",
             (advisory,),
         )
+    store_conn.rollback()
+    assert _count(store_conn, "SELECT count(*) FROM findings") == len(report.findings)
+
+
+def test_a_set_that_lacks_a_scan_or_an_advisory_is_refused_naming_it(
+    store_conn: store.Connection, trivy_reports: dict[str, reports.Report]
+) -> None:
+    # 0009 checks each distinct (scan, advisory) pair once: many findings, one orphan
+    report = trivy_reports["node-alpine-3.19"]
+    _stored(store_conn, report)
+    _start(store_conn, "s2", DIGEST_B)
+    store_conn.commit()
+    advisory = report.findings[0].vulnerability.id
+    rows = """INSERT INTO findings (scan_id, ordinal, vulnerability_id, package, severity, target)
+              SELECT CASE WHEN n %% 2 = 0 THEN 's1' ELSE %s END, 100 + n,
+                     CASE WHEN n = 7 THEN 'CVE-0000-2' ELSE %s END, 'p', 'LOW', 't'
+                FROM generate_series(0, 9) AS n"""
+    with pytest.raises(psycopg.errors.ForeignKeyViolation) as raised:
+        store_conn.execute(rows, ("nope", advisory))
+    assert str(raised.value).startswith("finding of scan nope: the scan is not recorded")
+    store_conn.rollback()
+    with pytest.raises(psycopg.errors.ForeignKeyViolation) as raised:
+        store_conn.execute(rows, ("s2", advisory))
+    assert str(raised.value).startswith("finding of scan s2: advisory CVE-0000-2 is not stored")
+    assert raised.value.diag.message_hint == "store the advisories of a report before its findings"
     store_conn.rollback()
     assert _count(store_conn, "SELECT count(*) FROM findings") == len(report.findings)
 
