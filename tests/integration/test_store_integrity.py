@@ -1,4 +1,4 @@
-"""What the findings' foreign keys guaranteed still holds without them (migrations 0004, 0008, 0009).
+"""What the findings' foreign keys guaranteed still holds without them (migrations 0004, 0008-9).
 
 Findings are checked once per statement instead of twice per row: no finding
 without its scan and its advisory, whoever writes it; deleting scans (directly,
