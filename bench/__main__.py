@@ -122,6 +122,22 @@ HEADLINES: list[tuple[str, str, tuple[str, ...]]] = [
     ("ingest", "  one statement: client CPU ms/report", ("set", "client_cpu_ms_per_report")),
     ("ingest", "  INSERT: server CPU ms/report", ("insert", "server_cpu_ms_per_report")),
     ("ingest", "  INSERT: client CPU ms/report", ("insert", "client_cpu_ms_per_report")),
+    (
+        "ingest",
+        "  farm's database: one statement rows/s",
+        ("farm_database", "set", "finding_rows_per_second"),
+    ),
+    (
+        "ingest",
+        "  farm's database: INSERT rows/s",
+        ("farm_database", "insert", "finding_rows_per_second"),
+    ),
+    ("ingest", "  farm's database: one statement / INSERT", ("farm_database", "set_speedup")),
+    (
+        "ingest",
+        "  farm's database: statement server CPU ms",
+        ("farm_database", "set", "server_cpu_ms_per_report"),
+    ),
     ("watcher", "10,000 pods: s to every task published", ("published_seconds",)),
     ("watcher", "  s to the whole inventory written", ("inventory_seconds",)),
     ("watcher", "  peak RSS, MB", ("peak_rss_mb",)),

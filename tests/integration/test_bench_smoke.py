@@ -44,12 +44,15 @@ def test_api_cost_bench_counts_seven_requests_per_credentialed_scan_plus_two_per
 
 
 def test_ingest_bench_stores_every_finding_with_both_methods() -> None:
-    result = ingest.run(rounds=2, repeats=1)
+    result = ingest.run(rounds=2, repeats=1, farm=(1_000, 20), farm_repeats=1)
     assert result["findings_per_report"] == 212
-    for method in ("set", "insert"):
-        assert result[method]["finding_rows_per_second"]["runs"] == 1
-        assert result[method]["client_cpu_ms_per_report"]["median"] > 0
-    assert result["set_speedup"]["median"] > 0
+    farm = result["farm_database"]
+    assert (farm["advisories"], farm["findings"]) == (1_000, 20 * ingest.FARM_FINDINGS_PER_SCAN)
+    for figures in (result, farm):
+        for method in ("set", "insert"):
+            assert figures[method]["finding_rows_per_second"]["runs"] == 1
+            assert figures[method]["client_cpu_ms_per_report"]["median"] > 0
+        assert figures["set_speedup"]["median"] > 0
 
 
 def test_pipeline_bench_stores_every_scan_through_real_processes_under_a_small_cap() -> None:
