@@ -119,6 +119,46 @@ def test_a_set_that_lacks_a_scan_or_an_advisory_is_refused_naming_it(
     assert _count(store_conn, "SELECT count(*) FROM findings") == len(report.findings)
 
 
+def _table_scans(conn: store.Connection) -> dict[str, tuple[int, int]]:
+    """(sequential scans, index scans) of scans and vulnerabilities in this transaction."""
+    rows = conn.execute(
+        """SELECT relname, seq_scan, coalesce(idx_scan, 0) FROM pg_stat_xact_user_tables
+            WHERE relname IN ('scans', 'vulnerabilities')"""
+    ).fetchall()
+    return {name: (seq, idx) for name, seq, idx in rows}
+
+
+def test_the_check_looks_references_up_by_index_whatever_size_the_first_insert_had(
+    store_conn: store.Connection,
+) -> None:
+    # 0009: PL/pgSQL keeps the check's plan for the connection. 0004's was planned for the
+    # first insert's size: after a large one, every later insert read both tables whole.
+    _start(store_conn, "s1")
+    store_conn.execute(  # tables large enough that reading one whole is not the way
+        """INSERT INTO scans (id, digest, cluster_id, image, status, mode, started_at,
+                              finished_at)
+           SELECT format('old-%s', g), digest, cluster_id, image, 'succeeded', mode,
+                  started_at, started_at
+             FROM scans, generate_series(1, 5000) AS g WHERE id = 's1'"""
+    )
+    store_conn.execute(
+        """INSERT INTO vulnerabilities (id, severity)
+           SELECT format('CVE-2000-%s', g), 'LOW' FROM generate_series(1, 5000) AS g"""
+    )
+    store_conn.execute("ANALYZE scans, vulnerabilities")
+    store_conn.execute(
+        f"""INSERT INTO findings (scan_id, ordinal, {COLUMNS})
+            SELECT 's1', g, format('CVE-2000-%s', g), 'p', '', '', NULL, 'LOW', 't', NULL, NULL,
+                   '' FROM generate_series(1, 4000) AS g"""
+    )  # the connection's first insert into findings: a large one
+    before = _table_scans(store_conn)
+    _insert_finding(store_conn, "s1", 0, "CVE-2000-1")
+    after = _table_scans(store_conn)
+    for table in ("scans", "vulnerabilities"):
+        assert after[table][0] == before[table][0], f"{table} read whole by a one-row insert"
+        assert after[table][1] > before[table][1], f"{table} not looked up by index"
+
+
 def test_a_findings_scan_and_advisory_cannot_change(
     store_conn: store.Connection, trivy_reports: dict[str, reports.Report]
 ) -> None:
