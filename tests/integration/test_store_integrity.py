@@ -97,7 +97,8 @@ def test_a_finding_without_its_advisory_is_refused_in_a_set(
 def test_a_set_that_lacks_a_scan_or_an_advisory_is_refused_naming_it(
     store_conn: store.Connection, trivy_reports: dict[str, reports.Report]
 ) -> None:
-    # 0009 checks each distinct (scan, advisory) pair once: many findings, one orphan
+    # 0009 looks each distinct scan, then each distinct advisory, up once: one orphan among
+    # many findings is named, its scan first
     report = trivy_reports["node-alpine-3.19"]
     _stored(store_conn, report)
     _start(store_conn, "s2", DIGEST_B)
