@@ -75,7 +75,7 @@ def _fill_like_a_farm(url: str, advisories: int, scans: int) -> int:
     Plain SQL, not ``finish_scan``: this is the database the measured reports land in, not
     what is measured. The findings' integrity check runs as for any insert."""
     with store.connect(url) as conn:
-        _Scans().new(conn, "farm-seed")  # its cluster and image rows
+        seed = _Scans().new(conn, "farm-seed")  # its cluster and image rows
         conn.execute(
             """INSERT INTO vulnerabilities (id, title, severity, url)
                SELECT format('CVE-FARM-%%s', g), 'an advisory of the farm',
@@ -90,8 +90,8 @@ def _fill_like_a_farm(url: str, advisories: int, scans: int) -> int:
                SELECT format('farm-%%s', g), seed.digest, seed.cluster_id, seed.image,
                       'succeeded', 'registry', seed.started_at, seed.started_at
                  FROM scans AS seed, generate_series(1, %s) AS g
-                WHERE seed.id = 'bench-farm-seed-1'""",
-            (scans,),
+                WHERE seed.id = %s""",
+            (scans, seed),
         )
         conn.execute(
             """INSERT INTO findings (scan_id, ordinal, vulnerability_id, package,
